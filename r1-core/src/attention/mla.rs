@@ -1,0 +1,241 @@
+//! Multi-head latent attention (DeepSeek V2/V3).
+//!
+//! Keys and values come from a per-token latent `c = kv_a_layernorm(x · W_DKVᵀ)` of `kv_lora_rank`
+//! floats plus one rope key `k_rope` shared by all heads. Per head, `k_nope = c · W_UKᵀ` and
+//! `v = c · W_UVᵀ`, where `kv_b_proj` stacks `[W_UK | W_UV]` per head. The cache holds only `c`
+//! and `rope(k_rope)`.
+//!
+//! Two exact forms of the same attention:
+//! - expanded (prefill): build `k_nope`, `v` for every cached token, attend as usual;
+//! - absorbed (decode, one query): `q_nope · k_noperᵀ = (q_nope · W_UK) · cᵀ`, so the query is
+//!   moved into latent space and attends to `c` directly; the output `Σ p·v = (Σ p·c) · W_UVᵀ`.
+//!   This never expands the cache: per step it reads `kv_lora_rank + rope` floats per token.
+
+use super::{causal_mask, masked_softmax};
+use crate::cache::LayerCache;
+use crate::config::{yarn_mscale, MlaConfig, ModelConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::layers::linear::Linear;
+use crate::layers::norm::RmsNorm;
+use crate::layers::rope::Rope;
+use crate::weights::Weights;
+use candle_core::Tensor;
+
+/// `q_a_layernorm` and `kv_a_layernorm` use this epsilon whatever `rms_norm_eps` says.
+const LATENT_NORM_EPS: f64 = 1e-6;
+
+/// The query projection: low-rank (`q_a_proj` → norm → `q_b_proj`) or a plain `q_proj`.
+#[derive(Debug, Clone)]
+enum QueryProj {
+    LowRank {
+        q_a_proj: Linear,
+        q_a_layernorm: RmsNorm,
+        q_b_proj: Linear,
+    },
+    Full {
+        q_proj: Linear,
+    },
+}
+
+impl QueryProj {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            QueryProj::LowRank {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => q_b_proj.forward(&q_a_layernorm.forward(&q_a_proj.forward(x)?)?),
+            QueryProj::Full { q_proj } => q_proj.forward(x),
+        }
+    }
+}
+
+/// One MLA attention layer.
+#[derive(Debug, Clone)]
+pub struct Mla {
+    q: QueryProj,
+    kv_a_proj_with_mqa: Linear,
+    kv_a_layernorm: RmsNorm,
+    /// `W_UK` per head: `[heads, qk_nope_head_dim, kv_lora_rank]`.
+    w_uk: Tensor,
+    /// `W_UV` per head: `[heads, v_head_dim, kv_lora_rank]`.
+    w_uv: Tensor,
+    o_proj: Linear,
+    cfg: MlaConfig,
+    rope: Rope,
+    softmax_scale: f64,
+}
+
+impl Mla {
+    /// Loads `{prefix}.*` (the `self_attn` module of a DeepSeek layer).
+    pub fn load(w: &Weights, prefix: &str, model: &ModelConfig, cfg: &MlaConfig) -> Result<Self> {
+        let hidden = model.hidden_size;
+        let h = cfg.num_heads;
+        let qk_head = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim;
+        let q = match cfg.q_lora_rank {
+            Some(r) => QueryProj::LowRank {
+                q_a_proj: Linear::load(w, &format!("{prefix}.q_a_proj"), hidden, r, cfg.bias)?,
+                q_a_layernorm: RmsNorm::load(
+                    w,
+                    &format!("{prefix}.q_a_layernorm"),
+                    r,
+                    LATENT_NORM_EPS,
+                )?,
+                q_b_proj: Linear::load(w, &format!("{prefix}.q_b_proj"), r, h * qk_head, false)?,
+            },
+            None => QueryProj::Full {
+                q_proj: Linear::load(w, &format!("{prefix}.q_proj"), hidden, h * qk_head, false)?,
+            },
+        };
+        let kv_a_dim = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
+        // kv_b_proj rows are per head [k_nope | v]; split it once into W_UK and W_UV.
+        let kv_b = w.get(
+            &format!("{prefix}.kv_b_proj.weight"),
+            &[
+                h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
+                cfg.kv_lora_rank,
+            ],
+        )?;
+        let kv_b = kv_b.reshape((h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank))?;
+        let w_uk = kv_b.narrow(1, 0, cfg.qk_nope_head_dim)?.contiguous()?;
+        let w_uv = kv_b
+            .narrow(1, cfg.qk_nope_head_dim, cfg.v_head_dim)?
+            .contiguous()?;
+        Ok(Mla {
+            q,
+            kv_a_proj_with_mqa: Linear::load(
+                w,
+                &format!("{prefix}.kv_a_proj_with_mqa"),
+                hidden,
+                kv_a_dim,
+                cfg.bias,
+            )?,
+            kv_a_layernorm: RmsNorm::load(
+                w,
+                &format!("{prefix}.kv_a_layernorm"),
+                cfg.kv_lora_rank,
+                LATENT_NORM_EPS,
+            )?,
+            w_uk,
+            w_uv,
+            o_proj: Linear::load(
+                w,
+                &format!("{prefix}.o_proj"),
+                h * cfg.v_head_dim,
+                hidden,
+                cfg.bias,
+            )?,
+            cfg: cfg.clone(),
+            rope: Rope::new(&model.rope, cfg.qk_rope_head_dim),
+            softmax_scale: softmax_scale(model, cfg),
+        })
+    }
+
+    /// `x [len, hidden]` at positions `offset..offset+len`; appends this step's latents.
+    pub fn forward(&self, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor> {
+        let LayerCache::Latent { ckv, k_rope } = cache else {
+            return Err(Error::InvalidArgument(
+                "an MLA layer was given a GQA cache".into(),
+            ));
+        };
+        let (len, _) = x.dims2()?;
+        let MlaConfig {
+            num_heads: h,
+            kv_lora_rank: r,
+            qk_nope_head_dim: nope,
+            qk_rope_head_dim: rope,
+            v_head_dim: vd,
+            ..
+        } = self.cfg;
+        // Query per head: [h, len, nope | rope].
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((len, h, nope + rope))?
+            .transpose(0, 1)?;
+        let q_nope = q.narrow(2, 0, nope)?.contiguous()?;
+        let q_rope = self
+            .rope
+            .apply(&q.narrow(2, nope, rope)?.contiguous()?, offset)?;
+        // Latent and shared rope key of the new tokens, then everything cached.
+        let kv = self.kv_a_proj_with_mqa.forward(x)?;
+        let c = self.kv_a_layernorm.forward(&kv.narrow(1, 0, r)?)?;
+        let k_r = self
+            .rope
+            .apply(&kv.narrow(1, r, rope)?.unsqueeze(0)?, offset)?
+            .squeeze(0)?;
+        let c_all = ckv.append(&c)?;
+        let k_r_all = k_rope.append(&k_r)?;
+        let total = c_all.dim(0)?;
+        // The rope part of the scores is the same in both forms: [h, len, total].
+        let rope_scores = q_rope
+            .reshape((h * len, rope))?
+            .matmul(&k_r_all.t()?)?
+            .reshape((h, len, total))?;
+        let mask = causal_mask(len, total, x.device())?;
+        let out = if len == 1 {
+            self.attend_absorbed(&q_nope, &rope_scores, &c_all, mask.as_ref())?
+        } else {
+            self.attend_expanded(&q_nope, &rope_scores, &c_all, mask.as_ref())?
+        };
+        // [h, len, v] → [len, h * v].
+        self.o_proj
+            .forward(&out.transpose(0, 1)?.reshape((len, h * vd))?)
+    }
+
+    /// Expanded form: `k_nope = c · W_UKᵀ`, `v = c · W_UVᵀ` for every cached token.
+    fn attend_expanded(
+        &self,
+        q_nope: &Tensor,
+        rope_scores: &Tensor,
+        c_all: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let c = c_all.unsqueeze(0)?;
+        let k_nope = c.broadcast_matmul(&self.w_uk.transpose(1, 2)?)?; // [h, total, nope]
+        let v = c.broadcast_matmul(&self.w_uv.transpose(1, 2)?)?; // [h, total, v]
+        let scores = (q_nope.matmul(&k_nope.t()?)? + rope_scores)?;
+        let probs = masked_softmax(&scores, self.softmax_scale, mask)?;
+        Ok(probs.matmul(&v)?)
+    }
+
+    /// Absorbed form: the query moves into latent space and attends to `c` itself.
+    fn attend_absorbed(
+        &self,
+        q_nope: &Tensor,
+        rope_scores: &Tensor,
+        c_all: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (h, len, _) = q_nope.dims3()?;
+        let r = self.cfg.kv_lora_rank;
+        let q_latent = q_nope.matmul(&self.w_uk)?; // [h, len, r]
+        let total = c_all.dim(0)?;
+        let latent_scores = q_latent
+            .reshape((h * len, r))?
+            .matmul(&c_all.t()?)?
+            .reshape((h, len, total))?;
+        let probs = masked_softmax(&(latent_scores + rope_scores)?, self.softmax_scale, mask)?;
+        let out_latent = probs
+            .reshape((h * len, total))?
+            .matmul(c_all)?
+            .reshape((h, len, r))?;
+        Ok(out_latent.matmul(&self.w_uv.transpose(1, 2)?)?) // [h, len, v]
+    }
+}
+
+/// `(qk_nope + qk_rope)^-1/2`, times `yarn_mscale(factor, mscale_all_dim)^2` under YaRN.
+fn softmax_scale(model: &ModelConfig, cfg: &MlaConfig) -> f64 {
+    let base = 1.0 / ((cfg.qk_nope_head_dim + cfg.qk_rope_head_dim) as f64).sqrt();
+    match model.rope.scaling {
+        RopeScaling::Yarn {
+            factor,
+            mscale_all_dim: Some(m),
+            ..
+        } => {
+            let s = yarn_mscale(factor, m);
+            base * s * s
+        }
+        _ => base,
+    }
+}

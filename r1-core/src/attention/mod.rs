@@ -1,0 +1,38 @@
+//! Attention: grouped-query (Llama, Qwen2) and multi-head latent (DeepSeek).
+
+pub mod gqa;
+pub mod mla;
+
+use crate::error::Result;
+use candle_core::{Device, Tensor};
+
+/// Additive causal mask `[len, total]` for queries at positions `total-len..total`: 0 where the
+/// key is at or before the query, -inf after it. `None` when every key is visible (one query).
+pub(crate) fn causal_mask(len: usize, total: usize, device: &Device) -> Result<Option<Tensor>> {
+    if len == 1 {
+        return Ok(None);
+    }
+    let offset = total - len;
+    let mask: Vec<f32> = (0..len)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (len, total), device)?))
+}
+
+/// `softmax(scores * scale + mask)` over the last dim; `scores [.., len, total]`.
+pub(crate) fn masked_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
+    let scores = (scores * scale)?;
+    let scores = match mask {
+        Some(m) => scores.broadcast_add(m)?,
+        None => scores,
+    };
+    Ok(candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?.contiguous()?)
+}

@@ -1,0 +1,688 @@
+//! Model configuration: `config.json` (Hugging Face) normalized into one [`ModelConfig`].
+//!
+//! Every field that changes the math is read here, with transformers' default when the key is
+//! absent, and nowhere else: the models receive plain Rust values, never JSON. An architecture or
+//! option that r1 does not implement is an error naming it, never a silent approximation.
+
+use crate::error::{Error, Result};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+
+/// The model families r1 implements. Each maps to one file under `models/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// `LlamaForCausalLM` (Llama 2/3, R1-Distill-Llama, SmolLM2).
+    Llama,
+    /// `Qwen2ForCausalLM` (Qwen2/2.5, R1-Distill-Qwen).
+    Qwen2,
+    /// `DeepseekV2ForCausalLM` (DeepSeek-V2, V2-Lite).
+    DeepseekV2,
+    /// `DeepseekV3ForCausalLM` (DeepSeek-V3, R1).
+    DeepseekV3,
+}
+
+impl Architecture {
+    /// The `architectures[0]` string of `config.json`.
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "LlamaForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
+            Architecture::DeepseekV2 => "DeepseekV2ForCausalLM",
+            Architecture::DeepseekV3 => "DeepseekV3ForCausalLM",
+        }
+    }
+
+    fn from_hf_name(name: &str) -> Option<Self> {
+        [Self::Llama, Self::Qwen2, Self::DeepseekV2, Self::DeepseekV3]
+            .into_iter()
+            .find(|a| a.hf_name() == name)
+    }
+
+    /// DeepSeek V2/V3: MLA attention and DeepSeekMoE.
+    pub fn is_deepseek(self) -> bool {
+        matches!(self, Architecture::DeepseekV2 | Architecture::DeepseekV3)
+    }
+}
+
+/// How rotary frequencies are rescaled for long context.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Plain RoPE: `inv_freq_i = theta^(-2i/d)`.
+    None,
+    /// Position interpolation: every frequency divided by `factor`.
+    Linear {
+        /// Divisor of every frequency.
+        factor: f64,
+    },
+    /// Llama 3.1 scaling: low frequencies divided by `factor`, high ones kept, smooth in between.
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are scaled fully.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The context length the model was trained at before scaling.
+        original_max_position_embeddings: f64,
+    },
+    /// YaRN (DeepSeek V2/V3, Qwen long context).
+    Yarn {
+        /// Context extension factor.
+        factor: f64,
+        /// The context length before extension.
+        original_max_position_embeddings: f64,
+        /// Rotations per context above which a dimension is not interpolated.
+        beta_fast: f64,
+        /// Rotations per context below which a dimension is fully interpolated.
+        beta_slow: f64,
+        /// Multiplier of cos and sin (transformers' `attention_factor`).
+        attention_factor: f64,
+        /// `mscale_all_dim` (DeepSeek): the softmax scale is multiplied by `yarn_mscale(factor, it)^2`.
+        mscale_all_dim: Option<f64>,
+    },
+}
+
+/// Rotary position embedding parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    /// Base of the frequencies (`rope_theta`).
+    pub theta: f64,
+    /// Frequency rescaling.
+    pub scaling: RopeScaling,
+    /// True: rotate pairs `(x[2i], x[2i+1])` (DeepSeek). False: rotate `(x[i], x[i+d/2])` (Llama, Qwen2).
+    pub interleaved: bool,
+}
+
+/// Grouped-query attention (Llama, Qwen2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GqaConfig {
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads; `num_heads` is a multiple of it.
+    pub num_kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Whether q/k/v projections have a bias (Qwen2: yes).
+    pub qkv_bias: bool,
+    /// Whether the output projection has a bias.
+    pub o_bias: bool,
+}
+
+/// Multi-head latent attention (DeepSeek V2/V3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MlaConfig {
+    /// Attention heads.
+    pub num_heads: usize,
+    /// Rank of the query compression; `None` means a plain `q_proj`.
+    pub q_lora_rank: Option<usize>,
+    /// Rank of the compressed key/value latent (what the cache holds).
+    pub kv_lora_rank: usize,
+    /// Per-head query/key dims without rotary embedding.
+    pub qk_nope_head_dim: usize,
+    /// Per-head query/key dims with rotary embedding (the key part is shared by all heads).
+    pub qk_rope_head_dim: usize,
+    /// Per-head value dims.
+    pub v_head_dim: usize,
+    /// Whether `q_a_proj`, `kv_a_proj_with_mqa` and `o_proj` have biases.
+    pub bias: bool,
+}
+
+/// The attention flavour of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttentionConfig {
+    /// Grouped-query attention.
+    Gqa(GqaConfig),
+    /// Multi-head latent attention.
+    Mla(MlaConfig),
+}
+
+/// How router logits become expert scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScoringFunc {
+    /// `softmax` over experts (DeepSeek V2).
+    Softmax,
+    /// Independent `sigmoid` per expert (DeepSeek V3).
+    Sigmoid,
+}
+
+/// How the top-k experts are chosen from the scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopkMethod {
+    /// Top-k of the scores.
+    Greedy,
+    /// V2: keep the `topk_group` groups with the highest maximum score, then top-k inside them.
+    GroupLimitedGreedy,
+    /// V3: choose with `score + e_score_correction_bias`, groups ranked by the sum of their top-2;
+    /// weights are the uncorrected scores.
+    NoauxTc,
+}
+
+/// DeepSeekMoE parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    /// Routed experts per MoE layer.
+    pub n_routed_experts: usize,
+    /// Shared experts (run on every token), fused into one MLP of `n * moe_intermediate_size`.
+    pub n_shared_experts: usize,
+    /// Experts chosen per token.
+    pub num_experts_per_tok: usize,
+    /// Hidden size of one expert.
+    pub moe_intermediate_size: usize,
+    /// Layers below this index use the dense MLP.
+    pub first_k_dense_replace: usize,
+    /// Every `moe_layer_freq`-th layer (from `first_k_dense_replace`) is MoE.
+    pub moe_layer_freq: usize,
+    /// Score function.
+    pub scoring_func: ScoringFunc,
+    /// Expert selection rule.
+    pub topk_method: TopkMethod,
+    /// Expert groups (consecutive experts).
+    pub n_group: usize,
+    /// Groups kept before the top-k.
+    pub topk_group: usize,
+    /// Divide the chosen weights by their sum.
+    pub norm_topk_prob: bool,
+    /// Multiplier of the routed output.
+    pub routed_scaling_factor: f64,
+}
+
+impl MoeConfig {
+    /// Whether decoder layer `layer` uses the MoE block (else the dense MLP).
+    pub fn is_moe_layer(&self, layer: usize) -> bool {
+        layer >= self.first_k_dense_replace && layer % self.moe_layer_freq == 0
+    }
+}
+
+/// DeepSeek's FP8 checkpoint format: E4M3 weights with one f32 scale per block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp8Config {
+    /// `[rows, cols]` of a scale block (128 x 128 in DeepSeek's checkpoints).
+    pub block: [usize; 2],
+}
+
+/// A model's configuration, normalized across architectures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Model family.
+    pub arch: Architecture,
+    /// Vocabulary size (rows of the embedding and of the LM head).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Decoder layers (MTP layers of DeepSeek-V3 come after these and are not loaded).
+    pub num_hidden_layers: usize,
+    /// Hidden size of the dense MLP.
+    pub intermediate_size: usize,
+    /// Whether the dense MLP projections have biases (Llama `mlp_bias`).
+    pub mlp_bias: bool,
+    /// Epsilon of the decoder RMSNorms.
+    pub rms_norm_eps: f64,
+    /// Longest context the model supports.
+    pub max_position_embeddings: usize,
+    /// The LM head is the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence token, if the config names one.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens named by the config.
+    pub eos_token_ids: Vec<u32>,
+    /// Rotary embedding.
+    pub rope: RopeConfig,
+    /// Attention flavour.
+    pub attention: AttentionConfig,
+    /// DeepSeekMoE parameters (DeepSeek only).
+    pub moe: Option<MoeConfig>,
+    /// FP8 block quantization of the checkpoint, if any.
+    pub fp8: Option<Fp8Config>,
+}
+
+/// `yarn_get_mscale` of DeepSeek and transformers: `0.1 * m * ln(factor) + 1`, or 1 when `factor <= 1`.
+pub fn yarn_mscale(factor: f64, m: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * m * factor.ln() + 1.0
+    }
+}
+
+/// Typed reads from the JSON object with the file path in every error.
+struct Fields<'a> {
+    path: &'a Path,
+    obj: &'a Map<String, Value>,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&self, msg: String) -> Error {
+        Error::Config {
+            path: self.path.to_path_buf(),
+            msg,
+        }
+    }
+
+    /// The value of `key`, treating JSON `null` as absent.
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.err(format!("`{key}` must be a non-negative integer, got {v}"))
+            }),
+        }
+    }
+
+    fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        Ok(self.usize_opt(key)?.unwrap_or(default))
+    }
+
+    fn usize_req(&self, key: &str) -> Result<usize> {
+        self.usize_opt(key)?
+            .ok_or_else(|| self.err(format!("missing required field `{key}`")))
+    }
+
+    fn f64_opt(&self, key: &str) -> Result<Option<f64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`{key}` must be a number, got {v}"))),
+        }
+    }
+
+    fn f64_or(&self, key: &str, default: f64) -> Result<f64> {
+        Ok(self.f64_opt(key)?.unwrap_or(default))
+    }
+
+    fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| self.err(format!("`{key}` must be true or false, got {v}"))),
+        }
+    }
+
+    fn str_opt(&self, key: &str) -> Result<Option<&'a str>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_str()
+                .map(Some)
+                .ok_or_else(|| self.err(format!("`{key}` must be a string, got {v}"))),
+        }
+    }
+
+    /// Token ids: a single integer or a list of them.
+    fn token_ids(&self, key: &str) -> Result<Vec<u32>> {
+        let bad = || self.err(format!("`{key}` must be a token id or a list of token ids"));
+        match self.get(key) {
+            None => Ok(vec![]),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(bad))
+                .collect(),
+            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(bad),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads and normalizes `config.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&value, path)
+    }
+
+    /// Normalizes a parsed `config.json`; `path` is only used in error messages.
+    pub fn from_json(value: &Value, path: &Path) -> Result<Self> {
+        let obj = value.as_object().ok_or_else(|| Error::Config {
+            path: path.to_path_buf(),
+            msg: "config must be a JSON object".into(),
+        })?;
+        let f = Fields { path, obj };
+        let arch = architecture(&f)?;
+        let hidden_size = f.usize_req("hidden_size")?;
+        let num_heads = f.usize_req("num_attention_heads")?;
+        if num_heads == 0 || hidden_size == 0 {
+            return Err(f.err("`hidden_size` and `num_attention_heads` must be positive".into()));
+        }
+        let hidden_act = f.str_opt("hidden_act")?.unwrap_or("silu");
+        if hidden_act != "silu" {
+            return Err(Error::Unsupported(format!(
+                "{}: hidden_act `{hidden_act}` (only silu)",
+                path.display()
+            )));
+        }
+        let attention = if arch.is_deepseek() {
+            AttentionConfig::Mla(mla_config(&f, num_heads)?)
+        } else {
+            AttentionConfig::Gqa(gqa_config(&f, arch, hidden_size, num_heads)?)
+        };
+        let max_position_embeddings = f.usize_or("max_position_embeddings", 4096)?;
+        let mut eos_token_ids = f.token_ids("eos_token_id")?;
+        eos_token_ids.dedup();
+        let cfg = ModelConfig {
+            arch,
+            vocab_size: f.usize_req("vocab_size")?,
+            hidden_size,
+            num_hidden_layers: f.usize_req("num_hidden_layers")?,
+            intermediate_size: f.usize_req("intermediate_size")?,
+            mlp_bias: f.bool_or("mlp_bias", false)?,
+            rms_norm_eps: f.f64_or("rms_norm_eps", 1e-6)?,
+            max_position_embeddings,
+            tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
+            bos_token_id: f.token_ids("bos_token_id")?.first().copied(),
+            eos_token_ids,
+            rope: rope_config(&f, arch)?,
+            attention,
+            moe: if arch.is_deepseek() {
+                Some(moe_config(&f, arch)?)
+            } else {
+                None
+            },
+            fp8: fp8_config(&f)?,
+        };
+        if arch == Architecture::Qwen2 && f.bool_or("use_sliding_window", false)? {
+            return Err(Error::Unsupported(format!(
+                "{}: Qwen2 `use_sliding_window: true`",
+                path.display()
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// The MLA parameters, if the model uses MLA.
+    pub fn mla(&self) -> Option<&MlaConfig> {
+        match &self.attention {
+            AttentionConfig::Mla(m) => Some(m),
+            AttentionConfig::Gqa(_) => None,
+        }
+    }
+
+    /// Floats the KV cache holds per token, over all layers.
+    pub fn cache_floats_per_token(&self) -> usize {
+        let per_layer = match &self.attention {
+            AttentionConfig::Gqa(g) => 2 * g.num_kv_heads * g.head_dim,
+            AttentionConfig::Mla(m) => m.kv_lora_rank + m.qk_rope_head_dim,
+        };
+        per_layer * self.num_hidden_layers
+    }
+}
+
+fn architecture(f: &Fields) -> Result<Architecture> {
+    let names: Vec<&str> = match f.get("architectures") {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    if let Some(arch) = names.iter().find_map(|n| Architecture::from_hf_name(n)) {
+        return Ok(arch);
+    }
+    // Some configs have no `architectures`; `model_type` then says the family.
+    let by_type = match f.str_opt("model_type")? {
+        Some("llama") => Some(Architecture::Llama),
+        Some("qwen2") => Some(Architecture::Qwen2),
+        Some("deepseek_v2") => Some(Architecture::DeepseekV2),
+        Some("deepseek_v3") => Some(Architecture::DeepseekV3),
+        _ => None,
+    };
+    by_type.ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{}: architecture {:?} (model_type {:?}); r1 implements LlamaForCausalLM, \
+             Qwen2ForCausalLM, DeepseekV2ForCausalLM, DeepseekV3ForCausalLM",
+            f.path.display(),
+            names,
+            f.str_opt("model_type").ok().flatten()
+        ))
+    })
+}
+
+fn gqa_config(f: &Fields, arch: Architecture, hidden: usize, heads: usize) -> Result<GqaConfig> {
+    let num_kv_heads = f.usize_or("num_key_value_heads", heads)?;
+    if num_kv_heads == 0 || heads % num_kv_heads != 0 {
+        return Err(f.err(format!(
+            "`num_attention_heads` {heads} is not a multiple of `num_key_value_heads` {num_kv_heads}"
+        )));
+    }
+    let head_dim = f.usize_or("head_dim", hidden / heads)?;
+    let attention_bias = f.bool_or("attention_bias", false)?;
+    Ok(GqaConfig {
+        num_heads: heads,
+        num_kv_heads,
+        head_dim,
+        // Qwen2 always has q/k/v biases and never an o_proj bias.
+        qkv_bias: arch == Architecture::Qwen2 || attention_bias,
+        o_bias: arch != Architecture::Qwen2 && attention_bias,
+    })
+}
+
+fn mla_config(f: &Fields, heads: usize) -> Result<MlaConfig> {
+    Ok(MlaConfig {
+        num_heads: heads,
+        q_lora_rank: f.usize_opt("q_lora_rank")?.filter(|&r| r > 0),
+        kv_lora_rank: f.usize_or("kv_lora_rank", 512)?,
+        qk_nope_head_dim: f.usize_or("qk_nope_head_dim", 128)?,
+        qk_rope_head_dim: f.usize_or("qk_rope_head_dim", 64)?,
+        v_head_dim: f.usize_or("v_head_dim", 128)?,
+        bias: f.bool_or("attention_bias", false)?,
+    })
+}
+
+fn moe_config(f: &Fields, arch: Architecture) -> Result<MoeConfig> {
+    let v3 = arch == Architecture::DeepseekV3;
+    let scoring_func =
+        match f
+            .str_opt("scoring_func")?
+            .unwrap_or(if v3 { "sigmoid" } else { "softmax" })
+        {
+            "softmax" => ScoringFunc::Softmax,
+            "sigmoid" => ScoringFunc::Sigmoid,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{}: scoring_func `{other}`",
+                    f.path.display()
+                )))
+            }
+        };
+    let topk_method =
+        match f
+            .str_opt("topk_method")?
+            .unwrap_or(if v3 { "noaux_tc" } else { "greedy" })
+        {
+            "greedy" => TopkMethod::Greedy,
+            "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
+            "noaux_tc" => TopkMethod::NoauxTc,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{}: topk_method `{other}`",
+                    f.path.display()
+                )))
+            }
+        };
+    let n_routed_experts = f.usize_or("n_routed_experts", if v3 { 256 } else { 0 })?;
+    let cfg = MoeConfig {
+        n_routed_experts,
+        n_shared_experts: f.usize_or("n_shared_experts", if v3 { 1 } else { 0 })?,
+        num_experts_per_tok: f.usize_or("num_experts_per_tok", if v3 { 8 } else { 0 })?,
+        moe_intermediate_size: f.usize_or("moe_intermediate_size", if v3 { 2048 } else { 1407 })?,
+        first_k_dense_replace: f.usize_or("first_k_dense_replace", if v3 { 3 } else { 0 })?,
+        moe_layer_freq: f.usize_or("moe_layer_freq", 1)?,
+        scoring_func,
+        topk_method,
+        n_group: f.usize_or("n_group", if v3 { 8 } else { 1 })?,
+        topk_group: f.usize_or("topk_group", if v3 { 4 } else { 1 })?,
+        norm_topk_prob: f.bool_or("norm_topk_prob", v3)?,
+        routed_scaling_factor: f.f64_or("routed_scaling_factor", if v3 { 2.5 } else { 1.0 })?,
+    };
+    validate_moe(f, &cfg)?;
+    Ok(cfg)
+}
+
+fn validate_moe(f: &Fields, m: &MoeConfig) -> Result<()> {
+    if m.moe_layer_freq == 0 {
+        return Err(f.err("`moe_layer_freq` must be at least 1".into()));
+    }
+    if m.n_routed_experts == 0 || m.num_experts_per_tok == 0 {
+        return Err(
+            f.err("`n_routed_experts` and `num_experts_per_tok` must be set and positive".into())
+        );
+    }
+    if m.n_group == 0 || m.n_routed_experts % m.n_group != 0 {
+        return Err(f.err(format!(
+            "`n_routed_experts` {} is not a multiple of `n_group` {}",
+            m.n_routed_experts, m.n_group
+        )));
+    }
+    let per_group = m.n_routed_experts / m.n_group;
+    if m.topk_group == 0 || m.topk_group > m.n_group {
+        return Err(f.err(format!(
+            "`topk_group` {} must be in 1..={}",
+            m.topk_group, m.n_group
+        )));
+    }
+    if m.num_experts_per_tok > m.topk_group * per_group {
+        return Err(f.err(format!(
+            "`num_experts_per_tok` {} exceeds the experts of the kept groups ({})",
+            m.num_experts_per_tok,
+            m.topk_group * per_group
+        )));
+    }
+    if m.topk_method == TopkMethod::NoauxTc && per_group < 2 {
+        return Err(
+            f.err("noaux_tc ranks groups by their top-2 scores: groups need 2+ experts".into())
+        );
+    }
+    Ok(())
+}
+
+/// Rope parameters live in `rope_scaling` (most checkpoints) or `rope_parameters` (transformers 5).
+fn rope_config(f: &Fields, arch: Architecture) -> Result<RopeConfig> {
+    let params = f.get("rope_parameters").and_then(Value::as_object);
+    let scaling = f.get("rope_scaling").and_then(Value::as_object).or(params);
+    let theta = match f.f64_opt("rope_theta")? {
+        Some(t) => t,
+        None => params
+            .and_then(|p| p.get("rope_theta"))
+            .and_then(Value::as_f64)
+            .unwrap_or(10000.0),
+    };
+    let interleaved = match arch {
+        Architecture::DeepseekV2 => true,
+        Architecture::DeepseekV3 => f.bool_or("rope_interleave", true)?,
+        _ => false,
+    };
+    let scaling = match scaling {
+        None => RopeScaling::None,
+        Some(s) => rope_scaling(f, s, f.usize_or("max_position_embeddings", 4096)?)?,
+    };
+    Ok(RopeConfig {
+        theta,
+        scaling,
+        interleaved,
+    })
+}
+
+fn rope_scaling(f: &Fields, s: &Map<String, Value>, max_pos: usize) -> Result<RopeScaling> {
+    let sf = Fields {
+        path: f.path,
+        obj: s,
+    };
+    let kind = match sf.str_opt("rope_type")? {
+        Some(k) => k,
+        None => sf.str_opt("type")?.unwrap_or("default"),
+    };
+    let factor = || -> Result<f64> {
+        sf.f64_opt("factor")?
+            .ok_or_else(|| f.err(format!("rope scaling `{kind}` needs `factor`")))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear { factor: factor()? },
+        "llama3" => RopeScaling::Llama3 {
+            factor: factor()?,
+            low_freq_factor: sf.f64_or("low_freq_factor", 1.0)?,
+            high_freq_factor: sf.f64_or("high_freq_factor", 4.0)?,
+            original_max_position_embeddings: sf
+                .f64_or("original_max_position_embeddings", 8192.0)?,
+        },
+        "yarn" => {
+            let factor = factor()?;
+            let original = match sf.f64_opt("original_max_position_embeddings")? {
+                Some(o) => o,
+                None => max_pos as f64 / factor,
+            };
+            let mscale = sf.f64_opt("mscale")?.filter(|&m| m != 0.0);
+            let mscale_all_dim = sf.f64_opt("mscale_all_dim")?.filter(|&m| m != 0.0);
+            // transformers' `_compute_yarn_parameters`: an explicit attention_factor wins; DeepSeek's
+            // pair (mscale, mscale_all_dim) gives their ratio; otherwise the YaRN paper's 0.1 ln(s) + 1.
+            let attention_factor = match (sf.f64_opt("attention_factor")?, mscale, mscale_all_dim) {
+                (Some(a), _, _) => a,
+                (None, Some(m), Some(m_all)) => yarn_mscale(factor, m) / yarn_mscale(factor, m_all),
+                _ => yarn_mscale(factor, 1.0),
+            };
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: original,
+                beta_fast: sf.f64_or("beta_fast", 32.0)?,
+                beta_slow: sf.f64_or("beta_slow", 1.0)?,
+                attention_factor,
+                mscale_all_dim,
+            }
+        }
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: rope scaling type `{other}`",
+                f.path.display()
+            )))
+        }
+    })
+}
+
+fn fp8_config(f: &Fields) -> Result<Option<Fp8Config>> {
+    let Some(q) = f.get("quantization_config") else {
+        return Ok(None);
+    };
+    let qf = Fields {
+        path: f.path,
+        obj: q
+            .as_object()
+            .ok_or_else(|| f.err("`quantization_config` must be an object".into()))?,
+    };
+    let method = qf.str_opt("quant_method")?.unwrap_or("");
+    let fmt = qf.str_opt("fmt")?.unwrap_or("e4m3");
+    if method != "fp8" || fmt != "e4m3" {
+        return Err(Error::Unsupported(format!(
+            "{}: quantization_config quant_method `{method}` fmt `{fmt}` (only DeepSeek's fp8 e4m3 blocks)",
+            f.path.display()
+        )));
+    }
+    let block = match qf.get("weight_block_size") {
+        Some(Value::Array(b)) if b.len() == 2 => {
+            let dim = |v: &Value| v.as_u64().filter(|&n| n > 0).map(|n| n as usize);
+            match (dim(&b[0]), dim(&b[1])) {
+                (Some(r), Some(c)) => [r, c],
+                _ => return Err(f.err("`weight_block_size` must be two positive integers".into())),
+            }
+        }
+        None => [128, 128],
+        Some(other) => {
+            return Err(f.err(format!(
+                "`weight_block_size` must be [rows, cols], got {other}"
+            )))
+        }
+    };
+    Ok(Some(Fp8Config { block }))
+}
+
+/// Where a checkpoint folder keeps its config.
+pub fn config_path(dir: &Path) -> PathBuf {
+    dir.join("config.json")
+}

@@ -1,0 +1,145 @@
+//! DeepSeek V2 and V3/R1: pre-norm decoder layers of multi-head latent attention and, from layer
+//! `first_k_dense_replace` on, DeepSeekMoE instead of the dense MLP. V2 and V3 differ only in
+//! their router (softmax/greedy vs sigmoid/noaux_tc), which the config carries.
+//!
+//! V3's multi-token-prediction layer (`model.layers.{num_hidden_layers}`) is not loaded: it only
+//! serves speculative decoding, and the main model's logits do not depend on it.
+
+use super::{check_tokens, Embedding};
+use crate::attention::mla::Mla;
+use crate::cache::Cache;
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::layers::linear::Linear;
+use crate::layers::mlp::Mlp;
+use crate::layers::norm::RmsNorm;
+use crate::moe::{LayerRouting, Moe};
+use crate::weights::Weights;
+use candle_core::Tensor;
+
+/// The feed-forward half of a layer.
+#[derive(Debug, Clone)]
+enum FeedForward {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+/// One decoder layer: `x + mla(norm(x))`, then `h + ffn(norm(h))`.
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Mla,
+    post_attention_layernorm: RmsNorm,
+    mlp: FeedForward,
+}
+
+impl DecoderLayer {
+    fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
+        let p = format!("model.layers.{layer}");
+        let mla = cfg
+            .mla()
+            .ok_or_else(|| Error::Unsupported("DeepSeek model without MLA attention".into()))?;
+        let moe = cfg.moe.as_ref().filter(|m| m.is_moe_layer(layer));
+        let mlp = match moe {
+            Some(m) => FeedForward::Moe(Moe::load(w, &format!("{p}.mlp"), cfg.hidden_size, m)?),
+            None => FeedForward::Dense(Mlp::load(
+                w,
+                &format!("{p}.mlp"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+                false,
+            )?),
+        };
+        Ok(DecoderLayer {
+            input_layernorm: RmsNorm::load(
+                w,
+                &format!("{p}.input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            self_attn: Mla::load(w, &format!("{p}.self_attn"), cfg, mla)?,
+            post_attention_layernorm: RmsNorm::load(
+                w,
+                &format!("{p}.post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
+            mlp,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: &mut Cache,
+        layer: usize,
+        routing: Option<&mut Vec<LayerRouting>>,
+    ) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(
+            &self.input_layernorm.forward(x)?,
+            offset,
+            cache.layer(layer)?,
+        )?)?;
+        let normed = self.post_attention_layernorm.forward(&h)?;
+        let ffn = match &self.mlp {
+            FeedForward::Dense(mlp) => mlp.forward(&normed)?,
+            FeedForward::Moe(moe) => {
+                let (out, decision) = moe.forward(&normed, layer)?;
+                if let Some(log) = routing {
+                    log.push(decision);
+                }
+                out
+            }
+        };
+        Ok((h + ffn)?)
+    }
+}
+
+/// A DeepSeek V2 or V3 causal language model.
+#[derive(Debug, Clone)]
+pub struct Deepseek {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+}
+
+impl Deepseek {
+    /// Loads every weight named by `cfg` from `w`.
+    pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        let embed_tokens = Embedding::load(w, cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| DecoderLayer::load(w, cfg, l))
+            .collect::<Result<_>>()?;
+        Ok(Deepseek {
+            lm_head: embed_tokens.lm_head(w, cfg)?,
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps)?,
+        })
+    }
+
+    /// Final hidden states `[len, hidden]` of `tokens` appended to `cache`; MoE decisions are
+    /// pushed to `routing` when given.
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        cache: &mut Cache,
+        mut routing: Option<&mut Vec<LayerRouting>>,
+    ) -> Result<Tensor> {
+        check_tokens(tokens, cache)?;
+        let offset = cache.len();
+        let mut x = self.embed_tokens.forward(tokens)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, offset, cache, i, routing.as_deref_mut())?;
+        }
+        cache.advance(tokens.len());
+        self.norm.forward(&x)
+    }
+
+    /// The LM head.
+    pub fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+}

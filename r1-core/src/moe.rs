@@ -1,0 +1,275 @@
+//! DeepSeekMoE: a router picks `num_experts_per_tok` of `n_routed_experts` small MLPs per token;
+//! their weighted outputs plus the always-on shared experts form the layer's output.
+//!
+//! Routing is done on plain `f32` vectors (it is `tokens × experts` numbers), which keeps every
+//! router variant readable and exactly testable. Dispatch then groups tokens by expert, so each
+//! chosen expert runs once on the batch of its tokens and unchosen experts are never touched.
+
+use crate::config::{MoeConfig, ScoringFunc, TopkMethod};
+use crate::error::Result;
+use crate::layers::mlp::Mlp;
+use crate::weights::Weights;
+use candle_core::{DType, Tensor};
+
+/// The experts chosen for one token and their weights (after normalization and scaling).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenRouting {
+    /// Expert indices, best first.
+    pub experts: Vec<usize>,
+    /// Weight of each expert's output, aligned with `experts`.
+    pub weights: Vec<f32>,
+}
+
+/// What one MoE layer decided for every token of one forward call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerRouting {
+    /// Decoder layer index.
+    pub layer: usize,
+    /// `x · gate.weightᵀ` per token, before the score function.
+    pub router_logits: Vec<Vec<f32>>,
+    /// Choice per token.
+    pub tokens: Vec<TokenRouting>,
+}
+
+/// Routes one token. `logits` are the router logits, `bias` the V3 `e_score_correction_bias`.
+pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> TokenRouting {
+    let scores: Vec<f32> = match cfg.scoring_func {
+        ScoringFunc::Softmax => softmax(logits),
+        ScoringFunc::Sigmoid => logits.iter().map(|&l| 1.0 / (1.0 + (-l).exp())).collect(),
+    };
+    // noaux_tc chooses with the bias-corrected scores but weighs with the raw ones.
+    let choice: Vec<f32> = match (cfg.topk_method, bias) {
+        (TopkMethod::NoauxTc, Some(b)) => scores.iter().zip(b).map(|(s, b)| s + b).collect(),
+        _ => scores.clone(),
+    };
+    let allowed = allowed_experts(cfg, &choice);
+    let mut candidates: Vec<usize> = (0..choice.len()).filter(|&e| allowed[e]).collect();
+    // Stable sort: ties keep the lower expert index first.
+    candidates.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
+    candidates.truncate(cfg.num_experts_per_tok);
+    let mut weights: Vec<f32> = candidates.iter().map(|&e| scores[e]).collect();
+    if cfg.norm_topk_prob {
+        let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
+        weights.iter_mut().for_each(|w| *w /= sum);
+    }
+    let scale = cfg.routed_scaling_factor as f32;
+    weights.iter_mut().for_each(|w| *w *= scale);
+    TokenRouting {
+        experts: candidates,
+        weights,
+    }
+}
+
+/// Which experts survive group selection: all for `greedy`; for the group-limited methods only
+/// the experts of the `topk_group` best groups (V2 ranks a group by its best score, V3 by the sum
+/// of its two best corrected scores).
+fn allowed_experts(cfg: &MoeConfig, choice: &[f32]) -> Vec<bool> {
+    let n = choice.len();
+    if cfg.topk_method == TopkMethod::Greedy || cfg.topk_group >= cfg.n_group {
+        return vec![true; n];
+    }
+    let per_group = n / cfg.n_group;
+    let group_score = |g: usize| -> f32 {
+        let mut s: Vec<f32> = choice[g * per_group..(g + 1) * per_group].to_vec();
+        s.sort_by(|a, b| b.total_cmp(a));
+        match cfg.topk_method {
+            TopkMethod::NoauxTc => s[0] + s[1],
+            _ => s[0],
+        }
+    };
+    let scores: Vec<f32> = (0..cfg.n_group).map(group_score).collect();
+    let mut groups: Vec<usize> = (0..cfg.n_group).collect();
+    groups.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut allowed = vec![false; n];
+    for &g in &groups[..cfg.topk_group] {
+        allowed[g * per_group..(g + 1) * per_group]
+            .iter_mut()
+            .for_each(|a| *a = true);
+    }
+    allowed
+}
+
+fn softmax(x: &[f32]) -> Vec<f32> {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = x.iter().map(|&v| (v - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+/// A DeepSeekMoE block.
+#[derive(Debug, Clone)]
+pub struct Moe {
+    /// Router weight `[n_routed_experts, hidden]`, f32.
+    gate: Tensor,
+    e_score_correction_bias: Option<Vec<f32>>,
+    experts: Vec<Mlp>,
+    shared_experts: Option<Mlp>,
+    cfg: MoeConfig,
+}
+
+impl Moe {
+    /// Loads `{prefix}.gate`, `{prefix}.experts.{e}`, `{prefix}.shared_experts`.
+    pub fn load(w: &Weights, prefix: &str, hidden: usize, cfg: &MoeConfig) -> Result<Self> {
+        let n = cfg.n_routed_experts;
+        let gate = w.get_f32(&format!("{prefix}.gate.weight"), &[n, hidden])?;
+        let bias_name = format!("{prefix}.gate.e_score_correction_bias");
+        let e_score_correction_bias = if cfg.topk_method == TopkMethod::NoauxTc {
+            Some(w.get_f32(&bias_name, &[n])?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        let experts = (0..n)
+            .map(|e| {
+                Mlp::load(
+                    w,
+                    &format!("{prefix}.experts.{e}"),
+                    hidden,
+                    cfg.moe_intermediate_size,
+                    false,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let shared_experts = if cfg.n_shared_experts > 0 {
+            let inter = cfg.moe_intermediate_size * cfg.n_shared_experts;
+            Some(Mlp::load(
+                w,
+                &format!("{prefix}.shared_experts"),
+                hidden,
+                inter,
+                false,
+            )?)
+        } else {
+            None
+        };
+        Ok(Moe {
+            gate,
+            e_score_correction_bias,
+            experts,
+            shared_experts,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// `x [tokens, hidden]` → `[tokens, hidden]`, and the routing decisions.
+    pub fn forward(&self, x: &Tensor, layer: usize) -> Result<(Tensor, LayerRouting)> {
+        let router_logits: Vec<Vec<f32>> =
+            x.to_dtype(DType::F32)?.matmul(&self.gate.t()?)?.to_vec2()?;
+        let bias = self.e_score_correction_bias.as_deref();
+        let tokens: Vec<TokenRouting> = router_logits
+            .iter()
+            .map(|l| route(&self.cfg, l, bias))
+            .collect();
+        let mut out = match &self.shared_experts {
+            Some(shared) => shared.forward(x)?,
+            None => x.zeros_like()?,
+        };
+        for (e, expert) in self.experts.iter().enumerate() {
+            let (rows, weights): (Vec<u32>, Vec<f32>) = tokens
+                .iter()
+                .enumerate()
+                .filter_map(|(t, r)| {
+                    r.experts
+                        .iter()
+                        .position(|&x| x == e)
+                        .map(|k| (t as u32, r.weights[k]))
+                })
+                .unzip();
+            if rows.is_empty() {
+                continue;
+            }
+            let n = rows.len();
+            let rows = Tensor::from_vec(rows, n, x.device())?;
+            let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
+            let y = expert
+                .forward(&x.index_select(&rows, 0)?)?
+                .broadcast_mul(&weights)?;
+            out = out.index_add(&rows, &y, 0)?;
+        }
+        Ok((
+            out,
+            LayerRouting {
+                layer,
+                router_logits,
+                tokens,
+            },
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(
+        scoring: ScoringFunc,
+        method: TopkMethod,
+        n_group: usize,
+        topk_group: usize,
+        k: usize,
+    ) -> MoeConfig {
+        MoeConfig {
+            n_routed_experts: 8,
+            n_shared_experts: 0,
+            num_experts_per_tok: k,
+            moe_intermediate_size: 4,
+            first_k_dense_replace: 0,
+            moe_layer_freq: 1,
+            scoring_func: scoring,
+            topk_method: method,
+            n_group,
+            topk_group,
+            norm_topk_prob: false,
+            routed_scaling_factor: 1.0,
+        }
+    }
+
+    #[test]
+    fn greedy_softmax_picks_largest_and_scales() {
+        let mut c = cfg(ScoringFunc::Softmax, TopkMethod::Greedy, 1, 1, 2);
+        c.routed_scaling_factor = 2.0;
+        let logits = [0.0f32, 3.0, 1.0, 0.0, 2.0, 0.0, 0.0, 0.0];
+        let r = route(&c, &logits, None);
+        assert_eq!(r.experts, vec![1, 4]);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((r.weights[0] - 2.0 * 3f32.exp() / z).abs() < 1e-6);
+        assert!((r.weights[1] - 2.0 * 2f32.exp() / z).abs() < 1e-6);
+    }
+
+    #[test]
+    fn group_limited_uses_group_max() {
+        // Groups of 2: {0,1} {2,3} {4,5} {6,7}. Group maxima 0.9, 0.8, 0.5, 0.85 → keep groups 0 and 3.
+        let c = cfg(
+            ScoringFunc::Sigmoid,
+            TopkMethod::GroupLimitedGreedy,
+            4,
+            2,
+            3,
+        );
+        let s = [0.9f32, 0.1, 0.8, 0.7, 0.5, 0.45, 0.85, 0.2];
+        let logits: Vec<f32> = s.iter().map(|p| (p / (1.0 - p)).ln()).collect();
+        let r = route(&c, &logits, None);
+        assert_eq!(r.experts, vec![0, 6, 7]);
+    }
+
+    #[test]
+    fn noaux_tc_chooses_with_bias_weighs_without() {
+        // Groups by sum of top-2 corrected scores.
+        let mut c = cfg(ScoringFunc::Sigmoid, TopkMethod::NoauxTc, 4, 2, 2);
+        c.norm_topk_prob = true;
+        c.routed_scaling_factor = 2.5;
+        let s = [0.5f32, 0.5, 0.6, 0.1, 0.3, 0.3, 0.2, 0.2];
+        let bias = [0.0f32, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0];
+        // Corrected: [.5 .5 .6 .1 .8 .3 .2 .2]; group sums 1.0, 0.7, 1.1, 0.4 → groups 2 and 0;
+        // top-2 corrected among {0,1,4,5}: expert 4 (0.8) then expert 0 (0.5, lower index wins the tie).
+        let logits: Vec<f32> = s.iter().map(|p| (p / (1.0 - p)).ln()).collect();
+        let r = route(&c, &logits, Some(&bias));
+        assert_eq!(r.experts, vec![4, 0]);
+        // Weights from the raw sigmoid scores 0.3 and 0.5, normalized, times 2.5.
+        assert!(
+            (r.weights[0] - 2.5 * 0.3 / 0.8).abs() < 1e-5,
+            "{:?}",
+            r.weights
+        );
+        assert!((r.weights[1] - 2.5 * 0.5 / 0.8).abs() < 1e-5);
+    }
+}
