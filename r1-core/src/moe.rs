@@ -114,7 +114,7 @@ impl Moe {
         let gate = w.get_f32(&format!("{prefix}.gate.weight"), &[n, hidden])?;
         let bias_name = format!("{prefix}.gate.e_score_correction_bias");
         let e_score_correction_bias = if cfg.topk_method == TopkMethod::NoauxTc {
-            Some(w.get_f32(&bias_name, &[n])?.to_vec1::<f32>()?)
+            Some(w.get_exact_f32(&bias_name, &[n])?.to_vec1::<f32>()?)
         } else {
             None
         };

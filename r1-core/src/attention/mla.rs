@@ -191,9 +191,10 @@ impl Mla {
         c_all: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
         let c = c_all.unsqueeze(0)?;
-        let k_nope = c.broadcast_matmul(&self.w_uk.transpose(1, 2)?)?; // [h, total, nope]
-        let v = c.broadcast_matmul(&self.w_uv.transpose(1, 2)?)?; // [h, total, v]
+        let k_nope = c.broadcast_matmul(&w_uk.transpose(1, 2)?)?; // [h, total, nope]
+        let v = c.broadcast_matmul(&w_uv.transpose(1, 2)?)?; // [h, total, v]
         let scores = (q_nope.matmul(&k_nope.t()?)? + rope_scores)?;
         let probs = masked_softmax(&scores, self.softmax_scale, mask)?;
         Ok(probs.matmul(&v)?)
@@ -209,7 +210,8 @@ impl Mla {
     ) -> Result<Tensor> {
         let (h, len, _) = q_nope.dims3()?;
         let r = self.cfg.kv_lora_rank;
-        let q_latent = q_nope.matmul(&self.w_uk)?; // [h, len, r]
+        let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
+        let q_latent = q_nope.matmul(&w_uk)?; // [h, len, r]
         let total = c_all.dim(0)?;
         let latent_scores = q_latent
             .reshape((h * len, r))?
@@ -220,8 +222,17 @@ impl Mla {
             .reshape((h * len, total))?
             .matmul(c_all)?
             .reshape((h, len, r))?;
-        Ok(out_latent.matmul(&self.w_uv.transpose(1, 2)?)?) // [h, len, v]
+        Ok(out_latent.matmul(&w_uv.transpose(1, 2)?)?) // [h, len, v]
     }
+}
+
+/// A weight in the activations' dtype (bf16 storage is widened per use on the CPU).
+fn widen(w: &Tensor, like: &Tensor) -> Result<Tensor> {
+    Ok(if w.dtype() == like.dtype() {
+        w.clone()
+    } else {
+        w.to_dtype(like.dtype())?
+    })
 }
 
 /// `(qk_nope + qk_rope)^-1/2`, times `yarn_mscale(factor, mscale_all_dim)^2` under YaRN.

@@ -60,9 +60,16 @@ impl Weights {
         self.load(name, shape, self.dtype)
     }
 
-    /// Tensor `name` in f32 whatever the storage dtype (router weights and biases, whose
-    /// rounding would change expert choices).
+    /// Tensor `name` as f32, rounded through the storage dtype first: small tensors (norm gains,
+    /// biases, router weights) are computed in f32, but a bf16 model must see the same values a
+    /// bf16 checkpoint holds.
     pub fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Ok(self.load(name, shape, self.dtype)?.to_dtype(DType::F32)?)
+    }
+
+    /// Tensor `name` as f32 exactly as the file stores it, whatever the storage dtype
+    /// (DeepSeek-V3's `e_score_correction_bias`, kept f32 even in bf16/fp8 checkpoints).
+    pub fn get_exact_f32(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.load(name, shape, DType::F32)
     }
 

@@ -1,0 +1,355 @@
+//! Shared by the integration tests: reference folders (a tiny checkpoint plus transformers'
+//! outputs in `reference.safetensors`) and the checks run against them.
+
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use r1_core::{LoadOptions, Model};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Relative L2 error `‖a − b‖ / ‖b‖`, in f64.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// The project's own fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `../shared/oracle` beside the repository, when present (CI has it; users do not).
+pub fn shared_oracle_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/oracle");
+    dir.is_dir().then_some(dir)
+}
+
+/// Every sub-folder of `dir` that holds a `reference.safetensors`, sorted.
+pub fn reference_folders(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    out.retain(|p| p.join("reference.safetensors").is_file());
+    out.sort();
+    out
+}
+
+/// A reference folder's tensors.
+pub struct Reference {
+    pub tensors: HashMap<String, Tensor>,
+}
+
+impl Reference {
+    pub fn load(dir: &Path) -> Reference {
+        let tensors =
+            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Reference { tensors }
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    pub fn f32s(&self, name: &str) -> Vec<f32> {
+        self.tensor(name)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let v: Vec<i64> = self.tensor(name).flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(|x| x as u32).collect()
+    }
+
+    pub fn ids2(&self, name: &str) -> Vec<Vec<u32>> {
+        let v: Vec<Vec<i64>> = self.tensor(name).to_vec2().unwrap();
+        v.into_iter()
+            .map(|r| r.into_iter().map(|x| x as u32).collect())
+            .collect()
+    }
+
+    pub fn f32s2(&self, name: &str) -> Vec<Vec<f32>> {
+        self.tensor(name)
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    }
+
+    pub fn n_sequences(&self) -> usize {
+        (0..)
+            .take_while(|i| self.has(&format!("input_ids.{i}")))
+            .count()
+    }
+
+    /// MoE layers that have routing references.
+    pub fn moe_layers(&self) -> Vec<usize> {
+        let mut layers: Vec<usize> = self
+            .tensors
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix("topk_idx.L")?
+                    .split('.')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        layers.sort();
+        layers.dedup();
+        layers
+    }
+
+    fn tensor(&self, name: &str) -> &Tensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("reference has no tensor {name}"))
+    }
+}
+
+pub fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Greedy continuation of `prompt` by `n` tokens through the cache.
+pub fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache();
+    let mut logits = flat(&model.forward_last(prompt, &mut cache).unwrap());
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let next = argmax(&logits);
+        out.push(next);
+        if out.len() < n {
+            logits = flat(&model.forward_last(&[next], &mut cache).unwrap());
+        }
+    }
+    out
+}
+
+/// The outcome of checking one folder: report lines and failures.
+#[derive(Default)]
+pub struct Outcome {
+    pub lines: Vec<String>,
+    pub failures: Vec<String>,
+}
+
+impl Outcome {
+    pub fn close(&mut self, what: &str, err: f64, tol: f64) {
+        let ok = err <= tol;
+        self.lines.push(format!(
+            "{:4} {what}: rel_l2 {err:.2e}",
+            if ok { "ok" } else { "FAIL" }
+        ));
+        if !ok {
+            self.failures
+                .push(format!("{what}: rel_l2 {err:.3e} > {tol:e}"));
+        }
+    }
+
+    pub fn equal<T: PartialEq + std::fmt::Debug>(&mut self, what: &str, got: &T, want: &T) {
+        if got == want {
+            self.lines.push(format!("ok   {what}: exact"));
+        } else {
+            self.lines.push(format!("FAIL {what}"));
+            self.failures
+                .push(format!("{what}: got {got:?}, want {want:?}"));
+        }
+    }
+}
+
+/// Loads `dir` with the given weights file in place of `model.safetensors` (a temporary folder
+/// holding the config and a link to the weights).
+pub fn load_with_weights(dir: &Path, weights: &str, options: &LoadOptions) -> Model {
+    let tmp = std::env::temp_dir().join(format!(
+        "r1-test-{}-{}-{}",
+        std::process::id(),
+        dir.file_name().unwrap().to_string_lossy(),
+        weights
+    ));
+    std::fs::create_dir_all(&tmp).unwrap();
+    std::fs::copy(dir.join("config.json"), tmp.join("config.json")).unwrap();
+    let link = tmp.join("model.safetensors");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(dir.join(weights), &link).unwrap();
+    let model = Model::load(&tmp, options).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    model
+}
+
+/// Every check of the issue against one reference folder, float32 weights and compute.
+pub fn check_folder(dir: &Path) -> Outcome {
+    const TOL: f64 = 1e-4;
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let mut o = Outcome::default();
+    let reference = Reference::load(dir);
+    let model = Model::load(dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    for i in 0..reference.n_sequences() {
+        let ids = reference.ids(&format!("input_ids.{i}"));
+        let t = ids.len();
+        // One full pass, with routing.
+        let mut cache = model.new_cache();
+        let mut routing = Vec::new();
+        let full = model
+            .forward_traced(&ids, &mut cache, &mut routing)
+            .unwrap();
+        o.close(
+            &format!("{name} logits.{i} (full)"),
+            rel_l2(&flat(&full), &reference.f32s(&format!("logits.{i}"))),
+            TOL,
+        );
+        for layer in reference.moe_layers() {
+            let decided = routing
+                .iter()
+                .find(|r| r.layer == layer)
+                .expect("routing of a MoE layer");
+            let want = reference.ids2(&format!("topk_idx.L{layer}.{i}"));
+            let want_w = reference.f32s2(&format!("topk_weight.L{layer}.{i}"));
+            let mut got = Vec::new();
+            let (mut got_w, mut ref_w) = (Vec::new(), Vec::new());
+            for (tok, r) in decided.tokens.iter().enumerate() {
+                // Reference ids are sorted ascending; align our weights to that order.
+                let mut pairs: Vec<(u32, f32)> = r
+                    .experts
+                    .iter()
+                    .map(|&e| e as u32)
+                    .zip(r.weights.iter().copied())
+                    .collect();
+                pairs.sort_by_key(|p| p.0);
+                got.push(pairs.iter().map(|p| p.0).collect::<Vec<_>>());
+                got_w.extend(pairs.iter().map(|p| p.1));
+                ref_w.extend(&want_w[tok]);
+            }
+            o.equal(&format!("{name} topk_idx.L{layer}.{i}"), &got, &want);
+            if got == want {
+                o.close(
+                    &format!("{name} topk_weight.L{layer}.{i}"),
+                    rel_l2(&got_w, &ref_w),
+                    TOL,
+                );
+            }
+            let logits: Vec<f32> = decided.router_logits.concat();
+            o.close(
+                &format!("{name} router_logits.L{layer}.{i}"),
+                rel_l2(
+                    &logits,
+                    &reference.f32s(&format!("router_logits.L{layer}.{i}")),
+                ),
+                TOL,
+            );
+        }
+        // Prefill T-1 tokens, then one decode step (the absorbed MLA form).
+        let mut cache = model.new_cache();
+        let prefill = model.forward(&ids[..t - 1], &mut cache).unwrap();
+        o.close(
+            &format!("{name} prefill_logits.{i}"),
+            rel_l2(
+                &flat(&prefill),
+                &reference.f32s(&format!("prefill_logits.{i}")),
+            ),
+            TOL,
+        );
+        let decode = model.forward(&ids[t - 1..], &mut cache).unwrap();
+        o.close(
+            &format!("{name} decode_logits.{i}"),
+            rel_l2(
+                &flat(&decode),
+                &reference.f32s(&format!("decode_logits.{i}")),
+            ),
+            TOL,
+        );
+        // Token by token from an empty cache equals the full pass.
+        let mut cache = model.new_cache();
+        let rows: Vec<f32> = ids
+            .iter()
+            .flat_map(|&id| flat(&model.forward(&[id], &mut cache).unwrap()))
+            .collect();
+        o.close(
+            &format!("{name} logits.{i} (incremental)"),
+            rel_l2(&rows, &reference.f32s(&format!("logits.{i}"))),
+            TOL,
+        );
+        // Greedy continuation.
+        let want = reference.ids(&format!("generated.{i}"));
+        o.equal(
+            &format!("{name} generated.{i}"),
+            &greedy(&model, &ids, want.len()),
+            &want,
+        );
+    }
+    o
+}
+
+/// The bf16-weight references: `model.bf16.safetensors` upcast to f32, and the f32 file stored
+/// as bf16 (`--dtype bf16`), both against `bf16w_logits`.
+pub fn check_bf16_weights(dir: &Path) -> Outcome {
+    const TOL: f64 = 1e-4;
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let mut o = Outcome::default();
+    let reference = Reference::load(dir);
+    let bf16_file = load_with_weights(dir, "model.bf16.safetensors", &LoadOptions::default());
+    let stored_bf16 = Model::load(
+        dir,
+        &LoadOptions {
+            dtype: DType::BF16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for i in 0..reference.n_sequences() {
+        let ids = reference.ids(&format!("input_ids.{i}"));
+        let want = reference.f32s(&format!("bf16w_logits.{i}"));
+        for (how, model) in [
+            ("bf16 file", &bf16_file),
+            ("f32 file stored bf16", &stored_bf16),
+        ] {
+            let got = flat(&model.forward(&ids, &mut model.new_cache()).unwrap());
+            o.close(
+                &format!("{name} bf16w_logits.{i} ({how})"),
+                rel_l2(&got, &want),
+                TOL,
+            );
+        }
+        let gen = reference.ids(&format!("bf16w_generated.{i}"));
+        o.equal(
+            &format!("{name} bf16w_generated.{i}"),
+            &greedy(&bf16_file, &ids, gen.len()),
+            &gen,
+        );
+    }
+    o
+}
+
+/// Prints the outcome and panics with every failure.
+pub fn report(o: Outcome) {
+    for l in &o.lines {
+        println!("{l}");
+    }
+    assert!(
+        o.failures.is_empty(),
+        "{} check(s) failed:\n{}",
+        o.failures.len(),
+        o.failures.join("\n")
+    );
+}
