@@ -189,7 +189,7 @@ pub struct MoeConfig {
 impl MoeConfig {
     /// Whether decoder layer `layer` uses the MoE block (else the dense MLP).
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        layer >= self.first_k_dense_replace && layer % self.moe_layer_freq == 0
+        layer >= self.first_k_dense_replace && layer.is_multiple_of(self.moe_layer_freq)
     }
 }
 
@@ -447,7 +447,7 @@ fn architecture(f: &Fields) -> Result<Architecture> {
 
 fn gqa_config(f: &Fields, arch: Architecture, hidden: usize, heads: usize) -> Result<GqaConfig> {
     let num_kv_heads = f.usize_or("num_key_value_heads", heads)?;
-    if num_kv_heads == 0 || heads % num_kv_heads != 0 {
+    if num_kv_heads == 0 || !heads.is_multiple_of(num_kv_heads) {
         return Err(f.err(format!(
             "`num_attention_heads` {heads} is not a multiple of `num_key_value_heads` {num_kv_heads}"
         )));
@@ -535,7 +535,7 @@ fn validate_moe(f: &Fields, m: &MoeConfig) -> Result<()> {
             f.err("`n_routed_experts` and `num_experts_per_tok` must be set and positive".into())
         );
     }
-    if m.n_group == 0 || m.n_routed_experts % m.n_group != 0 {
+    if m.n_group == 0 || !m.n_routed_experts.is_multiple_of(m.n_group) {
         return Err(f.err(format!(
             "`n_routed_experts` {} is not a multiple of `n_group` {}",
             m.n_routed_experts, m.n_group

@@ -47,8 +47,12 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             msg,
         };
-        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+        let (header_len, metadata) =
+            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
+                bad(format!(
+                    "not a valid safetensors file (truncated or corrupt?): {e}"
+                ))
+            })?;
         let data_start = 8 + header_len;
         let data_len = mmap.len().saturating_sub(data_start);
         for (name, info) in metadata.tensors() {
