@@ -184,6 +184,10 @@ pub struct MoeConfig {
     pub norm_topk_prob: bool,
     /// Multiplier of the routed output.
     pub routed_scaling_factor: f64,
+    /// V3: normalized weights are then multiplied by `routed_scaling_factor`. V2 (DeepSeek's
+    /// `modeling_deepseek.py`): with `norm_topk_prob` and k > 1 the weights are normalized and not
+    /// scaled; otherwise scaled.
+    pub scale_normalized: bool,
 }
 
 impl MoeConfig {
@@ -521,6 +525,7 @@ fn moe_config(f: &Fields, arch: Architecture) -> Result<MoeConfig> {
         topk_group: f.usize_or("topk_group", if v3 { 4 } else { 1 })?,
         norm_topk_prob: f.bool_or("norm_topk_prob", v3)?,
         routed_scaling_factor: f.f64_or("routed_scaling_factor", if v3 { 2.5 } else { 1.0 })?,
+        scale_normalized: v3,
     };
     validate_moe(f, &cfg)?;
     Ok(cfg)

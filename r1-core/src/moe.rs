@@ -48,12 +48,15 @@ pub fn route(cfg: &MoeConfig, logits: &[f32], bias: Option<&[f32]>) -> TokenRout
     candidates.sort_by(|&a, &b| choice[b].total_cmp(&choice[a]));
     candidates.truncate(cfg.num_experts_per_tok);
     let mut weights: Vec<f32> = candidates.iter().map(|&e| scores[e]).collect();
-    if cfg.norm_topk_prob {
+    let normalize = cfg.norm_topk_prob && (cfg.scale_normalized || weights.len() > 1);
+    if normalize {
         let sum: f32 = weights.iter().sum::<f32>() + 1e-20;
         weights.iter_mut().for_each(|w| *w /= sum);
     }
-    let scale = cfg.routed_scaling_factor as f32;
-    weights.iter_mut().for_each(|w| *w *= scale);
+    if !normalize || cfg.scale_normalized {
+        let scale = cfg.routed_scaling_factor as f32;
+        weights.iter_mut().for_each(|w| *w *= scale);
+    }
     TokenRouting {
         experts: candidates,
         weights,
@@ -220,6 +223,7 @@ mod tests {
             topk_group,
             norm_topk_prob: false,
             routed_scaling_factor: 1.0,
+            scale_normalized: true,
         }
     }
 
@@ -271,5 +275,22 @@ mod tests {
             r.weights
         );
         assert!((r.weights[1] - 2.5 * 0.5 / 0.8).abs() < 1e-5);
+    }
+
+    #[test]
+    fn v2_normalized_weights_are_not_scaled() {
+        let mut c = cfg(ScoringFunc::Softmax, TopkMethod::Greedy, 1, 1, 2);
+        c.norm_topk_prob = true;
+        c.routed_scaling_factor = 16.0;
+        c.scale_normalized = false;
+        let logits = [0.0f32, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+        let r = route(&c, &logits, None);
+        let (a, b) = (2f32.exp(), 1f32.exp());
+        assert_eq!(r.experts, vec![1, 2]);
+        assert!((r.weights[0] - a / (a + b)).abs() < 1e-6, "{:?}", r.weights);
+        // Without normalization V2 scales.
+        c.norm_topk_prob = false;
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((route(&c, &logits, None).weights[0] - 16.0 * a / z).abs() < 1e-5);
     }
 }
