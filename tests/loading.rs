@@ -1,4 +1,5 @@
-//! Bad files, configs and arguments give errors that name what was wrong and where; never a panic.
+//! Loading: bad files, configs and arguments give errors that name what was wrong and where (never a
+//! panic), and what must be skipped is skipped.
 
 mod common;
 use common::fixtures_dir;
@@ -163,4 +164,19 @@ fn bad_tokens_and_full_context_are_errors_and_leave_the_cache_intact() {
     assert!(e.to_string().contains("context full"), "{e}");
     cache.reset();
     assert_eq!(cache.len(), 0);
+}
+
+#[test]
+fn mtp_layer_is_skipped() {
+    // deepseek_v3_tiny has 3 decoder layers. Declared as 2 layers + 1 MTP layer, the tensors of
+    // `model.layers.2.*` become the MTP layer's, which must be left alone, not rejected.
+    let dir = scratch("deepseek_v3_tiny", "mtp");
+    edit_config(&dir, |v| {
+        v["num_hidden_layers"] = serde_json::json!(2);
+        v["num_nextn_predict_layers"] = serde_json::json!(1);
+    });
+    let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+    assert_eq!(model.config().num_hidden_layers, 2);
+    let logits = model.forward(&[7, 8, 9], &mut model.new_cache()).unwrap();
+    assert_eq!(logits.dims(), &[3, 512]);
 }
