@@ -57,6 +57,20 @@ pub enum Error {
         name: String,
     },
 
+    /// The tokenizer could not be loaded, or failed on an input.
+    #[error("tokenizer{}: {msg}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    Tokenizer {
+        /// The tokenizer file, when one is involved.
+        path: Option<PathBuf>,
+        /// What went wrong.
+        msg: String,
+    },
+
+    /// A chat template failed to compile or render (including the template's own
+    /// `raise_exception`).
+    #[error("chat template: {0}")]
+    Template(String),
+
     /// A caller passed something unusable: an out-of-range token id, a full cache, a bad flag.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

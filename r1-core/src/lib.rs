@@ -20,12 +20,16 @@
 
 pub mod attention;
 pub mod cache;
+pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod layers;
 mod model;
 pub mod models;
 pub mod moe;
+pub mod sampling;
+pub mod tokenizer;
+pub mod trace;
 pub mod weights;
 
 pub use cache::Cache;

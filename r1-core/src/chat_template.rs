@@ -1,0 +1,268 @@
+//! Chat templates: the Jinja template a checkpoint ships in `tokenizer_config.json` (or GGUF's
+//! `tokenizer.chat_template`), rendered with `minijinja` under Hugging Face's conventions, and a
+//! built-in DeepSeek-R1 template for models that ship none.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One chat message. Serialized as the dict a Hugging Face template expects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// The text. For earlier assistant turns this may include `<think>…</think>` reasoning, which
+    /// R1 templates drop.
+    pub content: String,
+    /// Tool calls an assistant turn made, as OpenAI-style dicts
+    /// (`{"type": "function", "function": {"name", "arguments"}}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<Value>,
+}
+
+impl Message {
+    /// A message with `role` and `content`.
+    pub fn new(role: &str, content: &str) -> Self {
+        Message {
+            role: role.to_string(),
+            content: content.to_string(),
+            tool_calls: vec![],
+        }
+    }
+
+    /// A system message.
+    pub fn system(content: &str) -> Self {
+        Self::new("system", content)
+    }
+
+    /// A user message.
+    pub fn user(content: &str) -> Self {
+        Self::new("user", content)
+    }
+
+    /// An assistant message.
+    pub fn assistant(content: &str) -> Self {
+        Self::new("assistant", content)
+    }
+}
+
+/// DeepSeek-R1's conversation format, for checkpoints without a template: BOS, the system text,
+/// `<｜User｜>` turns, `<｜Assistant｜>` turns reduced to the text after `</think>` and closed by
+/// EOS, tool calls and outputs in DeepSeek's markup, and a generation prompt that opens the
+/// reasoning with `<think>\n`.
+pub const DEEPSEEK_R1_TEMPLATE: &str = r#"{%- set ns = namespace(system='') -%}
+{%- for m in messages if m.role == 'system' -%}
+{%- set ns.system = ns.system + (ns.system and '\n\n' or '') + m.content -%}
+{%- endfor -%}
+{{- bos_token }}{{ ns.system }}
+{%- for m in messages -%}
+{%- if m.role == 'user' -%}
+<｜User｜>{{ m.content }}
+{%- elif m.role == 'assistant' -%}
+<｜Assistant｜>{{ (m.content or '').split('</think>')[-1] }}
+{%- if m.tool_calls -%}
+<｜tool▁calls▁begin｜>
+{%- for call in m.tool_calls -%}
+<｜tool▁call▁begin｜>{{ call.type or 'function' }}<｜tool▁sep｜>{{ call.function.name }}
+```json
+{{ call.function.arguments if call.function.arguments is string else call.function.arguments | tojson }}
+```<｜tool▁call▁end｜>
+{%- endfor -%}
+<｜tool▁calls▁end｜>
+{%- endif -%}
+{{ eos_token }}
+{%- elif m.role == 'tool' -%}
+<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{{ m.content }}<｜tool▁output▁end｜><｜tool▁outputs▁end｜>
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+<｜Assistant｜><think>
+{% endif -%}"#;
+
+/// A compiled chat template and the special-token strings it is rendered with.
+#[derive(Debug, Clone)]
+pub struct ChatTemplate {
+    source: String,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// A template from Jinja source. It is compiled now, so a broken template fails at load.
+    pub fn new(source: &str) -> Result<Self> {
+        let t = ChatTemplate {
+            source: source.to_string(),
+            bos_token: String::new(),
+            eos_token: String::new(),
+        };
+        environment()
+            .template_from_str(&t.source)
+            .map_err(template_error)?;
+        Ok(t)
+    }
+
+    /// The built-in DeepSeek-R1 template.
+    pub fn deepseek_r1() -> Result<Self> {
+        Self::new(DEEPSEEK_R1_TEMPLATE)
+    }
+
+    /// `tokenizer_config.json`'s `chat_template`: a string, or a list of `{name, template}` of
+    /// which `default` is taken.
+    pub fn from_config_value(v: &Value) -> Result<Option<Self>> {
+        match v {
+            Value::String(s) => Self::new(s).map(Some),
+            Value::Array(items) => {
+                let named = |n: &str| {
+                    items
+                        .iter()
+                        .find(|i| i.get("name").and_then(Value::as_str) == Some(n))
+                };
+                let chosen = named("default").or(items.first());
+                match chosen
+                    .and_then(|c| c.get("template"))
+                    .and_then(Value::as_str)
+                {
+                    Some(s) => Self::new(s).map(Some),
+                    None => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Sets the `bos_token` / `eos_token` strings the template sees.
+    pub fn with_special_tokens(mut self, bos: Option<String>, eos: Option<String>) -> Self {
+        self.bos_token = bos.unwrap_or_default();
+        self.eos_token = eos.unwrap_or_default();
+        self
+    }
+
+    /// The Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages`; `tools` are JSON schemas passed as the template's `tools`.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        tools: Option<&[Value]>,
+    ) -> Result<String> {
+        let env = environment();
+        let template = env
+            .template_from_str(&self.source)
+            .map_err(template_error)?;
+        let ctx = minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+            tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
+        };
+        template.render(ctx).map_err(template_error)
+    }
+}
+
+/// A minijinja environment with Hugging Face's conventions: Python string/dict methods
+/// (`.strip()`, `.split()`, `.items()`…), `raise_exception`, and `tojson`.
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function(
+        "raise_exception",
+        |msg: String| -> std::result::Result<String, minijinja::Error> {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                msg,
+            ))
+        },
+    );
+    // HF renders with trim_blocks and lstrip_blocks.
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .trim_blocks(true)
+        .lstrip_blocks(true)
+        .build()
+    {
+        env.set_syntax(syntax);
+    }
+    env
+}
+
+fn template_error(e: minijinja::Error) -> Error {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Error::Template(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r1() -> ChatTemplate {
+        ChatTemplate::deepseek_r1().unwrap().with_special_tokens(
+            Some("<｜begin▁of▁sentence｜>".into()),
+            Some("<｜end▁of▁sentence｜>".into()),
+        )
+    }
+
+    #[test]
+    fn r1_template_matches_deepseek_format() {
+        let msgs = [
+            Message::system("Be brief."),
+            Message::user("2+2?"),
+            Message::assistant("<think>\nadd them\n</think>\n\n4"),
+            Message::user("3+3?"),
+        ];
+        let s = r1().render(&msgs, true, None).unwrap();
+        assert_eq!(
+            s,
+            "<｜begin▁of▁sentence｜>Be brief.<｜User｜>2+2?<｜Assistant｜>\n\n4<｜end▁of▁sentence｜>\
+             <｜User｜>3+3?<｜Assistant｜><think>\n"
+        );
+        let no_prompt = r1().render(&msgs[..2], false, None).unwrap();
+        assert_eq!(no_prompt, "<｜begin▁of▁sentence｜>Be brief.<｜User｜>2+2?");
+    }
+
+    #[test]
+    fn r1_template_renders_tool_calls() {
+        let mut call = Message::assistant("");
+        call.tool_calls = vec![serde_json::json!({
+            "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}
+        })];
+        let msgs = [
+            Message::user("weather?"),
+            call,
+            Message::new("tool", "sunny"),
+        ];
+        let s = r1().render(&msgs, true, None).unwrap();
+        assert!(s.contains(
+            "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>"
+        ), "{s}");
+        assert!(s.contains("<｜tool▁output▁begin｜>sunny<｜tool▁output▁end｜>"));
+    }
+
+    #[test]
+    fn raise_exception_and_syntax_errors_are_errors() {
+        let t = ChatTemplate::new("{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}").unwrap();
+        let e = t.render(&[Message::system("x")], false, None).unwrap_err();
+        assert!(e.to_string().contains("first must be user"), "{e}");
+        assert!(ChatTemplate::new("{% if %}").is_err());
+    }
+
+    #[test]
+    fn python_methods_work() {
+        let t = ChatTemplate::new(
+            "{{ messages[0].content.strip().upper() }}|{{ 'a,b'.split(',')[-1] }}",
+        )
+        .unwrap();
+        assert_eq!(
+            t.render(&[Message::user("  hi ")], false, None).unwrap(),
+            "HI|b"
+        );
+    }
+}
