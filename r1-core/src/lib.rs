@@ -23,6 +23,7 @@ pub mod cache;
 pub mod chat_template;
 pub mod config;
 pub mod error;
+pub mod generate;
 pub mod layers;
 mod model;
 pub mod models;

@@ -353,3 +353,34 @@ pub fn report(o: Outcome) {
         o.failures.join("\n")
     );
 }
+
+/// `reference.json` of a folder. Python's json writes `Infinity` for some margins, which is not
+/// JSON; those become null.
+pub fn reference_json(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+    let text = text
+        .replace("-Infinity", "null")
+        .replace("Infinity", "null")
+        .replace("NaN", "null");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+}
+
+/// Every reference folder: the project's fixtures, then `../shared/oracle`'s when present.
+pub fn all_reference_folders() -> Vec<PathBuf> {
+    let mut v = reference_folders(&fixtures_dir());
+    if let Some(shared) = shared_oracle_dir() {
+        v.extend(reference_folders(&shared));
+    } else {
+        eprintln!("NOTE: ../shared/oracle is absent; checking the project's own fixtures only");
+    }
+    v
+}
+
+/// Ids from a JSON list.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
