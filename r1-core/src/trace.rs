@@ -84,8 +84,8 @@ impl TraceParser {
             match self.state {
                 State::Undecided => {
                     let trimmed = self.pending.trim_start();
-                    if trimmed.starts_with(THINK_OPEN) {
-                        self.pending = trimmed[THINK_OPEN.len()..].to_string();
+                    if let Some(rest) = trimmed.strip_prefix(THINK_OPEN) {
+                        self.pending = rest.to_string();
                         self.state = State::Reasoning { at_start: false };
                         self.entered_reasoning = true;
                     } else if THINK_OPEN.starts_with(trimmed) {
