@@ -5,6 +5,8 @@
 //! option that r1 does not implement is an error naming it, never a silent approximation.
 
 use crate::error::{Error, Result};
+use crate::weights::gguf::{GgufFile, MetaValue};
+use candle_core::quantized::GgmlDType;
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
@@ -80,6 +82,9 @@ pub enum RopeScaling {
         /// `mscale_all_dim` (DeepSeek): the softmax scale is multiplied by `yarn_mscale(factor, it)^2`.
         mscale_all_dim: Option<f64>,
     },
+    /// Per-frequency divisors, as GGUF files of Llama 3.1 models store them (`rope_freqs.weight`,
+    /// llama.cpp's precomputed form of the llama3 scaling).
+    Factors(Vec<f64>),
 }
 
 /// Rotary position embedding parameters.
@@ -685,6 +690,154 @@ fn fp8_config(f: &Fields) -> Result<Option<Fp8Config>> {
         }
     };
     Ok(Some(Fp8Config { block }))
+}
+
+impl ModelConfig {
+    /// The config of a GGUF file, from its `{arch}.*` metadata (llama.cpp's keys) and, where
+    /// the metadata is silent, from which tensors exist.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let path = g.path();
+        let err = |msg: String| Error::Config { path: path.to_path_buf(), msg };
+        let arch_name = g.meta("general.architecture").and_then(MetaValue::as_str).unwrap_or("").to_string();
+        let key = |k: &str| format!("{arch_name}.{k}");
+        let get = |k: &str| g.meta(&key(k));
+        let usize_opt = |k: &str| get(k).and_then(MetaValue::as_u64).map(|v| v as usize);
+        let usize_req = |k: &str| usize_opt(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
+        let f64_or = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
+        let has = |t: &str| g.tensors.contains_key(t);
+        let sigmoid = usize_opt("expert_gating_func") == Some(2);
+        let arch = match arch_name.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            "deepseek2" if sigmoid => Architecture::DeepseekV3,
+            "deepseek2" => Architecture::DeepseekV2,
+            other => {
+                return Err(Error::Unsupported(format!(
+                    "{}: GGUF architecture `{other}` (llama, qwen2, deepseek2)",
+                    path.display()
+                )))
+            }
+        };
+        let hidden_size = usize_req("embedding_length")?;
+        let num_heads = usize_req("attention.head_count")?;
+        let vocab_size = match usize_opt("vocab_size") {
+            Some(v) => v,
+            None => g.meta("tokenizer.ggml.tokens").and_then(MetaValue::as_array).map(<[MetaValue]>::len).ok_or_else(|| err("no vocabulary size".into()))?,
+        };
+        let attention = if arch.is_deepseek() {
+            let rope = usize_req("rope.dimension_count")?;
+            let key_len = usize_opt("attention.key_length_mla").or(usize_opt("attention.key_length")).ok_or_else(|| err("missing attention.key_length".into()))?;
+            let v = usize_opt("attention.value_length_mla").or(usize_opt("attention.value_length")).ok_or_else(|| err("missing attention.value_length".into()))?;
+            AttentionConfig::Mla(MlaConfig {
+                num_heads,
+                q_lora_rank: usize_opt("attention.q_lora_rank").filter(|&r| r > 0),
+                kv_lora_rank: usize_req("attention.kv_lora_rank")?,
+                qk_nope_head_dim: key_len.checked_sub(rope).ok_or_else(|| err(format!("key length {key_len} < rope dims {rope}")))?,
+                qk_rope_head_dim: rope,
+                v_head_dim: v,
+                bias: has("blk.0.attn_kv_a_mqa.bias"),
+            })
+        } else {
+            let num_kv_heads = usize_opt("attention.head_count_kv").unwrap_or(num_heads);
+            if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
+                return Err(err(format!("{num_heads} heads are not a multiple of {num_kv_heads} kv heads")));
+            }
+            AttentionConfig::Gqa(GqaConfig {
+                num_heads,
+                num_kv_heads,
+                head_dim: usize_opt("attention.key_length").unwrap_or(hidden_size / num_heads),
+                qkv_bias: has("blk.0.attn_q.bias"),
+                o_bias: has("blk.0.attn_output.bias"),
+            })
+        };
+        let moe = if arch.is_deepseek() {
+            let n_group = usize_opt("expert_group_count").unwrap_or(1).max(1);
+            let topk_group = usize_opt("expert_group_used_count").unwrap_or(n_group).max(1);
+            // A GGUF stores no topk_method: sigmoid gating is V3's noaux_tc; softmax is V2's greedy,
+            // group-limited when groups are set (llama.cpp ranks groups the same way for both).
+            let topk_method = match (sigmoid, topk_group < n_group) {
+                (true, _) => TopkMethod::NoauxTc,
+                (false, true) => TopkMethod::GroupLimitedGreedy,
+                (false, false) => TopkMethod::Greedy,
+            };
+            Some(MoeConfig {
+                n_routed_experts: usize_req("expert_count")?,
+                n_shared_experts: usize_opt("expert_shared_count").unwrap_or(0),
+                num_experts_per_tok: usize_req("expert_used_count")?,
+                moe_intermediate_size: usize_req("expert_feed_forward_length")?,
+                first_k_dense_replace: usize_opt("leading_dense_block_count").unwrap_or(0),
+                moe_layer_freq: 1,
+                scoring_func: if sigmoid { ScoringFunc::Sigmoid } else { ScoringFunc::Softmax },
+                topk_method,
+                n_group,
+                topk_group,
+                norm_topk_prob: get("expert_weights_norm").and_then(MetaValue::as_bool).unwrap_or(false),
+                routed_scaling_factor: f64_or("expert_weights_scale", 1.0),
+                scale_normalized: sigmoid,
+            })
+        } else {
+            None
+        };
+        let tok_id = |k: &str| g.meta(&format!("tokenizer.ggml.{k}")).and_then(MetaValue::as_u64).map(|v| v as u32);
+        Ok(ModelConfig {
+            arch,
+            vocab_size,
+            hidden_size,
+            num_hidden_layers: usize_req("block_count")?,
+            intermediate_size: usize_opt("feed_forward_length").unwrap_or(0),
+            mlp_bias: has("blk.0.ffn_up.bias"),
+            rms_norm_eps: f64_or("attention.layer_norm_rms_epsilon", 1e-6),
+            max_position_embeddings: usize_opt("context_length").unwrap_or(4096),
+            tie_word_embeddings: !has("output.weight"),
+            bos_token_id: tok_id("bos_token_id"),
+            eos_token_ids: tok_id("eos_token_id").into_iter().collect(),
+            rope: gguf_rope(g, &arch_name, arch)?,
+            attention,
+            moe,
+            fp8: None,
+        })
+    }
+}
+
+/// Rope from GGUF metadata. GGUF `llama` files store q/k rows permuted so that llama.cpp rotates
+/// interleaved pairs; rotating the same pairs here is the Hugging Face model's rotation.
+fn gguf_rope(g: &GgufFile, arch_name: &str, arch: Architecture) -> Result<RopeConfig> {
+    let get = |k: &str| g.meta(&format!("{arch_name}.{k}"));
+    let f = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
+    let factor = f("rope.scaling.factor", 1.0);
+    let scaling = match get("rope.scaling.type").and_then(MetaValue::as_str).unwrap_or("none") {
+        "none" => RopeScaling::None,
+        "linear" if factor != 1.0 => RopeScaling::Linear { factor },
+        "linear" => RopeScaling::None,
+        "yarn" => {
+            let m = f("rope.scaling.yarn_log_multiplier", 0.0) / 0.1;
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings: f("rope.scaling.original_context_length", 4096.0),
+                beta_fast: f("rope.scaling.yarn_beta_fast", 32.0),
+                beta_slow: f("rope.scaling.yarn_beta_slow", 1.0),
+                // llama.cpp's deepseek2 assumes mscale == mscale_all_dim: cos/sin unscaled.
+                attention_factor: 1.0,
+                mscale_all_dim: (m != 0.0).then_some(m),
+            }
+        }
+        other => return Err(Error::Unsupported(format!("{}: rope scaling type `{other}`", g.path().display()))),
+    };
+    let scaling = match g.tensors.get("rope_freqs.weight") {
+        Some(info) if info.dtype == GgmlDType::F32 => {
+            let factors = g.bytes(info).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect();
+            RopeScaling::Factors(factors)
+        }
+        Some(info) => {
+            return Err(Error::Unsupported(format!("{}: rope_freqs.weight of type {:?}", g.path().display(), info.dtype)))
+        }
+        None => scaling,
+    };
+    Ok(RopeConfig {
+        theta: f("rope.freq_base", 10000.0),
+        scaling,
+        interleaved: matches!(arch, Architecture::Llama) || arch.is_deepseek(),
+    })
 }
 
 /// Where a checkpoint folder keeps its config.

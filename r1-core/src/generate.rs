@@ -29,6 +29,7 @@ use crate::model::{LoadOptions, Model};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 use crate::trace::{Channel, Trace, TraceParser};
+use crate::weights::gguf::GgufFile;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,10 +163,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads a checkpoint folder: the model, `tokenizer.json` and its configs.
+    /// Loads a checkpoint folder (the model, `tokenizer.json` and its configs) or a GGUF file
+    /// (the tokenizer from its metadata).
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Engine> {
-        let model = Model::load(path.as_ref(), options)?;
-        let tokenizer = Tokenizer::from_dir(path.as_ref(), &model.config().eos_token_ids)?;
+        let path = path.as_ref();
+        let model = Model::load(path, options)?;
+        let tokenizer = if path.is_file() {
+            Tokenizer::from_gguf(&GgufFile::open(path)?)?
+        } else {
+            Tokenizer::from_dir(path, &model.config().eos_token_ids)?
+        };
         Engine::new(model, tokenizer)
     }
 

@@ -5,6 +5,7 @@ use crate::config::{config_path, Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::models::{deepseek::Deepseek, llama::Llama};
 use crate::moe::LayerRouting;
+use crate::weights::gguf::GgufFile;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
@@ -43,27 +44,32 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a Hugging Face checkpoint folder (`config.json` + safetensors, sharded or not).
+    /// Loads a Hugging Face checkpoint folder (`config.json` + safetensors, sharded or not) or a
+    /// GGUF file.
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
-        let dir = path.as_ref();
-        if !dir.is_dir() {
+        let path = path.as_ref();
+        let (config, weights) = if path.is_file() {
+            let file = GgufFile::open(path)?;
+            let config = ModelConfig::from_gguf(&file)?;
+            (config, Weights::from_gguf(file, options.dtype, &options.device)?)
+        } else if path.is_dir() {
+            let config = ModelConfig::from_file(&config_path(path))?;
+            let weights = Weights::open(path, config.fp8, options.dtype, &options.device)?;
+            (config, weights)
+        } else {
             return Err(Error::Io {
-                path: dir.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "not a checkpoint folder",
-                ),
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint folder or GGUF file here"),
             });
-        }
-        let config = ModelConfig::from_file(&config_path(dir))?;
-        let weights = Weights::open(dir, config.fp8, options.dtype, &options.device)?;
+        };
+        Self::from_weights(config, &weights)
+    }
+
+    /// Builds the model `config` describes from `weights`.
+    pub fn from_weights(config: ModelConfig, weights: &Weights) -> Result<Model> {
         let family = match config.arch {
-            Architecture::Llama | Architecture::Qwen2 => {
-                Family::Llama(Llama::load(&weights, &config)?)
-            }
-            Architecture::DeepseekV2 | Architecture::DeepseekV3 => {
-                Family::Deepseek(Deepseek::load(&weights, &config)?)
-            }
+            Architecture::Llama | Architecture::Qwen2 => Family::Llama(Llama::load(weights, &config)?),
+            Architecture::DeepseekV2 | Architecture::DeepseekV3 => Family::Deepseek(Deepseek::load(weights, &config)?),
         };
         Ok(Model { config, family })
     }

@@ -1,55 +1,53 @@
 //! `y = x · Wᵀ + b`, whatever the storage of `W`.
 //!
-//! A weight stored in bf16/f16 on the CPU is widened to f32 for the product (candle's CPU matmul
-//! has no bf16); the activations stay f32 throughout.
+//! The weight is dense (f32, or bf16/f16 widened to f32 per product because candle's CPU matmul
+//! has no bf16) or ggml-quantized (GGUF, or quantized while loading), in which case candle's
+//! quantized matmul runs on the blocks directly. Activations are f32 throughout.
 
 use crate::error::Result;
-use crate::weights::Weights;
-use candle_core::{DType, Tensor};
+use crate::weights::{Matrix, Weights};
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Module, Tensor};
+
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
 
 /// A linear layer with weight `[out, in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: Weight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> Result<Self> {
-        let weight = w.get(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
-        let bias = if bias {
-            Some(w.get_f32(&format!("{prefix}.bias"), &[out_dim])?)
-        } else {
-            None
+    pub fn load(w: &Weights, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = w.matrix(&format!("{prefix}.weight"), out_dim, in_dim)?;
+        let bias = if bias { Some(w.get_f32(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        Self::from_matrix(weight, bias)
+    }
+
+    /// A layer from a `[out, in]` matrix (e.g. the embedding table, for a tied LM head).
+    pub fn from_matrix(weight: Matrix, bias: Option<Tensor>) -> Result<Self> {
+        let weight = match weight {
+            Matrix::Dense(t) => Weight::Dense(t),
+            Matrix::Quantized(q) => Weight::Quantized(QMatMul::from_arc(q)?),
         };
         Ok(Linear { weight, bias })
     }
 
-    /// A layer from an existing weight `[out, in]`.
-    pub fn from_weight(weight: Tensor, bias: Option<Tensor>) -> Self {
-        Linear { weight, bias }
-    }
-
-    /// The weight `[out, in]`.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
     /// `x [tokens, in]` → `[tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = if self.weight.dtype() == x.dtype() {
-            self.weight.clone()
-        } else {
-            self.weight.to_dtype(x.dtype())?
+        let y = match &self.weight {
+            Weight::Dense(w) => {
+                let w = if w.dtype() == x.dtype() { w.clone() } else { w.to_dtype(x.dtype())? };
+                x.matmul(&w.t()?)?
+            }
+            Weight::Quantized(q) => q.forward(&x.contiguous()?)?,
         };
-        let y = x.matmul(&w.t()?)?;
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,

@@ -39,6 +39,7 @@ impl Rope {
                 );
                 (f, 1.0)
             }
+            RopeScaling::Factors(factors) => (base.iter().zip(factors.iter().chain(std::iter::repeat(&1.0))).map(|(f, d)| f / d).collect(), 1.0),
             RopeScaling::Yarn {
                 factor,
                 original_max_position_embeddings,

@@ -5,45 +5,40 @@ pub mod llama;
 
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::layers::linear::Linear;
-use crate::weights::Weights;
+use crate::layers::linear::{Linear, ACTIVATION_DTYPE};
+use crate::weights::{Matrix, Weights};
 use candle_core::Tensor;
 
-/// Token embedding table `[vocab, hidden]`.
+/// Token embedding table `[vocab, hidden]`, dense or quantized.
 #[derive(Debug, Clone)]
 pub(crate) struct Embedding {
-    table: Tensor,
+    table: Matrix,
+    vocab: usize,
 }
 
 impl Embedding {
     pub(crate) fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
-        Ok(Embedding {
-            table: w.get(
-                "model.embed_tokens.weight",
-                &[cfg.vocab_size, cfg.hidden_size],
-            )?,
-        })
+        let table = w.matrix("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)?;
+        Ok(Embedding { table, vocab: cfg.vocab_size })
     }
 
     /// Rows of `tokens`, as f32 activations `[len, hidden]`.
     pub(crate) fn forward(&self, tokens: &[u32]) -> Result<Tensor> {
-        let vocab = self.table.dim(0)?;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidArgument(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", self.vocab)));
         }
-        let ids = Tensor::new(tokens, self.table.device())?;
-        Ok(self
-            .table
-            .index_select(&ids, 0)?
-            .to_dtype(crate::layers::linear::ACTIVATION_DTYPE)?)
+        let rows = match &self.table {
+            Matrix::Dense(t) => t.index_select(&Tensor::new(tokens, t.device())?, 0)?,
+            Matrix::Quantized(q) => q.embedding(&Tensor::new(tokens, &q.device())?)?,
+        };
+        Ok(rows.to_dtype(ACTIVATION_DTYPE)?)
     }
 
-    /// The LM head: `lm_head.weight`, or the embedding table itself when tied.
+    /// The LM head: `lm_head.weight`, or the embedding table itself when tied (or absent, as
+    /// GGUF files of tied models have no `output.weight`).
     pub(crate) fn lm_head(&self, w: &Weights, cfg: &ModelConfig) -> Result<Linear> {
-        if cfg.tie_word_embeddings && !w.contains("lm_head.weight") {
-            Ok(Linear::from_weight(self.table.clone(), None))
+        if !w.contains("lm_head.weight") && (cfg.tie_word_embeddings || w.gguf().is_some()) {
+            Linear::from_matrix(self.table.clone(), None)
         } else {
             Linear::load(w, "lm_head", cfg.hidden_size, cfg.vocab_size, false)
         }

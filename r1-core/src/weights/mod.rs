@@ -5,19 +5,39 @@
 //! the requested storage dtype. Every error names the file and the tensor.
 
 pub mod fp8;
+pub mod gguf;
 pub mod safetensors;
 
+use self::gguf::{GgufFile, GgufName, TensorInfo};
 use self::safetensors::{RawTensor, SafetensorsStore};
 use crate::config::Fp8Config;
 use crate::error::{Error, Result};
 use ::safetensors::tensor::Dtype;
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
+use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
+
+/// Where the tensors come from.
+enum Source {
+    Safetensors(SafetensorsStore),
+    Gguf(GgufFile),
+}
+
+/// A matrix as a linear layer or embedding holds it: dense, or kept quantized.
+#[derive(Debug, Clone)]
+pub enum Matrix {
+    /// A dense `[rows, cols]` tensor in the storage dtype.
+    Dense(Tensor),
+    /// A ggml-quantized `[rows, cols]` tensor (blocks run along the columns).
+    Quantized(Arc<QTensor>),
+}
 
 /// A checkpoint's tensors, converted on request.
 pub struct Weights {
-    store: SafetensorsStore,
+    source: Source,
     fp8: Option<Fp8Config>,
     dtype: DType,
     device: Device,
@@ -32,12 +52,32 @@ impl Weights {
                 "weight dtype {dtype:?} (use f32, bf16 or f16)"
             )));
         }
-        Ok(Weights {
-            store: SafetensorsStore::open(dir)?,
-            fp8,
-            dtype,
-            device: device.clone(),
-        })
+        let source = Source::Safetensors(SafetensorsStore::open(dir)?);
+        Ok(Weights { source, fp8, dtype, device: device.clone() })
+    }
+
+    /// Wraps an opened GGUF file. Quantized matrices stay quantized; other tensors are
+    /// dequantized to `dtype`.
+    pub fn from_gguf(file: GgufFile, dtype: DType, device: &Device) -> Result<Self> {
+        if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::InvalidArgument(format!("weight dtype {dtype:?} (use f32, bf16 or f16)")));
+        }
+        Ok(Weights { source: Source::Gguf(file), fp8: None, dtype, device: device.clone() })
+    }
+
+    /// The GGUF file, when the weights come from one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match &self.source {
+            Source::Gguf(g) => Some(g),
+            Source::Safetensors(_) => None,
+        }
+    }
+
+    fn root(&self) -> &Path {
+        match &self.source {
+            Source::Safetensors(s) => s.root(),
+            Source::Gguf(g) => g.path(),
+        }
     }
 
     /// The storage dtype of the weights this returns.
@@ -52,7 +92,34 @@ impl Weights {
 
     /// Whether the checkpoint has tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.store.contains(name)
+        match &self.source {
+            Source::Safetensors(s) => s.contains(name),
+            Source::Gguf(g) => match gguf::gguf_name(name) {
+                Some(GgufName::Whole(n)) | Some(GgufName::Expert(n, _)) => g.tensors.contains_key(&n),
+                Some(GgufName::KvB { kv_b, k_b, .. }) => g.tensors.contains_key(&kv_b) || g.tensors.contains_key(&k_b),
+                None => false,
+            },
+        }
+    }
+
+    /// Matrix `name` of `[rows, cols]` for a linear layer or embedding: quantized GGUF types
+    /// stay quantized, everything else is a dense tensor in the storage dtype.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        if let Source::Gguf(g) = &self.source {
+            let found = match gguf::gguf_name(name) {
+                Some(GgufName::Whole(n)) => g.tensors.get(&n).map(|i| (n.clone(), i, None)),
+                Some(GgufName::Expert(n, e)) => g.tensors.get(&n).map(|i| (n.clone(), i, Some(e))),
+                _ => None,
+            };
+            if let Some((gname, info, expert)) = found {
+                if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                    let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
+                    let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
+                    return Ok(Matrix::Quantized(Arc::new(QTensor::new(storage, (rows, cols))?)));
+                }
+            }
+        }
+        Ok(Matrix::Dense(self.get(name, &[rows, cols])?))
     }
 
     /// Tensor `name` with exactly `shape`, in the storage dtype.
@@ -74,44 +141,90 @@ impl Weights {
     }
 
     fn load(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
-        let raw = self.store.get(name).ok_or_else(|| Error::MissingTensor {
-            path: self.store.root().to_path_buf(),
-            name: name.to_string(),
-        })?;
-        let bad = |msg: String| Error::BadWeights {
-            path: raw.path.to_path_buf(),
-            msg: format!("tensor `{name}`: {msg}"),
-        };
-        if raw.shape != shape {
-            return Err(bad(format!(
-                "shape {:?}, but the config implies {shape:?}",
-                raw.shape
-            )));
-        }
-        let tensor = match raw.dtype {
-            Dtype::F32 => Tensor::from_vec(
-                decode::<4, f32>(&raw, f32::from_le_bytes),
-                shape,
-                &self.device,
-            )?,
-            Dtype::F16 => Tensor::from_vec(
-                decode::<2, f16>(&raw, f16::from_le_bytes),
-                shape,
-                &self.device,
-            )?,
-            Dtype::BF16 => Tensor::from_vec(
-                decode::<2, bf16>(&raw, bf16::from_le_bytes),
-                shape,
-                &self.device,
-            )?,
-            Dtype::F8_E4M3 => self.dequantize_fp8(name, &raw)?,
-            other => {
-                return Err(bad(format!(
-                    "dtype {other:?} is not supported (f32, f16, bf16, f8_e4m3)"
-                )))
-            }
+        let tensor = match &self.source {
+            Source::Safetensors(store) => self.load_safetensors(store, name, shape)?,
+            Source::Gguf(g) => self.load_gguf(g, name, shape)?,
         };
         Ok(tensor.to_dtype(dtype)?)
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        Error::MissingTensor { path: self.root().to_path_buf(), name: name.to_string() }
+    }
+
+    fn load_safetensors(&self, store: &SafetensorsStore, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let raw = store.get(name).ok_or_else(|| self.missing(name))?;
+        let bad = |msg: String| Error::BadWeights { path: raw.path.to_path_buf(), msg: format!("tensor `{name}`: {msg}") };
+        if raw.shape != shape {
+            return Err(bad(format!("shape {:?}, but the config implies {shape:?}", raw.shape)));
+        }
+        Ok(match raw.dtype {
+            Dtype::F32 => Tensor::from_vec(decode::<4, f32>(&raw, f32::from_le_bytes), shape, &self.device)?,
+            Dtype::F16 => Tensor::from_vec(decode::<2, f16>(&raw, f16::from_le_bytes), shape, &self.device)?,
+            Dtype::BF16 => Tensor::from_vec(decode::<2, bf16>(&raw, bf16::from_le_bytes), shape, &self.device)?,
+            Dtype::F8_E4M3 => self.dequantize_fp8(name, &raw)?,
+            other => return Err(bad(format!("dtype {other:?} is not supported (f32, f16, bf16, f8_e4m3)"))),
+        })
+    }
+
+    /// A GGUF tensor by its Hugging Face name, dequantized to f32.
+    fn load_gguf(&self, g: &GgufFile, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (gname, expert) = match gguf::gguf_name(name).ok_or_else(|| self.missing(name))? {
+            GgufName::Whole(n) => (n, None),
+            GgufName::Expert(n, e) => (n, Some(e)),
+            GgufName::KvB { kv_b, k_b, v_b } => {
+                if g.tensors.contains_key(&kv_b) {
+                    (kv_b, None)
+                } else {
+                    return self.kv_b_from_split(g, name, &k_b, &v_b, shape);
+                }
+            }
+        };
+        let info = g.tensors.get(&gname).ok_or_else(|| self.missing(&format!("{gname} ({name})")))?;
+        let bytes = self.gguf_bytes(g, &gname, info, expert, shape)?;
+        let q = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?, shape)?;
+        Ok(q.dequantize(&self.device)?)
+    }
+
+    /// The bytes of a whole GGUF tensor or of one expert of a stacked one, after checking the
+    /// shape the model expects.
+    fn gguf_bytes<'a>(&self, g: &'a GgufFile, gname: &str, info: &TensorInfo, expert: Option<usize>, shape: &[usize]) -> Result<&'a [u8]> {
+        let bad = |msg: String| Error::BadWeights { path: g.path().to_path_buf(), msg: format!("tensor `{gname}`: {msg}") };
+        let full = info.shape();
+        let bytes = g.bytes(info);
+        match expert {
+            None if full == shape => Ok(bytes),
+            Some(e) if full.len() == 3 && full[1..] == *shape => {
+                if e >= full[0] {
+                    return Err(bad(format!("expert {e} of {}", full[0])));
+                }
+                let per = bytes.len() / full[0];
+                Ok(&bytes[e * per..(e + 1) * per])
+            }
+            _ => Err(bad(format!("shape {full:?}, but the config implies {shape:?}{}", if expert.is_some() { " per expert" } else { "" }))),
+        }
+    }
+
+    /// `kv_b_proj` `[heads * (nope + v), kv_lora]` rebuilt from llama.cpp's split
+    /// `attn_k_b` `[heads, kv_lora, nope]` (W_UK transposed) and `attn_v_b` `[heads, v, kv_lora]`.
+    fn kv_b_from_split(&self, g: &GgufFile, name: &str, k_b: &str, v_b: &str, shape: &[usize]) -> Result<Tensor> {
+        let get = |n: &str| -> Result<Tensor> {
+            let info = g.tensors.get(n).ok_or_else(|| self.missing(&format!("{n} ({name})")))?;
+            let s = info.shape();
+            let q = QTensor::new(QStorage::from_data(Cow::Borrowed(g.bytes(info)), &self.device, info.dtype)?, s)?;
+            Ok(q.dequantize(&self.device)?)
+        };
+        let (k, v) = (get(k_b)?, get(v_b)?);
+        let (heads, kv_lora, nope) = k.dims3()?;
+        let (vh, v_dim, vl) = v.dims3()?;
+        if vh != heads || vl != kv_lora || shape != [heads * (nope + v_dim), kv_lora] {
+            return Err(Error::BadWeights {
+                path: g.path().to_path_buf(),
+                msg: format!("`{k_b}` {:?} and `{v_b}` {:?} do not make `{name}` {shape:?}", k.dims(), v.dims()),
+            });
+        }
+        let w_uk = k.transpose(1, 2)?; // [heads, nope, kv_lora]
+        Ok(Tensor::cat(&[&w_uk, &v], 1)?.reshape((heads * (nope + v_dim), kv_lora))?)
     }
 
     /// FP8 weight × its `{name}_scale_inv` block scales, as f32.

@@ -1,0 +1,385 @@
+//! GGUF files (llama.cpp's format, v2 and v3) through `memmap2`: metadata, tensor infos and
+//! alignment are parsed from the mapping; tensor bytes are borrowed from it, never copied here.
+//!
+//! Layout: magic `GGUF`, version, tensor count, metadata count, the metadata key/values, the
+//! tensor infos (name, dims innermost first, ggml type, offset), then the data section at the
+//! next multiple of `general.alignment` (default 32).
+
+use crate::error::{Error, Result};
+use candle_core::quantized::GgmlDType;
+use memmap2::Mmap;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    /// Any unsigned integer type.
+    U64(u64),
+    /// Any signed integer type.
+    I64(i64),
+    /// f32 or f64.
+    F64(f64),
+    /// bool.
+    Bool(bool),
+    /// A UTF-8 string.
+    Str(String),
+    /// An array of values.
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    /// The value as an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            MetaValue::U64(v) => Some(v),
+            MetaValue::I64(v) if v >= 0 => Some(v as u64),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if numeric.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            MetaValue::F64(v) => Some(v),
+            MetaValue::U64(v) => Some(v as f64),
+            MetaValue::I64(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+
+    /// The value as a string.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            MetaValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as a bool (integers: non-zero).
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            MetaValue::Bool(b) => Some(b),
+            MetaValue::U64(v) => Some(v != 0),
+            MetaValue::I64(v) => Some(v != 0),
+            _ => None,
+        }
+    }
+
+    /// The value as an array.
+    pub fn as_array(&self) -> Option<&[MetaValue]> {
+        match self {
+            MetaValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// Where a tensor's bytes are and how to read them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    /// Dimensions innermost first (ggml's `ne`): a linear weight `[out, in]` is `[in, out]` here.
+    pub dims: Vec<usize>,
+    /// The ggml type.
+    pub dtype: GgmlDType,
+    /// Byte range in the file.
+    pub range: (usize, usize),
+}
+
+impl TensorInfo {
+    /// The shape outermost first (the PyTorch / Hugging Face order).
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().copied().collect()
+    }
+}
+
+/// A mapped GGUF file.
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: Mmap,
+    /// Format version (2 or 3).
+    pub version: u32,
+    /// Metadata by key.
+    pub metadata: HashMap<String, MetaValue>,
+    /// Tensor infos by name.
+    pub tensors: HashMap<String, TensorInfo>,
+}
+
+/// ggml type id → candle type, or the type's name for the error message.
+fn ggml_type(id: u32) -> std::result::Result<GgmlDType, String> {
+    Ok(match id {
+        0 => GgmlDType::F32,
+        1 => GgmlDType::F16,
+        2 => GgmlDType::Q4_0,
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        8 => GgmlDType::Q8_0,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        30 => GgmlDType::BF16,
+        16..=23 | 29 => return Err(format!("IQ-family type {id} (IQ2/IQ3/IQ1/IQ4)")),
+        other => return Err(format!("ggml type {other}")),
+    })
+}
+
+/// A bounds-checked reader over the mapping.
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
+            format!("unexpected end of file at byte {} (needed {n} more bytes; truncated file?)", self.pos)
+        })?;
+        let s = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// A count that must fit in what is left of the file (each item at least `min_size` bytes).
+    fn count(&mut self, min_size: usize) -> std::result::Result<usize, String> {
+        let n = self.u64()?;
+        let left = (self.data.len() - self.pos) as u64;
+        if n.saturating_mul(min_size as u64) > left {
+            return Err(format!("count {n} at byte {} exceeds the file size (corrupt file?)", self.pos - 8));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self) -> std::result::Result<String, String> {
+        let n = self.count(1)?;
+        let at = self.pos;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("string at byte {at} is not UTF-8"))
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<MetaValue, String> {
+        Ok(match ty {
+            0 => MetaValue::U64(self.array::<1>()?[0] as u64),
+            1 => MetaValue::I64(self.array::<1>()?[0] as i8 as i64),
+            2 => MetaValue::U64(u16::from_le_bytes(self.array()?) as u64),
+            3 => MetaValue::I64(i16::from_le_bytes(self.array()?) as i64),
+            4 => MetaValue::U64(self.u32()? as u64),
+            5 => MetaValue::I64(i32::from_le_bytes(self.array()?) as i64),
+            6 => MetaValue::F64(f32::from_le_bytes(self.array()?) as f64),
+            7 => MetaValue::Bool(self.array::<1>()?[0] != 0),
+            8 => MetaValue::Str(self.string()?),
+            9 if depth < 4 => {
+                let item_ty = self.u32()?;
+                let n = self.count(1)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    items.push(self.value(item_ty, depth + 1)?);
+                }
+                MetaValue::Array(items)
+            }
+            10 => MetaValue::U64(self.u64()?),
+            11 => MetaValue::I64(i64::from_le_bytes(self.array()?)),
+            12 => MetaValue::F64(f64::from_le_bytes(self.array()?)),
+            other => return Err(format!("unknown metadata value type {other} at byte {}", self.pos - 4)),
+        })
+    }
+}
+
+impl GgufFile {
+    /// Maps and parses `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+        let file = File::open(path).map_err(io_err)?;
+        // SAFETY: read-only mapping; model files must not change while loaded (as for every
+        // mmap-based loader).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
+        let bad = |msg: String| Error::BadWeights { path: path.to_path_buf(), msg };
+        let (version, metadata, tensors) = parse(&mmap).map_err(bad)?;
+        Ok(GgufFile { path: path.to_path_buf(), mmap, version, metadata, tensors })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Metadata value `key`.
+    pub fn meta(&self, key: &str) -> Option<&MetaValue> {
+        self.metadata.get(key)
+    }
+
+    /// The bytes of tensor `name`.
+    pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
+        &self.mmap[info.range.0..info.range.1]
+    }
+}
+
+type Parsed = (u32, HashMap<String, MetaValue>, HashMap<String, TensorInfo>);
+
+fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
+    let mut c = Cursor { data, pos: 0 };
+    if c.take(4).map_err(|_| "file is shorter than a GGUF header".to_string())? != b"GGUF" {
+        return Err("not a GGUF file (bad magic)".into());
+    }
+    let version = c.u32()?;
+    if !(2..=3).contains(&version) {
+        return Err(format!("GGUF version {version} is not supported (2 or 3)"));
+    }
+    let n_tensors = c.count(24)?;
+    let n_meta = c.count(12)?;
+    let mut metadata = HashMap::with_capacity(n_meta);
+    for _ in 0..n_meta {
+        let key = c.string()?;
+        let ty = c.u32()?;
+        let value = c.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+        metadata.insert(key, value);
+    }
+    let mut infos = Vec::with_capacity(n_tensors);
+    for _ in 0..n_tensors {
+        let name = c.string()?;
+        let n_dims = c.u32()? as usize;
+        if n_dims > 4 {
+            return Err(format!("tensor `{name}` has {n_dims} dimensions"));
+        }
+        let dims = (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let ty = c.u32()?;
+        let offset = c.u64()? as usize;
+        infos.push((name, dims, ty, offset));
+    }
+    let alignment = metadata.get("general.alignment").and_then(MetaValue::as_u64).unwrap_or(32) as usize;
+    if alignment == 0 || !alignment.is_power_of_two() {
+        return Err(format!("general.alignment {alignment} is not a power of two"));
+    }
+    let data_start = c.pos.div_ceil(alignment) * alignment;
+    let mut tensors = HashMap::with_capacity(n_tensors);
+    for (name, dims, ty, offset) in infos {
+        let dtype = ggml_type(ty).map_err(|t| format!("tensor `{name}`: unsupported type {t}"))?;
+        let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(format!("tensor `{name}`: size overflows"))?;
+        if dims.first().is_some_and(|&d| d % dtype.block_size() != 0) {
+            return Err(format!("tensor `{name}`: row of {} is not a multiple of the {dtype:?} block size", dims[0]));
+        }
+        let size = elems / dtype.block_size() * dtype.type_size();
+        let start = data_start.checked_add(offset).ok_or(format!("tensor `{name}`: offset overflows"))?;
+        let end = start.checked_add(size).filter(|&e| e <= data.len()).ok_or_else(|| {
+            format!("tensor `{name}` ({size} bytes at {start}) runs past the end of the file ({} bytes; truncated?)", data.len())
+        })?;
+        tensors.insert(name, TensorInfo { dims, dtype, range: (start, end) });
+    }
+    Ok((version, metadata, tensors))
+}
+
+/// Where a Hugging Face tensor name lives in a GGUF file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufName {
+    /// A whole tensor.
+    Whole(String),
+    /// Expert `expert` of a stacked `[experts, out, in]` tensor.
+    Expert(String, usize),
+    /// DeepSeek's `kv_b_proj`, which newer converters split into `attn_k_b` and `attn_v_b`.
+    KvB {
+        /// The unsplit name (older converters).
+        kv_b: String,
+        /// `[heads, kv_lora_rank, qk_nope]`.
+        k_b: String,
+        /// `[heads, v_head_dim, kv_lora_rank]`.
+        v_b: String,
+    },
+}
+
+/// The one table from Hugging Face names to GGUF names (llama.cpp's `tensor_mapping`).
+pub fn gguf_name(hf: &str) -> Option<GgufName> {
+    let whole = |s: String| Some(GgufName::Whole(s));
+    match hf {
+        "model.embed_tokens.weight" => return whole("token_embd.weight".into()),
+        "model.norm.weight" => return whole("output_norm.weight".into()),
+        "lm_head.weight" => return whole("output.weight".into()),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, suffix) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let blk = |s: &str| format!("blk.{layer}.{s}");
+    if let Some(e) = suffix.strip_prefix("mlp.experts.") {
+        let (expert, proj) = e.split_once('.')?;
+        let stacked = match proj {
+            "gate_proj.weight" => "ffn_gate_exps.weight",
+            "up_proj.weight" => "ffn_up_exps.weight",
+            "down_proj.weight" => "ffn_down_exps.weight",
+            _ => return None,
+        };
+        return Some(GgufName::Expert(blk(stacked), expert.parse().ok()?));
+    }
+    if suffix == "self_attn.kv_b_proj.weight" {
+        return Some(GgufName::KvB { kv_b: blk("attn_kv_b.weight"), k_b: blk("attn_k_b.weight"), v_b: blk("attn_v_b.weight") });
+    }
+    let (module, param) = suffix.rsplit_once('.')?;
+    let g = match module {
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "self_attn.q_a_proj" => "attn_q_a",
+        "self_attn.q_a_layernorm" => "attn_q_a_norm",
+        "self_attn.q_b_proj" => "attn_q_b",
+        "self_attn.kv_a_proj_with_mqa" => "attn_kv_a_mqa",
+        "self_attn.kv_a_layernorm" => "attn_kv_a_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "mlp.gate" if param == "weight" => "ffn_gate_inp",
+        "mlp.gate" if param == "e_score_correction_bias" => return whole(blk("exp_probs_b.bias")),
+        "mlp.shared_experts.gate_proj" => "ffn_gate_shexp",
+        "mlp.shared_experts.up_proj" => "ffn_up_shexp",
+        "mlp.shared_experts.down_proj" => "ffn_down_shexp",
+        _ => return None,
+    };
+    whole(blk(&format!("{g}.{param}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_to_llama_cpp() {
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias"), Some(GgufName::Whole("blk.3.attn_q.bias".into())));
+        assert_eq!(gguf_name("model.layers.1.mlp.experts.7.down_proj.weight"), Some(GgufName::Expert("blk.1.ffn_down_exps.weight".into(), 7)));
+        assert_eq!(gguf_name("model.layers.1.mlp.gate.e_score_correction_bias"), Some(GgufName::Whole("blk.1.exp_probs_b.bias".into())));
+        assert_eq!(gguf_name("lm_head.weight"), Some(GgufName::Whole("output.weight".into())));
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+    }
+
+    #[test]
+    fn rejects_garbage_and_truncation() {
+        assert!(parse(b"GGU").unwrap_err().contains("shorter"));
+        assert!(parse(b"NOPE\x03\0\0\0").unwrap_err().contains("magic"));
+        let mut v = b"GGUF".to_vec();
+        v.extend(3u32.to_le_bytes());
+        v.extend(u64::MAX.to_le_bytes()); // absurd tensor count
+        v.extend(0u64.to_le_bytes());
+        assert!(parse(&v).unwrap_err().contains("exceeds"));
+        let mut v = b"GGUF".to_vec();
+        v.extend(1u32.to_le_bytes());
+        assert!(parse(&v).unwrap_err().contains("version 1"));
+    }
+}
