@@ -697,12 +697,20 @@ impl ModelConfig {
     /// the metadata is silent, from which tensors exist.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
         let path = g.path();
-        let err = |msg: String| Error::Config { path: path.to_path_buf(), msg };
-        let arch_name = g.meta("general.architecture").and_then(MetaValue::as_str).unwrap_or("").to_string();
+        let err = |msg: String| Error::Config {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let arch_name = g
+            .meta("general.architecture")
+            .and_then(MetaValue::as_str)
+            .unwrap_or("")
+            .to_string();
         let key = |k: &str| format!("{arch_name}.{k}");
         let get = |k: &str| g.meta(&key(k));
         let usize_opt = |k: &str| get(k).and_then(MetaValue::as_u64).map(|v| v as usize);
-        let usize_req = |k: &str| usize_opt(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
+        let usize_req =
+            |k: &str| usize_opt(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
         let f64_or = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
         let has = |t: &str| g.tensors.contains_key(t);
         let sigmoid = usize_opt("expert_gating_func") == Some(2);
@@ -722,17 +730,27 @@ impl ModelConfig {
         let num_heads = usize_req("attention.head_count")?;
         let vocab_size = match usize_opt("vocab_size") {
             Some(v) => v,
-            None => g.meta("tokenizer.ggml.tokens").and_then(MetaValue::as_array).map(<[MetaValue]>::len).ok_or_else(|| err("no vocabulary size".into()))?,
+            None => g
+                .meta("tokenizer.ggml.tokens")
+                .and_then(MetaValue::as_array)
+                .map(<[MetaValue]>::len)
+                .ok_or_else(|| err("no vocabulary size".into()))?,
         };
         let attention = if arch.is_deepseek() {
             let rope = usize_req("rope.dimension_count")?;
-            let key_len = usize_opt("attention.key_length_mla").or(usize_opt("attention.key_length")).ok_or_else(|| err("missing attention.key_length".into()))?;
-            let v = usize_opt("attention.value_length_mla").or(usize_opt("attention.value_length")).ok_or_else(|| err("missing attention.value_length".into()))?;
+            let key_len = usize_opt("attention.key_length_mla")
+                .or(usize_opt("attention.key_length"))
+                .ok_or_else(|| err("missing attention.key_length".into()))?;
+            let v = usize_opt("attention.value_length_mla")
+                .or(usize_opt("attention.value_length"))
+                .ok_or_else(|| err("missing attention.value_length".into()))?;
             AttentionConfig::Mla(MlaConfig {
                 num_heads,
                 q_lora_rank: usize_opt("attention.q_lora_rank").filter(|&r| r > 0),
                 kv_lora_rank: usize_req("attention.kv_lora_rank")?,
-                qk_nope_head_dim: key_len.checked_sub(rope).ok_or_else(|| err(format!("key length {key_len} < rope dims {rope}")))?,
+                qk_nope_head_dim: key_len
+                    .checked_sub(rope)
+                    .ok_or_else(|| err(format!("key length {key_len} < rope dims {rope}")))?,
                 qk_rope_head_dim: rope,
                 v_head_dim: v,
                 bias: has("blk.0.attn_kv_a_mqa.bias"),
@@ -740,7 +758,9 @@ impl ModelConfig {
         } else {
             let num_kv_heads = usize_opt("attention.head_count_kv").unwrap_or(num_heads);
             if num_kv_heads == 0 || !num_heads.is_multiple_of(num_kv_heads) {
-                return Err(err(format!("{num_heads} heads are not a multiple of {num_kv_heads} kv heads")));
+                return Err(err(format!(
+                    "{num_heads} heads are not a multiple of {num_kv_heads} kv heads"
+                )));
             }
             AttentionConfig::Gqa(GqaConfig {
                 num_heads,
@@ -752,7 +772,9 @@ impl ModelConfig {
         };
         let moe = if arch.is_deepseek() {
             let n_group = usize_opt("expert_group_count").unwrap_or(1).max(1);
-            let topk_group = usize_opt("expert_group_used_count").unwrap_or(n_group).max(1);
+            let topk_group = usize_opt("expert_group_used_count")
+                .unwrap_or(n_group)
+                .max(1);
             // A GGUF stores no topk_method: sigmoid gating is V3's noaux_tc; softmax is V2's greedy,
             // group-limited when groups are set (llama.cpp ranks groups the same way for both).
             let topk_method = match (sigmoid, topk_group < n_group) {
@@ -767,18 +789,28 @@ impl ModelConfig {
                 moe_intermediate_size: usize_req("expert_feed_forward_length")?,
                 first_k_dense_replace: usize_opt("leading_dense_block_count").unwrap_or(0),
                 moe_layer_freq: 1,
-                scoring_func: if sigmoid { ScoringFunc::Sigmoid } else { ScoringFunc::Softmax },
+                scoring_func: if sigmoid {
+                    ScoringFunc::Sigmoid
+                } else {
+                    ScoringFunc::Softmax
+                },
                 topk_method,
                 n_group,
                 topk_group,
-                norm_topk_prob: get("expert_weights_norm").and_then(MetaValue::as_bool).unwrap_or(false),
+                norm_topk_prob: get("expert_weights_norm")
+                    .and_then(MetaValue::as_bool)
+                    .unwrap_or(false),
                 routed_scaling_factor: f64_or("expert_weights_scale", 1.0),
                 scale_normalized: sigmoid,
             })
         } else {
             None
         };
-        let tok_id = |k: &str| g.meta(&format!("tokenizer.ggml.{k}")).and_then(MetaValue::as_u64).map(|v| v as u32);
+        let tok_id = |k: &str| {
+            g.meta(&format!("tokenizer.ggml.{k}"))
+                .and_then(MetaValue::as_u64)
+                .map(|v| v as u32)
+        };
         Ok(ModelConfig {
             arch,
             vocab_size,
@@ -805,7 +837,10 @@ fn gguf_rope(g: &GgufFile, arch_name: &str, arch: Architecture) -> Result<RopeCo
     let get = |k: &str| g.meta(&format!("{arch_name}.{k}"));
     let f = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
     let factor = f("rope.scaling.factor", 1.0);
-    let scaling = match get("rope.scaling.type").and_then(MetaValue::as_str).unwrap_or("none") {
+    let scaling = match get("rope.scaling.type")
+        .and_then(MetaValue::as_str)
+        .unwrap_or("none")
+    {
         "none" => RopeScaling::None,
         "linear" if factor != 1.0 => RopeScaling::Linear { factor },
         "linear" => RopeScaling::None,
@@ -821,15 +856,28 @@ fn gguf_rope(g: &GgufFile, arch_name: &str, arch: Architecture) -> Result<RopeCo
                 mscale_all_dim: (m != 0.0).then_some(m),
             }
         }
-        other => return Err(Error::Unsupported(format!("{}: rope scaling type `{other}`", g.path().display()))),
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: rope scaling type `{other}`",
+                g.path().display()
+            )))
+        }
     };
     let scaling = match g.tensors.get("rope_freqs.weight") {
         Some(info) if info.dtype == GgmlDType::F32 => {
-            let factors = g.bytes(info).chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect();
+            let factors = g
+                .bytes(info)
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                .collect();
             RopeScaling::Factors(factors)
         }
         Some(info) => {
-            return Err(Error::Unsupported(format!("{}: rope_freqs.weight of type {:?}", g.path().display(), info.dtype)))
+            return Err(Error::Unsupported(format!(
+                "{}: rope_freqs.weight of type {:?}",
+                g.path().display(),
+                info.dtype
+            )))
         }
         None => scaling,
     };

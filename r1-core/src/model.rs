@@ -51,7 +51,10 @@ impl Model {
         let (config, weights) = if path.is_file() {
             let file = GgufFile::open(path)?;
             let config = ModelConfig::from_gguf(&file)?;
-            (config, Weights::from_gguf(file, options.dtype, &options.device)?)
+            (
+                config,
+                Weights::from_gguf(file, options.dtype, &options.device)?,
+            )
         } else if path.is_dir() {
             let config = ModelConfig::from_file(&config_path(path))?;
             let weights = Weights::open(path, config.fp8, options.dtype, &options.device)?;
@@ -59,7 +62,10 @@ impl Model {
         } else {
             return Err(Error::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint folder or GGUF file here"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no checkpoint folder or GGUF file here",
+                ),
             });
         };
         Self::from_weights(config, &weights)
@@ -68,8 +74,12 @@ impl Model {
     /// Builds the model `config` describes from `weights`.
     pub fn from_weights(config: ModelConfig, weights: &Weights) -> Result<Model> {
         let family = match config.arch {
-            Architecture::Llama | Architecture::Qwen2 => Family::Llama(Llama::load(weights, &config)?),
-            Architecture::DeepseekV2 | Architecture::DeepseekV3 => Family::Deepseek(Deepseek::load(weights, &config)?),
+            Architecture::Llama | Architecture::Qwen2 => {
+                Family::Llama(Llama::load(weights, &config)?)
+            }
+            Architecture::DeepseekV2 | Architecture::DeepseekV3 => {
+                Family::Deepseek(Deepseek::load(weights, &config)?)
+            }
         };
         Ok(Model { config, family })
     }

@@ -117,7 +117,9 @@ impl Moe {
         let gate = w.get_f32(&format!("{prefix}.gate.weight"), &[n, hidden])?;
         let bias_name = format!("{prefix}.gate.e_score_correction_bias");
         // Checkpoints of V3 always have the bias; a GGUF of a sigmoid-gated model may not.
-        let e_score_correction_bias = if cfg.topk_method == TopkMethod::NoauxTc && (w.gguf().is_none() || w.contains(&bias_name)) {
+        let e_score_correction_bias = if cfg.topk_method == TopkMethod::NoauxTc
+            && (w.gguf().is_none() || w.contains(&bias_name))
+        {
             Some(w.get_exact_f32(&bias_name, &[n])?.to_vec1::<f32>()?)
         } else {
             None

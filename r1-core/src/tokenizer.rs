@@ -198,10 +198,18 @@ impl Tokenizer {
 /// llama.cpp's pre-tokenizer regexes by `tokenizer.ggml.pre` name (from its `llama-vocab.cpp`),
 /// applied in sequence, each splitting the pieces of the one before.
 fn pre_tokenizer_regexes(pre: &str) -> Option<&'static [&'static str]> {
-    const LLAMA3: &[&str] = &[r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"];
-    const QWEN2: &[&str] = &[r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"];
-    const GPT2: &[&str] = &[r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"];
-    const SMOLLM: &[&str] = &[r"\p{N}", r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"];
+    const LLAMA3: &[&str] = &[
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ];
+    const QWEN2: &[&str] = &[
+        r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    ];
+    const GPT2: &[&str] =
+        &[r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"];
+    const SMOLLM: &[&str] = &[
+        r"\p{N}",
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    ];
     const DEEPSEEK_V3: &[&str] = &[
         r"\p{N}{1,3}",
         r"[一-龥぀-ゟ゠-ヿ]+",
@@ -222,24 +230,46 @@ impl Tokenizer {
     /// BPE (`gpt2` model) with the file's tokens and merges, llama.cpp's pre-tokenizer for the
     /// `pre` name, control and user-defined tokens as added tokens, BOS/EOS and the chat template.
     pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let bad = |msg: String| Error::Tokenizer { path: Some(g.path().to_path_buf()), msg };
+        let bad = |msg: String| Error::Tokenizer {
+            path: Some(g.path().to_path_buf()),
+            msg,
+        };
         let meta = |k: &str| g.meta(&format!("tokenizer.ggml.{k}"));
         let model = meta("model").and_then(MetaValue::as_str).unwrap_or("");
         if model != "gpt2" {
-            return Err(bad(format!("tokenizer.ggml.model `{model}` is not supported (gpt2-style BPE only)")));
+            return Err(bad(format!(
+                "tokenizer.ggml.model `{model}` is not supported (gpt2-style BPE only)"
+            )));
         }
         let pre = meta("pre").and_then(MetaValue::as_str).unwrap_or("default");
-        let regexes = pre_tokenizer_regexes(pre).ok_or_else(|| bad(format!("pre-tokenizer `{pre}` is not supported")))?;
+        let regexes = pre_tokenizer_regexes(pre)
+            .ok_or_else(|| bad(format!("pre-tokenizer `{pre}` is not supported")))?;
         let strings = |k: &str| -> Result<Vec<String>> {
-            let arr = meta(k).and_then(MetaValue::as_array).ok_or_else(|| bad(format!("tokenizer.ggml.{k} is missing")))?;
-            arr.iter().map(|v| v.as_str().map(str::to_string).ok_or_else(|| bad(format!("tokenizer.ggml.{k} holds a non-string")))).collect()
+            let arr = meta(k)
+                .and_then(MetaValue::as_array)
+                .ok_or_else(|| bad(format!("tokenizer.ggml.{k} is missing")))?;
+            arr.iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad(format!("tokenizer.ggml.{k} holds a non-string")))
+                })
+                .collect()
         };
         let tokens = strings("tokens")?;
         let merges: Vec<(String, String)> = strings("merges")?
             .into_iter()
-            .map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| bad(format!("merge {m:?} has no space"))))
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| bad(format!("merge {m:?} has no space")))
+            })
             .collect::<Result<_>>()?;
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let bpe = tokenizers::models::bpe::BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
@@ -255,25 +285,49 @@ impl Tokenizer {
             .map_err(|e| bad(format!("pre-tokenizer regex: {e}")))?;
             pre_tokenizers.push(split.into());
         }
-        pre_tokenizers.push(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, false).into());
-        inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::sequence::Sequence::new(pre_tokenizers)));
+        pre_tokenizers.push(
+            tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, false).into(),
+        );
+        inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::sequence::Sequence::new(
+            pre_tokenizers,
+        )));
         inner.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
         // llama.cpp token types: 3 = control (special), 4 = user-defined; both match as wholes.
-        let types: Vec<u64> = meta("token_type").and_then(MetaValue::as_array).map(|a| a.iter().filter_map(MetaValue::as_u64).collect()).unwrap_or_default();
+        let types: Vec<u64> = meta("token_type")
+            .and_then(MetaValue::as_array)
+            .map(|a| a.iter().filter_map(MetaValue::as_u64).collect())
+            .unwrap_or_default();
         let added: Vec<tokenizers::AddedToken> = tokens
             .iter()
             .zip(&types)
             .filter(|(_, &t)| t == 3 || t == 4)
             .map(|(tok, &t)| tokenizers::AddedToken::from(tok.clone(), t == 3).normalized(false))
             .collect();
-        inner.add_special_tokens(added).map_err(|e| bad(format!("adding special tokens: {e}")))?;
-        let id = |k: &str| meta(k).and_then(MetaValue::as_u64).map(|v| v as u32).filter(|&v| (v as usize) < tokens.len());
-        let template = match g.meta("tokenizer.chat_template").and_then(MetaValue::as_str) {
+        inner
+            .add_special_tokens(added)
+            .map_err(|e| bad(format!("adding special tokens: {e}")))?;
+        let id = |k: &str| {
+            meta(k)
+                .and_then(MetaValue::as_u64)
+                .map(|v| v as u32)
+                .filter(|&v| (v as usize) < tokens.len())
+        };
+        let template = match g
+            .meta("tokenizer.chat_template")
+            .and_then(MetaValue::as_str)
+        {
             Some(t) => Some(ChatTemplate::new(t)?),
             None => None,
         };
-        let mut tok = Tokenizer::new(inner, id("bos_token_id"), id("eos_token_id").into_iter().collect(), template)?;
-        tok.add_bos = meta("add_bos_token").and_then(MetaValue::as_bool).unwrap_or(false);
+        let mut tok = Tokenizer::new(
+            inner,
+            id("bos_token_id"),
+            id("eos_token_id").into_iter().collect(),
+            template,
+        )?;
+        tok.add_bos = meta("add_bos_token")
+            .and_then(MetaValue::as_bool)
+            .unwrap_or(false);
         Ok(tok)
     }
 }

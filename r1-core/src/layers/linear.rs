@@ -24,9 +24,19 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn load(w: &Weights, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+    pub fn load(
+        w: &Weights,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<Self> {
         let weight = w.matrix(&format!("{prefix}.weight"), out_dim, in_dim)?;
-        let bias = if bias { Some(w.get_f32(&format!("{prefix}.bias"), &[out_dim])?) } else { None };
+        let bias = if bias {
+            Some(w.get_f32(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
         Self::from_matrix(weight, bias)
     }
 
@@ -43,7 +53,11 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Dense(w) => {
-                let w = if w.dtype() == x.dtype() { w.clone() } else { w.to_dtype(x.dtype())? };
+                let w = if w.dtype() == x.dtype() {
+                    w.clone()
+                } else {
+                    w.to_dtype(x.dtype())?
+                };
                 x.matmul(&w.t()?)?
             }
             Weight::Quantized(q) => q.forward(&x.contiguous()?)?,

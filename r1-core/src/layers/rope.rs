@@ -39,7 +39,13 @@ impl Rope {
                 );
                 (f, 1.0)
             }
-            RopeScaling::Factors(factors) => (base.iter().zip(factors.iter().chain(std::iter::repeat(&1.0))).map(|(f, d)| f / d).collect(), 1.0),
+            RopeScaling::Factors(factors) => (
+                base.iter()
+                    .zip(factors.iter().chain(std::iter::repeat(&1.0)))
+                    .map(|(f, d)| f / d)
+                    .collect(),
+                1.0,
+            ),
             RopeScaling::Yarn {
                 factor,
                 original_max_position_embeddings,

@@ -19,13 +19,19 @@ pub(crate) struct Embedding {
 impl Embedding {
     pub(crate) fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
         let table = w.matrix("model.embed_tokens.weight", cfg.vocab_size, cfg.hidden_size)?;
-        Ok(Embedding { table, vocab: cfg.vocab_size })
+        Ok(Embedding {
+            table,
+            vocab: cfg.vocab_size,
+        })
     }
 
     /// Rows of `tokens`, as f32 activations `[len, hidden]`.
     pub(crate) fn forward(&self, tokens: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.vocab) {
-            return Err(Error::InvalidArgument(format!("token id {bad} is outside the vocabulary of {}", self.vocab)));
+            return Err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.vocab
+            )));
         }
         let rows = match &self.table {
             Matrix::Dense(t) => t.index_select(&Tensor::new(tokens, t.device())?, 0)?,

@@ -137,9 +137,16 @@ struct Cursor<'a> {
 
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!("unexpected end of file at byte {} (needed {n} more bytes; truncated file?)", self.pos)
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                format!(
+                    "unexpected end of file at byte {} (needed {n} more bytes; truncated file?)",
+                    self.pos
+                )
+            })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -164,7 +171,10 @@ impl<'a> Cursor<'a> {
         let n = self.u64()?;
         let left = (self.data.len() - self.pos) as u64;
         if n.saturating_mul(min_size as u64) > left {
-            return Err(format!("count {n} at byte {} exceeds the file size (corrupt file?)", self.pos - 8));
+            return Err(format!(
+                "count {n} at byte {} exceeds the file size (corrupt file?)",
+                self.pos - 8
+            ));
         }
         Ok(n as usize)
     }
@@ -172,7 +182,8 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.count(1)?;
         let at = self.pos;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("string at byte {at} is not UTF-8"))
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| format!("string at byte {at} is not UTF-8"))
     }
 
     fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<MetaValue, String> {
@@ -198,7 +209,12 @@ impl<'a> Cursor<'a> {
             10 => MetaValue::U64(self.u64()?),
             11 => MetaValue::I64(i64::from_le_bytes(self.array()?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array()?)),
-            other => return Err(format!("unknown metadata value type {other} at byte {}", self.pos - 4)),
+            other => {
+                return Err(format!(
+                    "unknown metadata value type {other} at byte {}",
+                    self.pos - 4
+                ))
+            }
         })
     }
 }
@@ -206,14 +222,26 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     /// Maps and parses `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io { path: path.to_path_buf(), source };
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io_err)?;
         // SAFETY: read-only mapping; model files must not change while loaded (as for every
         // mmap-based loader).
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-        let bad = |msg: String| Error::BadWeights { path: path.to_path_buf(), msg };
+        let bad = |msg: String| Error::BadWeights {
+            path: path.to_path_buf(),
+            msg,
+        };
         let (version, metadata, tensors) = parse(&mmap).map_err(bad)?;
-        Ok(GgufFile { path: path.to_path_buf(), mmap, version, metadata, tensors })
+        Ok(GgufFile {
+            path: path.to_path_buf(),
+            mmap,
+            version,
+            metadata,
+            tensors,
+        })
     }
 
     /// The file's path.
@@ -236,7 +264,10 @@ type Parsed = (u32, HashMap<String, MetaValue>, HashMap<String, TensorInfo>);
 
 fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
     let mut c = Cursor { data, pos: 0 };
-    if c.take(4).map_err(|_| "file is shorter than a GGUF header".to_string())? != b"GGUF" {
+    if c.take(4)
+        .map_err(|_| "file is shorter than a GGUF header".to_string())?
+        != b"GGUF"
+    {
         return Err("not a GGUF file (bad magic)".into());
     }
     let version = c.u32()?;
@@ -249,7 +280,9 @@ fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
     for _ in 0..n_meta {
         let key = c.string()?;
         let ty = c.u32()?;
-        let value = c.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
+        let value = c
+            .value(ty, 0)
+            .map_err(|e| format!("metadata `{key}`: {e}"))?;
         metadata.insert(key, value);
     }
     let mut infos = Vec::with_capacity(n_tensors);
@@ -259,29 +292,51 @@ fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
         if n_dims > 4 {
             return Err(format!("tensor `{name}` has {n_dims} dimensions"));
         }
-        let dims = (0..n_dims).map(|_| c.u64().map(|d| d as usize)).collect::<std::result::Result<Vec<_>, _>>()?;
+        let dims = (0..n_dims)
+            .map(|_| c.u64().map(|d| d as usize))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let ty = c.u32()?;
         let offset = c.u64()? as usize;
         infos.push((name, dims, ty, offset));
     }
-    let alignment = metadata.get("general.alignment").and_then(MetaValue::as_u64).unwrap_or(32) as usize;
+    let alignment = metadata
+        .get("general.alignment")
+        .and_then(MetaValue::as_u64)
+        .unwrap_or(32) as usize;
     if alignment == 0 || !alignment.is_power_of_two() {
-        return Err(format!("general.alignment {alignment} is not a power of two"));
+        return Err(format!(
+            "general.alignment {alignment} is not a power of two"
+        ));
     }
     let data_start = c.pos.div_ceil(alignment) * alignment;
     let mut tensors = HashMap::with_capacity(n_tensors);
     for (name, dims, ty, offset) in infos {
         let dtype = ggml_type(ty).map_err(|t| format!("tensor `{name}`: unsupported type {t}"))?;
-        let elems = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or(format!("tensor `{name}`: size overflows"))?;
+        let elems = dims
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or(format!("tensor `{name}`: size overflows"))?;
         if dims.first().is_some_and(|&d| d % dtype.block_size() != 0) {
-            return Err(format!("tensor `{name}`: row of {} is not a multiple of the {dtype:?} block size", dims[0]));
+            return Err(format!(
+                "tensor `{name}`: row of {} is not a multiple of the {dtype:?} block size",
+                dims[0]
+            ));
         }
         let size = elems / dtype.block_size() * dtype.type_size();
-        let start = data_start.checked_add(offset).ok_or(format!("tensor `{name}`: offset overflows"))?;
+        let start = data_start
+            .checked_add(offset)
+            .ok_or(format!("tensor `{name}`: offset overflows"))?;
         let end = start.checked_add(size).filter(|&e| e <= data.len()).ok_or_else(|| {
             format!("tensor `{name}` ({size} bytes at {start}) runs past the end of the file ({} bytes; truncated?)", data.len())
         })?;
-        tensors.insert(name, TensorInfo { dims, dtype, range: (start, end) });
+        tensors.insert(
+            name,
+            TensorInfo {
+                dims,
+                dtype,
+                range: (start, end),
+            },
+        );
     }
     Ok((version, metadata, tensors))
 }
@@ -328,7 +383,11 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
         return Some(GgufName::Expert(blk(stacked), expert.parse().ok()?));
     }
     if suffix == "self_attn.kv_b_proj.weight" {
-        return Some(GgufName::KvB { kv_b: blk("attn_kv_b.weight"), k_b: blk("attn_k_b.weight"), v_b: blk("attn_v_b.weight") });
+        return Some(GgufName::KvB {
+            kv_b: blk("attn_kv_b.weight"),
+            k_b: blk("attn_k_b.weight"),
+            v_b: blk("attn_v_b.weight"),
+        });
     }
     let (module, param) = suffix.rsplit_once('.')?;
     let g = match module {
@@ -362,10 +421,22 @@ mod tests {
 
     #[test]
     fn names_map_to_llama_cpp() {
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias"), Some(GgufName::Whole("blk.3.attn_q.bias".into())));
-        assert_eq!(gguf_name("model.layers.1.mlp.experts.7.down_proj.weight"), Some(GgufName::Expert("blk.1.ffn_down_exps.weight".into(), 7)));
-        assert_eq!(gguf_name("model.layers.1.mlp.gate.e_score_correction_bias"), Some(GgufName::Whole("blk.1.exp_probs_b.bias".into())));
-        assert_eq!(gguf_name("lm_head.weight"), Some(GgufName::Whole("output.weight".into())));
+        assert_eq!(
+            gguf_name("model.layers.3.self_attn.q_proj.bias"),
+            Some(GgufName::Whole("blk.3.attn_q.bias".into()))
+        );
+        assert_eq!(
+            gguf_name("model.layers.1.mlp.experts.7.down_proj.weight"),
+            Some(GgufName::Expert("blk.1.ffn_down_exps.weight".into(), 7))
+        );
+        assert_eq!(
+            gguf_name("model.layers.1.mlp.gate.e_score_correction_bias"),
+            Some(GgufName::Whole("blk.1.exp_probs_b.bias".into()))
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight"),
+            Some(GgufName::Whole("output.weight".into()))
+        );
         assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
     }
 

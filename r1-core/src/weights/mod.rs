@@ -53,16 +53,28 @@ impl Weights {
             )));
         }
         let source = Source::Safetensors(SafetensorsStore::open(dir)?);
-        Ok(Weights { source, fp8, dtype, device: device.clone() })
+        Ok(Weights {
+            source,
+            fp8,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     /// Wraps an opened GGUF file. Quantized matrices stay quantized; other tensors are
     /// dequantized to `dtype`.
     pub fn from_gguf(file: GgufFile, dtype: DType, device: &Device) -> Result<Self> {
         if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(Error::InvalidArgument(format!("weight dtype {dtype:?} (use f32, bf16 or f16)")));
+            return Err(Error::InvalidArgument(format!(
+                "weight dtype {dtype:?} (use f32, bf16 or f16)"
+            )));
         }
-        Ok(Weights { source: Source::Gguf(file), fp8: None, dtype, device: device.clone() })
+        Ok(Weights {
+            source: Source::Gguf(file),
+            fp8: None,
+            dtype,
+            device: device.clone(),
+        })
     }
 
     /// The GGUF file, when the weights come from one.
@@ -95,8 +107,12 @@ impl Weights {
         match &self.source {
             Source::Safetensors(s) => s.contains(name),
             Source::Gguf(g) => match gguf::gguf_name(name) {
-                Some(GgufName::Whole(n)) | Some(GgufName::Expert(n, _)) => g.tensors.contains_key(&n),
-                Some(GgufName::KvB { kv_b, k_b, .. }) => g.tensors.contains_key(&kv_b) || g.tensors.contains_key(&k_b),
+                Some(GgufName::Whole(n)) | Some(GgufName::Expert(n, _)) => {
+                    g.tensors.contains_key(&n)
+                }
+                Some(GgufName::KvB { kv_b, k_b, .. }) => {
+                    g.tensors.contains_key(&kv_b) || g.tensors.contains_key(&k_b)
+                }
                 None => false,
             },
         }
@@ -112,10 +128,17 @@ impl Weights {
                 _ => None,
             };
             if let Some((gname, info, expert)) = found {
-                if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+                if !matches!(
+                    info.dtype,
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+                ) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
-                    let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
-                    return Ok(Matrix::Quantized(Arc::new(QTensor::new(storage, (rows, cols))?)));
+                    let storage =
+                        QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
+                    return Ok(Matrix::Quantized(Arc::new(QTensor::new(
+                        storage,
+                        (rows, cols),
+                    )?)));
                 }
             }
         }
@@ -149,21 +172,51 @@ impl Weights {
     }
 
     fn missing(&self, name: &str) -> Error {
-        Error::MissingTensor { path: self.root().to_path_buf(), name: name.to_string() }
+        Error::MissingTensor {
+            path: self.root().to_path_buf(),
+            name: name.to_string(),
+        }
     }
 
-    fn load_safetensors(&self, store: &SafetensorsStore, name: &str, shape: &[usize]) -> Result<Tensor> {
+    fn load_safetensors(
+        &self,
+        store: &SafetensorsStore,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let raw = store.get(name).ok_or_else(|| self.missing(name))?;
-        let bad = |msg: String| Error::BadWeights { path: raw.path.to_path_buf(), msg: format!("tensor `{name}`: {msg}") };
+        let bad = |msg: String| Error::BadWeights {
+            path: raw.path.to_path_buf(),
+            msg: format!("tensor `{name}`: {msg}"),
+        };
         if raw.shape != shape {
-            return Err(bad(format!("shape {:?}, but the config implies {shape:?}", raw.shape)));
+            return Err(bad(format!(
+                "shape {:?}, but the config implies {shape:?}",
+                raw.shape
+            )));
         }
         Ok(match raw.dtype {
-            Dtype::F32 => Tensor::from_vec(decode::<4, f32>(&raw, f32::from_le_bytes), shape, &self.device)?,
-            Dtype::F16 => Tensor::from_vec(decode::<2, f16>(&raw, f16::from_le_bytes), shape, &self.device)?,
-            Dtype::BF16 => Tensor::from_vec(decode::<2, bf16>(&raw, bf16::from_le_bytes), shape, &self.device)?,
+            Dtype::F32 => Tensor::from_vec(
+                decode::<4, f32>(&raw, f32::from_le_bytes),
+                shape,
+                &self.device,
+            )?,
+            Dtype::F16 => Tensor::from_vec(
+                decode::<2, f16>(&raw, f16::from_le_bytes),
+                shape,
+                &self.device,
+            )?,
+            Dtype::BF16 => Tensor::from_vec(
+                decode::<2, bf16>(&raw, bf16::from_le_bytes),
+                shape,
+                &self.device,
+            )?,
             Dtype::F8_E4M3 => self.dequantize_fp8(name, &raw)?,
-            other => return Err(bad(format!("dtype {other:?} is not supported (f32, f16, bf16, f8_e4m3)"))),
+            other => {
+                return Err(bad(format!(
+                    "dtype {other:?} is not supported (f32, f16, bf16, f8_e4m3)"
+                )))
+            }
         })
     }
 
@@ -180,16 +233,32 @@ impl Weights {
                 }
             }
         };
-        let info = g.tensors.get(&gname).ok_or_else(|| self.missing(&format!("{gname} ({name})")))?;
+        let info = g
+            .tensors
+            .get(&gname)
+            .ok_or_else(|| self.missing(&format!("{gname} ({name})")))?;
         let bytes = self.gguf_bytes(g, &gname, info, expert, shape)?;
-        let q = QTensor::new(QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?, shape)?;
+        let q = QTensor::new(
+            QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?,
+            shape,
+        )?;
         Ok(q.dequantize(&self.device)?)
     }
 
     /// The bytes of a whole GGUF tensor or of one expert of a stacked one, after checking the
     /// shape the model expects.
-    fn gguf_bytes<'a>(&self, g: &'a GgufFile, gname: &str, info: &TensorInfo, expert: Option<usize>, shape: &[usize]) -> Result<&'a [u8]> {
-        let bad = |msg: String| Error::BadWeights { path: g.path().to_path_buf(), msg: format!("tensor `{gname}`: {msg}") };
+    fn gguf_bytes<'a>(
+        &self,
+        g: &'a GgufFile,
+        gname: &str,
+        info: &TensorInfo,
+        expert: Option<usize>,
+        shape: &[usize],
+    ) -> Result<&'a [u8]> {
+        let bad = |msg: String| Error::BadWeights {
+            path: g.path().to_path_buf(),
+            msg: format!("tensor `{gname}`: {msg}"),
+        };
         let full = info.shape();
         let bytes = g.bytes(info);
         match expert {
@@ -201,17 +270,33 @@ impl Weights {
                 let per = bytes.len() / full[0];
                 Ok(&bytes[e * per..(e + 1) * per])
             }
-            _ => Err(bad(format!("shape {full:?}, but the config implies {shape:?}{}", if expert.is_some() { " per expert" } else { "" }))),
+            _ => Err(bad(format!(
+                "shape {full:?}, but the config implies {shape:?}{}",
+                if expert.is_some() { " per expert" } else { "" }
+            ))),
         }
     }
 
     /// `kv_b_proj` `[heads * (nope + v), kv_lora]` rebuilt from llama.cpp's split
     /// `attn_k_b` `[heads, kv_lora, nope]` (W_UK transposed) and `attn_v_b` `[heads, v, kv_lora]`.
-    fn kv_b_from_split(&self, g: &GgufFile, name: &str, k_b: &str, v_b: &str, shape: &[usize]) -> Result<Tensor> {
+    fn kv_b_from_split(
+        &self,
+        g: &GgufFile,
+        name: &str,
+        k_b: &str,
+        v_b: &str,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let get = |n: &str| -> Result<Tensor> {
-            let info = g.tensors.get(n).ok_or_else(|| self.missing(&format!("{n} ({name})")))?;
+            let info = g
+                .tensors
+                .get(n)
+                .ok_or_else(|| self.missing(&format!("{n} ({name})")))?;
             let s = info.shape();
-            let q = QTensor::new(QStorage::from_data(Cow::Borrowed(g.bytes(info)), &self.device, info.dtype)?, s)?;
+            let q = QTensor::new(
+                QStorage::from_data(Cow::Borrowed(g.bytes(info)), &self.device, info.dtype)?,
+                s,
+            )?;
             Ok(q.dequantize(&self.device)?)
         };
         let (k, v) = (get(k_b)?, get(v_b)?);
@@ -220,7 +305,11 @@ impl Weights {
         if vh != heads || vl != kv_lora || shape != [heads * (nope + v_dim), kv_lora] {
             return Err(Error::BadWeights {
                 path: g.path().to_path_buf(),
-                msg: format!("`{k_b}` {:?} and `{v_b}` {:?} do not make `{name}` {shape:?}", k.dims(), v.dims()),
+                msg: format!(
+                    "`{k_b}` {:?} and `{v_b}` {:?} do not make `{name}` {shape:?}",
+                    k.dims(),
+                    v.dims()
+                ),
             });
         }
         let w_uk = k.transpose(1, 2)?; // [heads, nope, kv_lora]
