@@ -24,6 +24,7 @@ pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod kernels;
 pub mod layers;
 mod model;
 pub mod models;

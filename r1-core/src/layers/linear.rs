@@ -5,14 +5,17 @@
 //! quantized matmul runs on the blocks directly. Activations are f32 throughout.
 
 use crate::error::Result;
+use crate::kernels::QuantMatrix;
 use crate::weights::{Matrix, Weights};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 enum Weight {
     Dense(Tensor),
     Quantized(QMatMul),
+    Blocks(Arc<QuantMatrix>),
 }
 
 /// A linear layer with weight `[out, in]`.
@@ -45,6 +48,7 @@ impl Linear {
         let weight = match weight {
             Matrix::Dense(t) => Weight::Dense(t),
             Matrix::Quantized(q) => Weight::Quantized(QMatMul::from_arc(q)?),
+            Matrix::Blocks(m) => Weight::Blocks(m),
         };
         Ok(Linear { weight, bias })
     }
@@ -61,6 +65,11 @@ impl Linear {
                 x.matmul(&w.t()?)?
             }
             Weight::Quantized(q) => q.forward(&x.contiguous()?)?,
+            Weight::Blocks(m) => {
+                let (t, _) = x.dims2()?;
+                let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Tensor::from_vec(m.matmul(&input, t)?, (t, m.shape().0), x.device())?
+            }
         };
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,

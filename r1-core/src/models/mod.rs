@@ -36,6 +36,15 @@ impl Embedding {
         let rows = match &self.table {
             Matrix::Dense(t) => t.index_select(&Tensor::new(tokens, t.device())?, 0)?,
             Matrix::Quantized(q) => q.embedding(&Tensor::new(tokens, &q.device())?)?,
+            Matrix::Blocks(m) => {
+                let (mut rows, mut row) =
+                    (Vec::with_capacity(tokens.len() * m.shape().1), Vec::new());
+                for &t in tokens {
+                    m.dequantize_row(t as usize, &mut row);
+                    rows.extend_from_slice(&row);
+                }
+                Tensor::from_vec(rows, (tokens.len(), m.shape().1), &candle_core::Device::Cpu)?
+            }
         };
         Ok(rows.to_dtype(ACTIVATION_DTYPE)?)
     }

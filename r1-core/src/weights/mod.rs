@@ -12,6 +12,8 @@ use self::gguf::{GgufFile, GgufName, TensorInfo};
 use self::safetensors::{RawTensor, SafetensorsStore};
 use crate::config::Fp8Config;
 use crate::error::{Error, Result};
+use crate::kernels::quant::Format;
+use crate::kernels::QuantMatrix;
 use ::safetensors::tensor::Dtype;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
@@ -31,8 +33,23 @@ enum Source {
 pub enum Matrix {
     /// A dense `[rows, cols]` tensor in the storage dtype.
     Dense(Tensor),
-    /// A ggml-quantized `[rows, cols]` tensor (blocks run along the columns).
+    /// A ggml-quantized `[rows, cols]` tensor (blocks run along the columns), computed by
+    /// candle's quantized matmul (k-quants).
     Quantized(Arc<QTensor>),
+    /// A matrix in one of ggml's legacy block formats, computed by r1's own kernels.
+    Blocks(Arc<QuantMatrix>),
+}
+
+/// The legacy block formats r1's kernels run (candle runs them as scalar loops).
+fn kernel_format(t: GgmlDType) -> Option<Format> {
+    Some(match t {
+        GgmlDType::Q4_0 => Format::Q4_0,
+        GgmlDType::Q4_1 => Format::Q4_1,
+        GgmlDType::Q5_0 => Format::Q5_0,
+        GgmlDType::Q5_1 => Format::Q5_1,
+        GgmlDType::Q8_0 => Format::Q8_0,
+        _ => return None,
+    })
 }
 
 /// A checkpoint's tensors, converted on request.
@@ -128,6 +145,11 @@ impl Weights {
                 _ => None,
             };
             if let Some((gname, info, expert)) = found {
+                if let Some(format) = kernel_format(info.dtype) {
+                    let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
+                    let m = QuantMatrix::new(format, rows, cols, bytes)?;
+                    return Ok(Matrix::Blocks(Arc::new(m)));
+                }
                 if !matches!(
                     info.dtype,
                     GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16

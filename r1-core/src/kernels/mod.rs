@@ -1,0 +1,14 @@
+//! CPU hot paths that candle does not do fast enough: matmuls with ggml's legacy block formats
+//! (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), whose dot products candle runs as scalar loops.
+//!
+//! The arithmetic is ggml's: each activation row is quantized to 8-bit blocks of 32 (Q8_0, or
+//! Q8_1 with the block sum for the formats with an offset), each weight block's integer dot
+//! product with it is exact, and blocks are summed in f32 with both scales. [`quant`] holds the
+//! formats and a scalar implementation of every dot product; [`simd`] the AVX2 versions, which
+//! tests compare with the scalar ones.
+
+pub mod matmul;
+pub mod quant;
+pub mod simd;
+
+pub use matmul::QuantMatrix;
