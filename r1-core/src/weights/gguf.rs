@@ -258,6 +258,13 @@ impl GgufFile {
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[info.range.0..info.range.1]
     }
+
+    /// Tells the kernel a tensor's pages are no longer needed, once its bytes were copied into
+    /// the model: without this, the mapped file and the loaded weights both count in the
+    /// process's memory until loading ends (twice the file at the peak).
+    pub fn release(&self, info: &TensorInfo) {
+        release(&self.mmap, info.range);
+    }
 }
 
 type Parsed = (u32, HashMap<String, MetaValue>, HashMap<String, TensorInfo>);
@@ -453,4 +460,14 @@ mod tests {
         v.extend(1u32.to_le_bytes());
         assert!(parse(&v).unwrap_err().contains("version 1"));
     }
+}
+
+/// `MADV_DONTNEED` over a byte range of a read-only mapping (best effort).
+pub(crate) fn release(mmap: &Mmap, (start, end): (usize, usize)) {
+    // SAFETY: the mapping is private and read-only, so dropping its pages loses nothing: a
+    // later access reads them again from the file. No reference into the range is used after
+    // this except through such re-reads.
+    let _ = unsafe {
+        mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+    };
 }

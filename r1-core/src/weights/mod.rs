@@ -148,6 +148,9 @@ impl Weights {
                 if let Some(format) = kernel_format(info.dtype) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
                     let m = QuantMatrix::new(format, rows, cols, bytes)?;
+                    if expert.is_none() {
+                        g.release(info);
+                    }
                     return Ok(Matrix::Blocks(Arc::new(m)));
                 }
                 if !matches!(
@@ -157,6 +160,9 @@ impl Weights {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
                     let storage =
                         QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
+                    if expert.is_none() {
+                        g.release(info);
+                    }
                     return Ok(Matrix::Quantized(Arc::new(QTensor::new(
                         storage,
                         (rows, cols),
@@ -187,7 +193,11 @@ impl Weights {
 
     fn load(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let tensor = match &self.source {
-            Source::Safetensors(store) => self.load_safetensors(store, name, shape)?,
+            Source::Safetensors(store) => {
+                let t = self.load_safetensors(store, name, shape)?;
+                store.release(name);
+                t
+            }
             Source::Gguf(g) => self.load_gguf(g, name, shape)?,
         };
         Ok(tensor.to_dtype(dtype)?)

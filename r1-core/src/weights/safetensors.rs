@@ -82,6 +82,15 @@ impl SafetensorsFile {
         self.metadata.tensors().into_keys().collect()
     }
 
+    /// Drops the pages of tensor `name` from memory once it was copied (see
+    /// [`super::gguf::GgufFile::release`]).
+    pub fn release(&self, name: &str) {
+        if let Some(info) = self.metadata.info(name) {
+            let (s, e) = info.data_offsets;
+            super::gguf::release(&self.mmap, (self.data_start + s, self.data_start + e));
+        }
+    }
+
     /// The raw tensor `name`, if the file has it.
     pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
         let info = self.metadata.info(name)?;
@@ -148,6 +157,13 @@ impl SafetensorsStore {
     /// The raw tensor `name` from whichever shard holds it.
     pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
         self.index.get(name).and_then(|&i| self.files[i].get(name))
+    }
+
+    /// Drops the pages of tensor `name` once it was copied.
+    pub fn release(&self, name: &str) {
+        if let Some(&i) = self.index.get(name) {
+            self.files[i].release(name);
+        }
     }
 
     /// Whether any shard holds `name`.
