@@ -422,6 +422,16 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
     whole(blk(&format!("{g}.{param}")))
 }
 
+/// `MADV_DONTNEED` over a byte range of a read-only mapping (best effort).
+pub(crate) fn release(mmap: &Mmap, (start, end): (usize, usize)) {
+    // SAFETY: the mapping is private and read-only, so dropping its pages loses nothing: a
+    // later access reads them again from the file. No reference into the range is used after
+    // this except through such re-reads.
+    let _ = unsafe {
+        mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,14 +470,4 @@ mod tests {
         v.extend(1u32.to_le_bytes());
         assert!(parse(&v).unwrap_err().contains("version 1"));
     }
-}
-
-/// `MADV_DONTNEED` over a byte range of a read-only mapping (best effort).
-pub(crate) fn release(mmap: &Mmap, (start, end): (usize, usize)) {
-    // SAFETY: the mapping is private and read-only, so dropping its pages loses nothing: a
-    // later access reads them again from the file. No reference into the range is used after
-    // this except through such re-reads.
-    let _ = unsafe {
-        mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-    };
 }
