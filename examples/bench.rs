@@ -35,21 +35,15 @@ fn run(args: &[String]) -> Result<String, String> {
     let load_s = t0.elapsed().as_secs_f64();
     // Like llama-bench: the content of the prompt does not matter, only its length.
     let vocab = model.config().vocab_size as u32;
-    let prompt: Vec<u32> = (0..n_prompt as u32)
-        .map(|i| (i * 7919 + 13) % vocab)
-        .collect();
+    let prompt: Vec<u32> = (0..n_prompt as u32).map(|i| (i * 7919 + 13) % vocab).collect();
     let mut cache = model.new_cache();
     let t1 = Instant::now();
-    let logits = model
-        .forward_last(&prompt, &mut cache)
-        .map_err(|e| e.to_string())?;
+    let logits = model.forward_last(&prompt, &mut cache).map_err(|e| e.to_string())?;
     let prefill_s = t1.elapsed().as_secs_f64();
     let mut next = argmax(&logits.to_vec1::<f32>().map_err(|e| e.to_string())?);
     let t2 = Instant::now();
     for _ in 0..n_gen {
-        let logits = model
-            .forward_last(&[next], &mut cache)
-            .map_err(|e| e.to_string())?;
+        let logits = model.forward_last(&[next], &mut cache).map_err(|e| e.to_string())?;
         next = argmax(&logits.to_vec1::<f32>().map_err(|e| e.to_string())?);
     }
     let decode_s = t2.elapsed().as_secs_f64();
@@ -65,10 +59,7 @@ fn run(args: &[String]) -> Result<String, String> {
 fn argmax(v: &[f32]) -> u32 {
     v.iter()
         .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
+        .fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
         .0 as u32
 }
 

@@ -24,16 +24,14 @@ const USAGE: &str =
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
-    let (mut model, mut ids, mut out, mut incremental, mut dtype) =
-        (None, None, None, false, DType::F32);
+    let (mut model, mut ids, mut out, mut incremental, mut dtype) = (None, None, None, false, DType::F32);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
             "--model" => model = Some(value()?),
             "--ids" => {
                 let v = value()?;
-                let parsed: Result<Vec<u32>, _> =
-                    v.split(',').map(|s| s.trim().parse::<u32>()).collect();
+                let parsed: Result<Vec<u32>, _> = v.split(',').map(|s| s.trim().parse::<u32>()).collect();
                 ids = Some(parsed.map_err(|e| format!("--ids {v:?}: {e}"))?);
             }
             "--out" => out = Some(value()?),

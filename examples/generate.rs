@@ -15,6 +15,7 @@
 //!   --seed N              seed of the sampler
 //!   --threads N           compute threads
 //!   --dtype f32|bf16      weight storage
+//!   --quantize q8_0|q4_k  quantize a checkpoint's linear weights while loading
 //!   --ids-out FILE        write {"prompt_ids": [...], "generated_ids": [...]} as JSON
 //! ```
 
@@ -22,6 +23,7 @@ use r1_core::chat_template::Message;
 use r1_core::generate::{Engine, FinishReason, GenerateParams, Prompt};
 use r1_core::sampling::SamplingParams;
 use r1_core::trace::Channel;
+use r1_core::weights::quantize::QuantizeTo;
 use r1_core::{DType, LoadOptions};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -38,6 +40,7 @@ struct Args {
     max_tokens: usize,
     threads: Option<usize>,
     dtype: DType,
+    quantize: Option<QuantizeTo>,
     ids_out: Option<String>,
 }
 
@@ -53,14 +56,14 @@ fn parse_args() -> Result<Args, String> {
         max_tokens: 512,
         threads: None,
         dtype: DType::F32,
+        quantize: None,
         ids_out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().ok_or(format!("{flag} needs a value"));
         fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-            v.parse()
-                .map_err(|_| format!("{flag}: {v:?} is not a valid number"))
+            v.parse().map_err(|_| format!("{flag}: {v:?} is not a valid number"))
         }
         match flag.as_str() {
             "--model" => a.model = val()?,
@@ -93,11 +96,12 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--ids-out" => a.ids_out = Some(val()?),
+            "--quantize" => a.quantize = Some(val()?.parse()?),
             "-h" | "--help" => {
                 return Err(include_str!("generate.rs")
                     .lines()
                     .skip(2)
-                    .take(18)
+                    .take(19)
                     .map(|l| l.trim_start_matches("//! "))
                     .collect::<Vec<_>>()
                     .join("\n"))
@@ -117,8 +121,7 @@ fn parse_args() -> Result<Args, String> {
 fn prompt(a: &Args) -> Result<Prompt, String> {
     if let Some(file) = &a.chat {
         let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
-        let messages: Vec<Message> =
-            serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        let messages: Vec<Message> = serde_json::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
         return Ok(Prompt::Chat(messages));
     }
     let text = a.prompt.clone().unwrap_or_default();
@@ -130,11 +133,29 @@ fn prompt(a: &Args) -> Result<Prompt, String> {
     Ok(Prompt::Chat(messages))
 }
 
+/// A loading bar on stderr, fed by the library's progress callback; it clears itself when done.
+fn progress_bar() -> r1_core::ProgressFn {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    std::sync::Arc::new(move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+        if done >= total {
+            bar.finish_and_clear();
+        }
+    })
+}
+
 fn run(a: &Args) -> Result<(), String> {
     let engine = Engine::load(
         &a.model,
         &LoadOptions {
             dtype: a.dtype,
+            quantize: a.quantize,
+            progress: Some(progress_bar()),
             ..Default::default()
         },
     )
@@ -146,9 +167,7 @@ fn run(a: &Args) -> Result<(), String> {
         stop: a.stop.clone(),
         ..Default::default()
     };
-    let mut generation = engine
-        .generate(&prompt, &params)
-        .map_err(|e| e.to_string())?;
+    let mut generation = engine.generate(&prompt, &params).map_err(|e| e.to_string())?;
     let color = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let mut current: Option<Channel> = None;
@@ -192,7 +211,8 @@ fn run(a: &Args) -> Result<(), String> {
         );
     }
     if let Some(path) = &a.ids_out {
-        let json = serde_json::json!({"prompt_ids": generation.prompt_ids(), "generated_ids": generation.generated_ids()});
+        let json =
+            serde_json::json!({"prompt_ids": generation.prompt_ids(), "generated_ids": generation.generated_ids()});
         std::fs::write(path, json.to_string()).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())

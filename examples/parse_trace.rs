@@ -19,9 +19,7 @@ fn parse_args() -> Result<(bool, Option<usize>), String> {
             "--starts-in-reasoning" => start = true,
             "--chunk-bytes" => {
                 let v = it.next().ok_or("--chunk-bytes needs a value")?;
-                let k: usize = v
-                    .parse()
-                    .map_err(|_| format!("--chunk-bytes {v:?} is not a number"))?;
+                let k: usize = v.parse().map_err(|_| format!("--chunk-bytes {v:?} is not a number"))?;
                 if k == 0 {
                     return Err("--chunk-bytes must be at least 1".into());
                 }

@@ -36,9 +36,7 @@ fn text(events: &[Event]) -> String {
 fn finish(events: &[Event]) -> r1_core::generate::Finish {
     let last = events.last().unwrap();
     assert!(
-        events[..events.len() - 1]
-            .iter()
-            .all(|e| e.finish.is_none()),
+        events[..events.len() - 1].iter().all(|e| e.finish.is_none()),
         "only the last event finishes"
     );
     last.finish.clone().expect("last event carries the finish")
@@ -51,12 +49,7 @@ fn greedy_chat_equals_transformers() {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let e = Engine::load(&dir, &Default::default()).unwrap();
         let r = reference_json(&dir);
-        for (j, case) in r["tokenizer"]["chat"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .enumerate()
-        {
+        for (j, case) in r["tokenizer"]["chat"].as_array().unwrap().iter().enumerate() {
             if !case["add_generation_prompt"].as_bool().unwrap() {
                 continue;
             }
@@ -167,11 +160,7 @@ fn stop_sequence_spanning_tokens_is_not_emitted() {
         ..greedy(24)
     };
     let (events, _) = run(&e, &p, &params);
-    assert_eq!(
-        finish(&events).reason,
-        FinishReason::StopSequence,
-        "stop {stop:?}"
-    );
+    assert_eq!(finish(&events).reason, FinishReason::StopSequence, "stop {stop:?}");
     assert_eq!(text(&events), expected);
 }
 
@@ -181,10 +170,7 @@ fn limits_end_tokens_and_cancellation() {
     let p = Prompt::Chat(vec![Message::user("Count")]);
     // max_tokens
     let (events, ids) = run(&e, &p, &greedy(5));
-    assert_eq!(
-        (finish(&events).reason, ids.len()),
-        (FinishReason::MaxTokens, 5)
-    );
+    assert_eq!((finish(&events).reason, ids.len()), (FinishReason::MaxTokens, 5));
     // An extra end token: generation stops on it, and its text is not emitted.
     let stop_at = ids[2];
     let first = ids.iter().position(|&t| t == stop_at).unwrap();
@@ -228,10 +214,7 @@ fn context_full_and_too_long_prompts() {
         4,
         "positions max-3..max hold the prompt tail and 3 tokens; a 4th is sampled, not run"
     );
-    let err = e
-        .generate(&Prompt::Tokens(vec![7; max]), &greedy(1))
-        .err()
-        .unwrap();
+    let err = e.generate(&Prompt::Tokens(vec![7; max]), &greedy(1)).err().unwrap();
     assert!(err.to_string().contains("context"), "{err}");
     assert!(e.generate(&Prompt::Tokens(vec![]), &greedy(1)).is_err());
 }

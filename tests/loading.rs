@@ -20,8 +20,7 @@ fn scratch(fixture: &str, tag: &str) -> PathBuf {
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
@@ -109,9 +108,7 @@ fn config_contradicting_weights_names_tensor_and_shapes() {
     let msg = e.to_string();
     assert!(matches!(e, Error::BadWeights { .. }), "{msg}");
     assert!(
-        msg.contains("model.safetensors")
-            && msg.contains("mlp.gate_proj.weight")
-            && msg.contains("100"),
+        msg.contains("model.safetensors") && msg.contains("mlp.gate_proj.weight") && msg.contains("100"),
         "{msg}"
     );
 }

@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 fn models_dir() -> PathBuf {
     std::env::var_os("R1_MODELS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/r1/models")
-        })
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/r1/models"))
 }
 
 fn reference() -> serde_json::Value {
@@ -35,8 +33,7 @@ fn engines() -> Vec<(String, Engine, serde_json::Value)> {
             );
             continue;
         }
-        let engine =
-            Engine::load(&path, &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let engine = Engine::load(&path, &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         out.push((name.clone(), engine, entry.clone()));
     }
     out
@@ -104,14 +101,8 @@ fn greedy_tokens_match_llama_cpp() {
                 e.unwrap();
             }
             let got = g.generated_ids().to_vec();
-            let until_end = want
-                .iter()
-                .position(|t| end.contains(t))
-                .map_or(want.len(), |i| i + 1);
-            let until_tie = margins
-                .iter()
-                .position(|&m| m < NEAR_TIE)
-                .unwrap_or(want.len());
+            let until_end = want.iter().position(|t| end.contains(t)).map_or(want.len(), |i| i + 1);
+            let until_tie = margins.iter().position(|&m| m < NEAR_TIE).unwrap_or(want.len());
             let checked = until_end.min(until_tie);
             let agreed = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
             let prompt = case["prompt"].as_str().unwrap();

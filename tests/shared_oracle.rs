@@ -11,11 +11,7 @@ fn shared_oracle_folders_match_transformers() {
         return;
     };
     let folders = reference_folders(&dir);
-    assert!(
-        !folders.is_empty(),
-        "{} holds no reference folder",
-        dir.display()
-    );
+    assert!(!folders.is_empty(), "{} holds no reference folder", dir.display());
     let mut all = Outcome::default();
     for folder in folders {
         let mut o = check_folder(&folder);

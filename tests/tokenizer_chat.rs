@@ -33,11 +33,7 @@ fn encode_and_chat_match_transformers() {
         for (j, case) in t["chat"].as_array().unwrap().iter().enumerate() {
             let msgs = messages(&case["messages"]);
             let add = case["add_generation_prompt"].as_bool().unwrap();
-            let rendered = tok
-                .chat_template()
-                .unwrap()
-                .render(&msgs, add, None)
-                .unwrap();
+            let rendered = tok.chat_template().unwrap().render(&msgs, add, None).unwrap();
             o.equal(
                 &format!("{name} chat {j} rendered"),
                 &rendered,
@@ -68,10 +64,7 @@ fn decode_and_streaming_match_transformers() {
             o.equal(
                 &format!("{label} (skip special)"),
                 &tok.decode(&ids, true).unwrap(),
-                &case["decoded_skip_special_tokens"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
+                &case["decoded_skip_special_tokens"].as_str().unwrap().to_string(),
             );
             // Streaming: the deltas add up to the full decode, and none ends inside a character
             // (a &str cannot; a held-back byte would show as U+FFFD mid-stream).
@@ -100,8 +93,7 @@ fn builtin_r1_template_is_used_without_one() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(src.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer_config.json")).unwrap()).unwrap();
     cfg.as_object_mut().unwrap().remove("chat_template");
     std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
     let tok = Tokenizer::from_dir(&dir, &[]).unwrap();
@@ -110,8 +102,5 @@ fn builtin_r1_template_is_used_without_one() {
         .unwrap()
         .render(&[Message::user("hi")], true, None)
         .unwrap();
-    assert_eq!(
-        text,
-        "<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>\n"
-    );
+    assert_eq!(text, "<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>\n");
 }

@@ -176,9 +176,9 @@ impl Cache {
 
     /// Layer `i`'s cache.
     pub(crate) fn layer(&mut self, i: usize) -> Result<&mut LayerCache> {
-        self.layers.get_mut(i).ok_or_else(|| {
-            Error::InvalidArgument(format!("cache has no layer {i}: made for another model?"))
-        })
+        self.layers
+            .get_mut(i)
+            .ok_or_else(|| Error::InvalidArgument(format!("cache has no layer {i}: made for another model?")))
     }
 
     /// Records that `n` tokens went through every layer.

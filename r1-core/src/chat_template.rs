@@ -95,9 +95,7 @@ impl ChatTemplate {
             bos_token: String::new(),
             eos_token: String::new(),
         };
-        environment()
-            .template_from_str(&t.source)
-            .map_err(template_error)?;
+        environment().template_from_str(&t.source).map_err(template_error)?;
         Ok(t)
     }
 
@@ -112,16 +110,9 @@ impl ChatTemplate {
         match v {
             Value::String(s) => Self::new(s).map(Some),
             Value::Array(items) => {
-                let named = |n: &str| {
-                    items
-                        .iter()
-                        .find(|i| i.get("name").and_then(Value::as_str) == Some(n))
-                };
+                let named = |n: &str| items.iter().find(|i| i.get("name").and_then(Value::as_str) == Some(n));
                 let chosen = named("default").or(items.first());
-                match chosen
-                    .and_then(|c| c.get("template"))
-                    .and_then(Value::as_str)
-                {
+                match chosen.and_then(|c| c.get("template")).and_then(Value::as_str) {
                     Some(s) => Self::new(s).map(Some),
                     None => Ok(None),
                 }
@@ -143,16 +134,9 @@ impl ChatTemplate {
     }
 
     /// Renders `messages`; `tools` are JSON schemas passed as the template's `tools`.
-    pub fn render(
-        &self,
-        messages: &[Message],
-        add_generation_prompt: bool,
-        tools: Option<&[Value]>,
-    ) -> Result<String> {
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool, tools: Option<&[Value]>) -> Result<String> {
         let env = environment();
-        let template = env
-            .template_from_str(&self.source)
-            .map_err(template_error)?;
+        let template = env.template_from_str(&self.source).map_err(template_error)?;
         let ctx = minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
             add_generation_prompt => add_generation_prompt,
@@ -172,10 +156,7 @@ fn environment() -> minijinja::Environment<'static> {
     env.add_function(
         "raise_exception",
         |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                msg,
-            ))
+            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
         },
     );
     // HF renders with trim_blocks and lstrip_blocks.
@@ -234,11 +215,7 @@ mod tests {
         call.tool_calls = vec![serde_json::json!({
             "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}
         })];
-        let msgs = [
-            Message::user("weather?"),
-            call,
-            Message::new("tool", "sunny"),
-        ];
+        let msgs = [Message::user("weather?"), call, Message::new("tool", "sunny")];
         let s = r1().render(&msgs, true, None).unwrap();
         assert!(s.contains(
             "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>"
@@ -248,7 +225,10 @@ mod tests {
 
     #[test]
     fn raise_exception_and_syntax_errors_are_errors() {
-        let t = ChatTemplate::new("{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}").unwrap();
+        let t = ChatTemplate::new(
+            "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}",
+        )
+        .unwrap();
         let e = t.render(&[Message::system("x")], false, None).unwrap_err();
         assert!(e.to_string().contains("first must be user"), "{e}");
         assert!(ChatTemplate::new("{% if %}").is_err());
@@ -256,13 +236,7 @@ mod tests {
 
     #[test]
     fn python_methods_work() {
-        let t = ChatTemplate::new(
-            "{{ messages[0].content.strip().upper() }}|{{ 'a,b'.split(',')[-1] }}",
-        )
-        .unwrap();
-        assert_eq!(
-            t.render(&[Message::user("  hi ")], false, None).unwrap(),
-            "HI|b"
-        );
+        let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}|{{ 'a,b'.split(',')[-1] }}").unwrap();
+        assert_eq!(t.render(&[Message::user("  hi ")], false, None).unwrap(), "HI|b");
     }
 }

@@ -275,9 +275,10 @@ impl<'a> Fields<'a> {
     fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
-                self.err(format!("`{key}` must be a non-negative integer, got {v}"))
-            }),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(format!("`{key}` must be a non-negative integer, got {v}"))),
         }
     }
 
@@ -487,35 +488,33 @@ fn mla_config(f: &Fields, heads: usize) -> Result<MlaConfig> {
 
 fn moe_config(f: &Fields, arch: Architecture) -> Result<MoeConfig> {
     let v3 = arch == Architecture::DeepseekV3;
-    let scoring_func =
-        match f
-            .str_opt("scoring_func")?
-            .unwrap_or(if v3 { "sigmoid" } else { "softmax" })
-        {
-            "softmax" => ScoringFunc::Softmax,
-            "sigmoid" => ScoringFunc::Sigmoid,
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "{}: scoring_func `{other}`",
-                    f.path.display()
-                )))
-            }
-        };
-    let topk_method =
-        match f
-            .str_opt("topk_method")?
-            .unwrap_or(if v3 { "noaux_tc" } else { "greedy" })
-        {
-            "greedy" => TopkMethod::Greedy,
-            "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
-            "noaux_tc" => TopkMethod::NoauxTc,
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "{}: topk_method `{other}`",
-                    f.path.display()
-                )))
-            }
-        };
+    let scoring_func = match f
+        .str_opt("scoring_func")?
+        .unwrap_or(if v3 { "sigmoid" } else { "softmax" })
+    {
+        "softmax" => ScoringFunc::Softmax,
+        "sigmoid" => ScoringFunc::Sigmoid,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: scoring_func `{other}`",
+                f.path.display()
+            )))
+        }
+    };
+    let topk_method = match f
+        .str_opt("topk_method")?
+        .unwrap_or(if v3 { "noaux_tc" } else { "greedy" })
+    {
+        "greedy" => TopkMethod::Greedy,
+        "group_limited_greedy" => TopkMethod::GroupLimitedGreedy,
+        "noaux_tc" => TopkMethod::NoauxTc,
+        other => {
+            return Err(Error::Unsupported(format!(
+                "{}: topk_method `{other}`",
+                f.path.display()
+            )))
+        }
+    };
     let n_routed_experts = f.usize_or("n_routed_experts", if v3 { 256 } else { 0 })?;
     let cfg = MoeConfig {
         n_routed_experts,
@@ -541,9 +540,7 @@ fn validate_moe(f: &Fields, m: &MoeConfig) -> Result<()> {
         return Err(f.err("`moe_layer_freq` must be at least 1".into()));
     }
     if m.n_routed_experts == 0 || m.num_experts_per_tok == 0 {
-        return Err(
-            f.err("`n_routed_experts` and `num_experts_per_tok` must be set and positive".into())
-        );
+        return Err(f.err("`n_routed_experts` and `num_experts_per_tok` must be set and positive".into()));
     }
     if m.n_group == 0 || !m.n_routed_experts.is_multiple_of(m.n_group) {
         return Err(f.err(format!(
@@ -553,10 +550,7 @@ fn validate_moe(f: &Fields, m: &MoeConfig) -> Result<()> {
     }
     let per_group = m.n_routed_experts / m.n_group;
     if m.topk_group == 0 || m.topk_group > m.n_group {
-        return Err(f.err(format!(
-            "`topk_group` {} must be in 1..={}",
-            m.topk_group, m.n_group
-        )));
+        return Err(f.err(format!("`topk_group` {} must be in 1..={}", m.topk_group, m.n_group)));
     }
     if m.num_experts_per_tok > m.topk_group * per_group {
         return Err(f.err(format!(
@@ -566,9 +560,7 @@ fn validate_moe(f: &Fields, m: &MoeConfig) -> Result<()> {
         )));
     }
     if m.topk_method == TopkMethod::NoauxTc && per_group < 2 {
-        return Err(
-            f.err("noaux_tc ranks groups by their top-2 scores: groups need 2+ experts".into())
-        );
+        return Err(f.err("noaux_tc ranks groups by their top-2 scores: groups need 2+ experts".into()));
     }
     Ok(())
 }
@@ -601,10 +593,7 @@ fn rope_config(f: &Fields, arch: Architecture) -> Result<RopeConfig> {
 }
 
 fn rope_scaling(f: &Fields, s: &Map<String, Value>, max_pos: usize) -> Result<RopeScaling> {
-    let sf = Fields {
-        path: f.path,
-        obj: s,
-    };
+    let sf = Fields { path: f.path, obj: s };
     let kind = match sf.str_opt("rope_type")? {
         Some(k) => k,
         None => sf.str_opt("type")?.unwrap_or("default"),
@@ -620,8 +609,7 @@ fn rope_scaling(f: &Fields, s: &Map<String, Value>, max_pos: usize) -> Result<Ro
             factor: factor()?,
             low_freq_factor: sf.f64_or("low_freq_factor", 1.0)?,
             high_freq_factor: sf.f64_or("high_freq_factor", 4.0)?,
-            original_max_position_embeddings: sf
-                .f64_or("original_max_position_embeddings", 8192.0)?,
+            original_max_position_embeddings: sf.f64_or("original_max_position_embeddings", 8192.0)?,
         },
         "yarn" => {
             let factor = factor()?;
@@ -683,11 +671,7 @@ fn fp8_config(f: &Fields) -> Result<Option<Fp8Config>> {
             }
         }
         None => [128, 128],
-        Some(other) => {
-            return Err(f.err(format!(
-                "`weight_block_size` must be [rows, cols], got {other}"
-            )))
-        }
+        Some(other) => return Err(f.err(format!("`weight_block_size` must be [rows, cols], got {other}"))),
     };
     Ok(Some(Fp8Config { block }))
 }
@@ -709,8 +693,7 @@ impl ModelConfig {
         let key = |k: &str| format!("{arch_name}.{k}");
         let get = |k: &str| g.meta(&key(k));
         let usize_opt = |k: &str| get(k).and_then(MetaValue::as_u64).map(|v| v as usize);
-        let usize_req =
-            |k: &str| usize_opt(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
+        let usize_req = |k: &str| usize_opt(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
         let f64_or = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
         let has = |t: &str| g.tensors.contains_key(t);
         let sigmoid = usize_opt("expert_gating_func") == Some(2);
@@ -772,9 +755,7 @@ impl ModelConfig {
         };
         let moe = if arch.is_deepseek() {
             let n_group = usize_opt("expert_group_count").unwrap_or(1).max(1);
-            let topk_group = usize_opt("expert_group_used_count")
-                .unwrap_or(n_group)
-                .max(1);
+            let topk_group = usize_opt("expert_group_used_count").unwrap_or(n_group).max(1);
             // A GGUF stores no topk_method: sigmoid gating is V3's noaux_tc; softmax is V2's greedy,
             // group-limited when groups are set (llama.cpp ranks groups the same way for both).
             let topk_method = match (sigmoid, topk_group < n_group) {
@@ -797,9 +778,7 @@ impl ModelConfig {
                 topk_method,
                 n_group,
                 topk_group,
-                norm_topk_prob: get("expert_weights_norm")
-                    .and_then(MetaValue::as_bool)
-                    .unwrap_or(false),
+                norm_topk_prob: get("expert_weights_norm").and_then(MetaValue::as_bool).unwrap_or(false),
                 routed_scaling_factor: f64_or("expert_weights_scale", 1.0),
                 scale_normalized: sigmoid,
             })
@@ -837,10 +816,7 @@ fn gguf_rope(g: &GgufFile, arch_name: &str, arch: Architecture) -> Result<RopeCo
     let get = |k: &str| g.meta(&format!("{arch_name}.{k}"));
     let f = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
     let factor = f("rope.scaling.factor", 1.0);
-    let scaling = match get("rope.scaling.type")
-        .and_then(MetaValue::as_str)
-        .unwrap_or("none")
-    {
+    let scaling = match get("rope.scaling.type").and_then(MetaValue::as_str).unwrap_or("none") {
         "none" => RopeScaling::None,
         "linear" if factor != 1.0 => RopeScaling::Linear { factor },
         "linear" => RopeScaling::None,

@@ -239,9 +239,7 @@ impl Engine {
         let starts_in_reasoning = match params.starts_in_reasoning {
             Some(s) => s,
             None => {
-                let text = self
-                    .tokenizer
-                    .decode(&ids[ids.len().saturating_sub(4)..], false)?;
+                let text = self.tokenizer.decode(&ids[ids.len().saturating_sub(4)..], false)?;
                 text.trim_end_matches('\n').ends_with("<think>")
             }
         };
@@ -318,8 +316,7 @@ impl Generation<'_> {
             None => {
                 let t = Instant::now();
                 let l = model.forward_last(&self.history, &mut self.cache)?;
-                self.usage.prefill_tokens_per_s =
-                    self.prompt_len as f64 / t.elapsed().as_secs_f64().max(1e-9);
+                self.usage.prefill_tokens_per_s = self.prompt_len as f64 / t.elapsed().as_secs_f64().max(1e-9);
                 l
             }
             Some(tok) => {
@@ -411,8 +408,7 @@ impl Generation<'_> {
         segments.extend(rest);
         let n = self.generated_ids().len();
         if n > 1 {
-            self.usage.decode_tokens_per_s =
-                (n - 1) as f64 / self.decode_time.as_secs_f64().max(1e-9);
+            self.usage.decode_tokens_per_s = (n - 1) as f64 / self.decode_time.as_secs_f64().max(1e-9);
         }
         let channel = segments.last().map_or(parser_channel(&trace), |s| s.0);
         for (ch, text) in segments {
@@ -488,11 +484,7 @@ impl StopMatcher {
     /// before it is emitted, the rest dropped).
     fn push(&mut self, text: &str) -> (String, bool) {
         self.held.push_str(text);
-        let first_stop = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()))
-            .min();
+        let first_stop = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
         if let Some(i) = first_stop {
             let out = self.held[..i].to_string();
             self.held.clear();
@@ -534,10 +526,7 @@ mod tests {
     #[test]
     fn stop_sequence_across_pieces() {
         let mut m = StopMatcher::new(&["</answer>".to_string(), "STOP".to_string()]);
-        assert_eq!(
-            m.push("The value is 4</"),
-            ("The value is 4".to_string(), false)
-        );
+        assert_eq!(m.push("The value is 4</"), ("The value is 4".to_string(), false));
         assert_eq!(m.push("ans"), (String::new(), false));
         assert_eq!(m.push("wer> more"), (String::new(), true));
         let mut m = StopMatcher::new(&["STOP".to_string()]);

@@ -37,7 +37,7 @@ pub mod weights;
 pub use cache::Cache;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
-pub use model::{LoadOptions, Model};
+pub use model::{LoadOptions, Model, ProgressFn};
 pub use moe::{LayerRouting, TokenRouting};
 
 /// The tensor type of r1's API (candle's).

@@ -6,18 +6,39 @@ use crate::error::{Error, Result};
 use crate::models::{deepseek::Deepseek, llama::Llama};
 use crate::moe::LayerRouting;
 use crate::weights::gguf::GgufFile;
+use crate::weights::quantize::QuantizeTo;
 use crate::weights::Weights;
 use candle_core::{DType, Device, Tensor};
 use std::path::Path;
+use std::sync::Arc;
+
+/// Called while loading with (bytes of weights read so far, total bytes of the weight files).
+pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// Storage dtype of the weights: `F32` (default) or `BF16`/`F16` to halve memory. On the CPU
     /// activations are always f32 and narrow weights are widened per matmul.
     pub dtype: DType,
     /// Where tensors live.
     pub device: Device,
+    /// Quantize a checkpoint's linear weights while loading (`None`: keep them). GGUF files
+    /// keep their own quantization.
+    pub quantize: Option<QuantizeTo>,
+    /// Loading progress, for a progress bar (the library itself never prints).
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("dtype", &self.dtype)
+            .field("device", &self.device)
+            .field("quantize", &self.quantize)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for LoadOptions {
@@ -25,6 +46,8 @@ impl Default for LoadOptions {
         LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
+            quantize: None,
+            progress: None,
         }
     }
 }
@@ -53,33 +76,33 @@ impl Model {
             let config = ModelConfig::from_gguf(&file)?;
             (
                 config,
-                Weights::from_gguf(file, options.dtype, &options.device)?,
+                Weights::from_gguf(file, options.dtype, &options.device)?.with_progress(options.progress.clone()),
             )
         } else if path.is_dir() {
             let config = ModelConfig::from_file(&config_path(path))?;
-            let weights = Weights::open(path, config.fp8, options.dtype, &options.device)?;
+            let weights = Weights::open(path, config.fp8, options.dtype, &options.device)?
+                .with_quantization(options.quantize)
+                .with_progress(options.progress.clone());
             (config, weights)
         } else {
             return Err(Error::Io {
                 path: path.to_path_buf(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no checkpoint folder or GGUF file here",
-                ),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint folder or GGUF file here"),
             });
         };
-        Self::from_weights(config, &weights)
+        let model = Self::from_weights(config, &weights)?;
+        // Headers and skipped tensors are never read: report the end explicitly.
+        if let Some(progress) = &options.progress {
+            progress(weights.total_bytes(), weights.total_bytes());
+        }
+        Ok(model)
     }
 
     /// Builds the model `config` describes from `weights`.
     pub fn from_weights(config: ModelConfig, weights: &Weights) -> Result<Model> {
         let family = match config.arch {
-            Architecture::Llama | Architecture::Qwen2 => {
-                Family::Llama(Llama::load(weights, &config)?)
-            }
-            Architecture::DeepseekV2 | Architecture::DeepseekV3 => {
-                Family::Deepseek(Deepseek::load(weights, &config)?)
-            }
+            Architecture::Llama | Architecture::Qwen2 => Family::Llama(Llama::load(weights, &config)?),
+            Architecture::DeepseekV2 | Architecture::DeepseekV3 => Family::Deepseek(Deepseek::load(weights, &config)?),
         };
         Ok(Model { config, family })
     }
@@ -110,12 +133,7 @@ impl Model {
     }
 
     /// Like [`Model::forward`], and appends each MoE layer's routing decisions to `routing`.
-    pub fn forward_traced(
-        &self,
-        tokens: &[u32],
-        cache: &mut Cache,
-        routing: &mut Vec<LayerRouting>,
-    ) -> Result<Tensor> {
+    pub fn forward_traced(&self, tokens: &[u32], cache: &mut Cache, routing: &mut Vec<LayerRouting>) -> Result<Tensor> {
         self.run(tokens, cache, Some(routing), false)
     }
 

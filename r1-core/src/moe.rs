@@ -117,13 +117,12 @@ impl Moe {
         let gate = w.get_f32(&format!("{prefix}.gate.weight"), &[n, hidden])?;
         let bias_name = format!("{prefix}.gate.e_score_correction_bias");
         // Checkpoints of V3 always have the bias; a GGUF of a sigmoid-gated model may not.
-        let e_score_correction_bias = if cfg.topk_method == TopkMethod::NoauxTc
-            && (w.gguf().is_none() || w.contains(&bias_name))
-        {
-            Some(w.get_exact_f32(&bias_name, &[n])?.to_vec1::<f32>()?)
-        } else {
-            None
-        };
+        let e_score_correction_bias =
+            if cfg.topk_method == TopkMethod::NoauxTc && (w.gguf().is_none() || w.contains(&bias_name)) {
+                Some(w.get_exact_f32(&bias_name, &[n])?.to_vec1::<f32>()?)
+            } else {
+                None
+            };
         let experts = (0..n)
             .map(|e| {
                 Mlp::load(
@@ -137,13 +136,7 @@ impl Moe {
             .collect::<Result<Vec<_>>>()?;
         let shared_experts = if cfg.n_shared_experts > 0 {
             let inter = cfg.moe_intermediate_size * cfg.n_shared_experts;
-            Some(Mlp::load(
-                w,
-                &format!("{prefix}.shared_experts"),
-                hidden,
-                inter,
-                false,
-            )?)
+            Some(Mlp::load(w, &format!("{prefix}.shared_experts"), hidden, inter, false)?)
         } else {
             None
         };
@@ -158,13 +151,9 @@ impl Moe {
 
     /// `x [tokens, hidden]` → `[tokens, hidden]`, and the routing decisions.
     pub fn forward(&self, x: &Tensor, layer: usize) -> Result<(Tensor, LayerRouting)> {
-        let router_logits: Vec<Vec<f32>> =
-            x.to_dtype(DType::F32)?.matmul(&self.gate.t()?)?.to_vec2()?;
+        let router_logits: Vec<Vec<f32>> = x.to_dtype(DType::F32)?.matmul(&self.gate.t()?)?.to_vec2()?;
         let bias = self.e_score_correction_bias.as_deref();
-        let tokens: Vec<TokenRouting> = router_logits
-            .iter()
-            .map(|l| route(&self.cfg, l, bias))
-            .collect();
+        let tokens: Vec<TokenRouting> = router_logits.iter().map(|l| route(&self.cfg, l, bias)).collect();
         let mut out = match &self.shared_experts {
             Some(shared) => shared.forward(x)?,
             None => x.zeros_like()?,
@@ -173,12 +162,7 @@ impl Moe {
             let (rows, weights): (Vec<u32>, Vec<f32>) = tokens
                 .iter()
                 .enumerate()
-                .filter_map(|(t, r)| {
-                    r.experts
-                        .iter()
-                        .position(|&x| x == e)
-                        .map(|k| (t as u32, r.weights[k]))
-                })
+                .filter_map(|(t, r)| r.experts.iter().position(|&x| x == e).map(|k| (t as u32, r.weights[k])))
                 .unzip();
             if rows.is_empty() {
                 continue;
@@ -186,9 +170,7 @@ impl Moe {
             let n = rows.len();
             let rows = Tensor::from_vec(rows, n, x.device())?;
             let weights = Tensor::from_vec(weights, (n, 1), x.device())?.to_dtype(x.dtype())?;
-            let y = expert
-                .forward(&x.index_select(&rows, 0)?)?
-                .broadcast_mul(&weights)?;
+            let y = expert.forward(&x.index_select(&rows, 0)?)?.broadcast_mul(&weights)?;
             out = out.index_add(&rows, &y, 0)?;
         }
         Ok((
@@ -206,13 +188,7 @@ impl Moe {
 mod tests {
     use super::*;
 
-    fn cfg(
-        scoring: ScoringFunc,
-        method: TopkMethod,
-        n_group: usize,
-        topk_group: usize,
-        k: usize,
-    ) -> MoeConfig {
+    fn cfg(scoring: ScoringFunc, method: TopkMethod, n_group: usize, topk_group: usize, k: usize) -> MoeConfig {
         MoeConfig {
             n_routed_experts: 8,
             n_shared_experts: 0,
@@ -245,13 +221,7 @@ mod tests {
     #[test]
     fn group_limited_uses_group_max() {
         // Groups of 2: {0,1} {2,3} {4,5} {6,7}. Group maxima 0.9, 0.8, 0.5, 0.85 → keep groups 0 and 3.
-        let c = cfg(
-            ScoringFunc::Sigmoid,
-            TopkMethod::GroupLimitedGreedy,
-            4,
-            2,
-            3,
-        );
+        let c = cfg(ScoringFunc::Sigmoid, TopkMethod::GroupLimitedGreedy, 4, 2, 3);
         let s = [0.9f32, 0.1, 0.8, 0.7, 0.5, 0.45, 0.85, 0.2];
         let logits: Vec<f32> = s.iter().map(|p| (p / (1.0 - p)).ln()).collect();
         let r = route(&c, &logits, None);
@@ -272,11 +242,7 @@ mod tests {
         let r = route(&c, &logits, Some(&bias));
         assert_eq!(r.experts, vec![4, 0]);
         // Weights from the raw sigmoid scores 0.3 and 0.5, normalized, times 2.5.
-        assert!(
-            (r.weights[0] - 2.5 * 0.3 / 0.8).abs() < 1e-5,
-            "{:?}",
-            r.weights
-        );
+        assert!((r.weights[0] - 2.5 * 0.3 / 0.8).abs() < 1e-5, "{:?}", r.weights);
         assert!((r.weights[1] - 2.5 * 0.5 / 0.8).abs() < 1e-5);
     }
 

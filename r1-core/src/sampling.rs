@@ -65,16 +65,10 @@ impl Stage {
                     &history[history.len().saturating_sub(*last_n)..]
                 };
                 let mut counts: HashMap<u32, f32> = HashMap::new();
-                recent
-                    .iter()
-                    .for_each(|t| *counts.entry(*t).or_default() += 1.0);
+                recent.iter().for_each(|t| *counts.entry(*t).or_default() += 1.0);
                 for (id, l) in c.iter_mut() {
                     if let Some(&n) = counts.get(id) {
-                        *l = if *l > 0.0 {
-                            *l / repetition
-                        } else {
-                            *l * repetition
-                        };
+                        *l = if *l > 0.0 { *l / repetition } else { *l * repetition };
                         *l -= presence + frequency * n;
                     }
                 }
@@ -115,12 +109,8 @@ impl Stage {
                 bad(format!("temperature {t} must be > 0 (use greedy for 0)"))
             }
             Stage::TopP(p) if !(p > 0.0 && p <= 1.0) => bad(format!("top_p {p} must be in (0, 1]")),
-            Stage::MinP(p) if !(0.0..=1.0).contains(&p) => {
-                bad(format!("min_p {p} must be in [0, 1]"))
-            }
-            Stage::Penalties { repetition, .. }
-                if !(repetition > 0.0 && repetition.is_finite()) =>
-            {
+            Stage::MinP(p) if !(0.0..=1.0).contains(&p) => bad(format!("min_p {p} must be in [0, 1]")),
+            Stage::Penalties { repetition, .. } if !(repetition > 0.0 && repetition.is_finite()) => {
                 bad(format!("repetition penalty {repetition} must be > 0"))
             }
             _ => Ok(()),
@@ -186,10 +176,7 @@ impl Sampler {
         if !params.logit_bias.is_empty() {
             s = s.with(Stage::LogitBias(params.logit_bias.clone()));
         }
-        if params.repetition_penalty != 1.0
-            || params.presence_penalty != 0.0
-            || params.frequency_penalty != 0.0
-        {
+        if params.repetition_penalty != 1.0 || params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
             s = s.with(Stage::Penalties {
                 repetition: params.repetition_penalty,
                 presence: params.presence_penalty,
@@ -214,11 +201,7 @@ impl Sampler {
 
     /// The tokens left after the chain and their probabilities, most likely first.
     pub fn distribution(&self, logits: &[f32], history: &[u32]) -> Vec<(u32, f32)> {
-        let mut c: Vec<Candidate> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
+        let mut c: Vec<Candidate> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         for st in &self.stages {
             st.apply(&mut c, history);
         }
@@ -313,10 +296,7 @@ impl SamplingParams {
             return bad(format!("min_p {} must be in [0, 1]", self.min_p));
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            return bad(format!(
-                "repetition_penalty {} must be > 0",
-                self.repetition_penalty
-            ));
+            return bad(format!("repetition_penalty {} must be > 0", self.repetition_penalty));
         }
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
             return bad("presence and frequency penalties must be finite".into());
@@ -366,13 +346,9 @@ mod tests {
     fn top_p_keeps_smallest_set_reaching_p() {
         // Sorted: 0.5, 0.3, 0.1, 0.1. p = 0.75 is reached by {0.5, 0.3}; p = 0.85 needs a third.
         let l = logits_of(&[0.1, 0.5, 0.3, 0.1]);
-        let d = Sampler::greedy()
-            .with(Stage::TopP(0.75))
-            .distribution(&l, &[]);
+        let d = Sampler::greedy().with(Stage::TopP(0.75)).distribution(&l, &[]);
         assert_eq!(d.len(), 2);
-        let d = Sampler::greedy()
-            .with(Stage::TopP(0.85))
-            .distribution(&l, &[]);
+        let d = Sampler::greedy().with(Stage::TopP(0.85)).distribution(&l, &[]);
         assert_eq!(d.len(), 3);
         assert_eq!(d[2].0, 0, "ties keep the lower id");
         assert!(close(d[0].1, 0.5 / 0.9));
@@ -391,9 +367,7 @@ mod tests {
     fn temperature_sharpens() {
         // logits [0, ln 2]: at T = 1 p = [1/3, 2/3]; at T = 0.5 logits double: p = [1/5, 4/5].
         let l = [0.0, 2f32.ln()];
-        let d = Sampler::greedy()
-            .with(Stage::Temperature(0.5))
-            .distribution(&l, &[]);
+        let d = Sampler::greedy().with(Stage::Temperature(0.5)).distribution(&l, &[]);
         assert!(close(d[0].1, 0.8) && close(d[1].1, 0.2), "{d:?}");
     }
 
@@ -434,9 +408,7 @@ mod tests {
         let l = logits_of(&p);
         let draws = |seed| {
             let mut s = Sampler::seeded(seed);
-            (0..20_000)
-                .map(|_| s.sample(&l, &[]).unwrap())
-                .collect::<Vec<_>>()
+            (0..20_000).map(|_| s.sample(&l, &[]).unwrap()).collect::<Vec<_>>()
         };
         let a = draws(7);
         assert_eq!(a, draws(7));
@@ -460,10 +432,6 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(s.sample(&[3.0, 1.0, 0.0, -5.0], &[]).unwrap(), 0);
         }
-        assert!(Sampler::from_params(&SamplingParams {
-            top_p: 1.5,
-            ..params
-        })
-        .is_err());
+        assert!(Sampler::from_params(&SamplingParams { top_p: 1.5, ..params }).is_err());
     }
 }

@@ -39,10 +39,7 @@ fn token_string(v: Option<&Value>) -> Option<String> {
 /// Ids from a JSON value that is one id or a list of ids.
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(|x| x.as_u64().map(|n| n as u32))
-            .collect(),
+        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|n| n as u32)).collect(),
         Some(x) => x.as_u64().map(|n| vec![n as u32]).unwrap_or_default(),
         None => vec![],
     }
@@ -56,12 +53,10 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })
+    serde_json::from_str(&text).map(Some).map_err(|source| Error::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 impl Tokenizer {
@@ -91,10 +86,7 @@ impl Tokenizer {
             None => None,
         };
         let mut tok = Tokenizer::new(inner, bos, eos, template)?;
-        tok.add_bos = tc
-            .get("add_bos_token")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
+        tok.add_bos = tc.get("add_bos_token").and_then(Value::as_bool).unwrap_or(false);
         Ok(tok)
     }
 
@@ -204,8 +196,7 @@ fn pre_tokenizer_regexes(pre: &str) -> Option<&'static [&'static str]> {
     const QWEN2: &[&str] = &[
         r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     ];
-    const GPT2: &[&str] =
-        &[r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"];
+    const GPT2: &[&str] = &[r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"];
     const SMOLLM: &[&str] = &[
         r"\p{N}",
         r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
@@ -242,8 +233,8 @@ impl Tokenizer {
             )));
         }
         let pre = meta("pre").and_then(MetaValue::as_str).unwrap_or("default");
-        let regexes = pre_tokenizer_regexes(pre)
-            .ok_or_else(|| bad(format!("pre-tokenizer `{pre}` is not supported")))?;
+        let regexes =
+            pre_tokenizer_regexes(pre).ok_or_else(|| bad(format!("pre-tokenizer `{pre}` is not supported")))?;
         let strings = |k: &str| -> Result<Vec<String>> {
             let arr = meta(k)
                 .and_then(MetaValue::as_array)
@@ -265,11 +256,8 @@ impl Tokenizer {
                     .ok_or_else(|| bad(format!("merge {m:?} has no space")))
             })
             .collect::<Result<_>>()?;
-        let vocab: tokenizers::models::bpe::Vocab = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
+        let vocab: tokenizers::models::bpe::Vocab =
+            tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
         let bpe = tokenizers::models::bpe::BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
@@ -285,9 +273,7 @@ impl Tokenizer {
             .map_err(|e| bad(format!("pre-tokenizer regex: {e}")))?;
             pre_tokenizers.push(split.into());
         }
-        pre_tokenizers.push(
-            tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, false).into(),
-        );
+        pre_tokenizers.push(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, false).into());
         inner.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::sequence::Sequence::new(
             pre_tokenizers,
         )));
@@ -312,10 +298,7 @@ impl Tokenizer {
                 .map(|v| v as u32)
                 .filter(|&v| (v as usize) < tokens.len())
         };
-        let template = match g
-            .meta("tokenizer.chat_template")
-            .and_then(MetaValue::as_str)
-        {
+        let template = match g.meta("tokenizer.chat_template").and_then(MetaValue::as_str) {
             Some(t) => Some(ChatTemplate::new(t)?),
             None => None,
         };
@@ -325,9 +308,7 @@ impl Tokenizer {
             id("eos_token_id").into_iter().collect(),
             template,
         )?;
-        tok.add_bos = meta("add_bos_token")
-            .and_then(MetaValue::as_bool)
-            .unwrap_or(false);
+        tok.add_bos = meta("add_bos_token").and_then(MetaValue::as_bool).unwrap_or(false);
         Ok(tok)
     }
 }

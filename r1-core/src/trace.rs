@@ -111,8 +111,7 @@ impl TraceParser {
                     } else {
                         // Hold back a tail that may be the start of `</think>`.
                         let keep = partial_suffix(&self.pending, THINK_CLOSE);
-                        let text: String =
-                            self.pending.drain(..self.pending.len() - keep).collect();
+                        let text: String = self.pending.drain(..self.pending.len() - keep).collect();
                         self.emit(Channel::Reasoning, text, &mut out);
                         return out;
                     }
@@ -142,27 +141,16 @@ impl TraceParser {
         let mut out = Vec::new();
         let rest = std::mem::take(&mut self.pending);
         let truncated = matches!(self.state, State::Reasoning { .. });
-        let ch = if truncated {
-            Channel::Reasoning
-        } else {
-            Channel::Answer
-        };
+        let ch = if truncated { Channel::Reasoning } else { Channel::Answer };
         self.emit(ch, rest, &mut out);
-        let trace = Trace::from_parts(
-            self.reasoning,
-            self.answer,
-            truncated && self.entered_reasoning,
-        );
+        let trace = Trace::from_parts(self.reasoning, self.answer, truncated && self.entered_reasoning);
         (out, trace)
     }
 }
 
 /// Length of the longest proper prefix of `tag` that `text` ends with.
 fn partial_suffix(text: &str, tag: &str) -> usize {
-    (1..tag.len())
-        .rev()
-        .find(|&n| text.ends_with(&tag[..n]))
-        .unwrap_or(0)
+    (1..tag.len()).rev().find(|&n| text.ends_with(&tag[..n])).unwrap_or(0)
 }
 
 /// One step of the reasoning.
@@ -358,10 +346,7 @@ fn parse_one_call(body: &str) -> Result<ToolCall, String> {
     let (name, args) = match tail.split_once('\n') {
         // R1/V3: type before the separator, then NAME, newline, a ```json fence.
         Some((name, fenced)) if fenced.trim_start().starts_with("```") => {
-            let inner = fenced
-                .trim()
-                .trim_start_matches("```json")
-                .trim_start_matches("```");
+            let inner = fenced.trim().trim_start_matches("```json").trim_start_matches("```");
             (name.trim(), inner.trim_end().trim_end_matches("```").trim())
         }
         // V3.1: NAME before the separator, raw JSON after it.
@@ -370,8 +355,8 @@ fn parse_one_call(body: &str) -> Result<ToolCall, String> {
     if name.is_empty() {
         return Err("empty function name".into());
     }
-    let arguments = serde_json::from_str::<Value>(args)
-        .map_err(|e| format!("arguments are not valid JSON ({e}): {args:?}"));
+    let arguments =
+        serde_json::from_str::<Value>(args).map_err(|e| format!("arguments are not valid JSON ({e}): {args:?}"));
     Ok(ToolCall {
         name: name.to_string(),
         arguments,
@@ -463,10 +448,7 @@ mod tests {
             final_answer("line one\n\n  last line  \n\n").as_deref(),
             Some("last line")
         );
-        assert_eq!(
-            final_answer("\\boxed{unclosed").as_deref(),
-            Some("\\boxed{unclosed")
-        );
+        assert_eq!(final_answer("\\boxed{unclosed").as_deref(), Some("\\boxed{unclosed"));
         assert_eq!(final_answer(""), None);
     }
 
@@ -477,10 +459,7 @@ mod tests {
         assert_eq!(t.answer, "Let me look.");
         assert_eq!(t.tool_calls.len(), 2);
         assert_eq!(t.tool_calls[0].name, "get_weather");
-        assert_eq!(
-            t.tool_calls[0].arguments,
-            Ok(serde_json::json!({"city": "Paris"}))
-        );
+        assert_eq!(t.tool_calls[0].arguments, Ok(serde_json::json!({"city": "Paris"})));
         assert_eq!(t.tool_calls[1].name, "broken");
         assert!(t.tool_calls[1].arguments.is_err());
         assert_eq!(t.errors.len(), 1);
@@ -488,24 +467,21 @@ mod tests {
         let t = Trace::parse("</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{\"a\":1}<｜tool▁call▁end｜><｜tool▁calls▁end｜>", true);
         assert_eq!(t.tool_calls[0].arguments, Ok(serde_json::json!({"a": 1})));
         // Unterminated.
-        let t = Trace::parse("</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}", true);
+        let t = Trace::parse(
+            "</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",
+            true,
+        );
         assert!(t.tool_calls.is_empty() && t.errors.len() == 1);
     }
 
     /// Splits `text` at the given char positions (mod its length).
     fn chunk(text: &str, cuts: &[usize]) -> Vec<String> {
-        let bounds: Vec<usize> = text
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain([text.len()])
-            .collect();
+        let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).chain([text.len()]).collect();
         let mut at: Vec<usize> = cuts.iter().map(|c| bounds[c % bounds.len()]).collect();
         at.extend([0, text.len()]);
         at.sort_unstable();
         at.dedup();
-        at.windows(2)
-            .map(|w| text[w[0]..w[1]].to_string())
-            .collect()
+        at.windows(2).map(|w| text[w[0]..w[1]].to_string()).collect()
     }
 
     fn pieces() -> impl Strategy<Value = String> {

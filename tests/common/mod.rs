@@ -11,11 +11,7 @@ use std::path::{Path, PathBuf};
 /// Relative L2 error `‖a − b‖ / ‖b‖`, in f64.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den.max(1e-300)).sqrt()
 }
@@ -48,9 +44,8 @@ pub struct Reference {
 
 impl Reference {
     pub fn load(dir: &Path) -> Reference {
-        let tensors =
-            candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
-                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let tensors = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         Reference { tensors }
     }
 
@@ -81,17 +76,11 @@ impl Reference {
     }
 
     pub fn f32s2(&self, name: &str) -> Vec<Vec<f32>> {
-        self.tensor(name)
-            .to_dtype(DType::F32)
-            .unwrap()
-            .to_vec2()
-            .unwrap()
+        self.tensor(name).to_dtype(DType::F32).unwrap().to_vec2().unwrap()
     }
 
     pub fn n_sequences(&self) -> usize {
-        (0..)
-            .take_while(|i| self.has(&format!("input_ids.{i}")))
-            .count()
+        (0..).take_while(|i| self.has(&format!("input_ids.{i}"))).count()
     }
 
     /// MoE layers that have routing references.
@@ -99,13 +88,7 @@ impl Reference {
         let mut layers: Vec<usize> = self
             .tensors
             .keys()
-            .filter_map(|k| {
-                k.strip_prefix("topk_idx.L")?
-                    .split('.')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|k| k.strip_prefix("topk_idx.L")?.split('.').next()?.parse().ok())
             .collect();
         layers.sort();
         layers.dedup();
@@ -158,13 +141,10 @@ pub struct Outcome {
 impl Outcome {
     pub fn close(&mut self, what: &str, err: f64, tol: f64) {
         let ok = err <= tol;
-        self.lines.push(format!(
-            "{:4} {what}: rel_l2 {err:.2e}",
-            if ok { "ok" } else { "FAIL" }
-        ));
+        self.lines
+            .push(format!("{:4} {what}: rel_l2 {err:.2e}", if ok { "ok" } else { "FAIL" }));
         if !ok {
-            self.failures
-                .push(format!("{what}: rel_l2 {err:.3e} > {tol:e}"));
+            self.failures.push(format!("{what}: rel_l2 {err:.3e} > {tol:e}"));
         }
     }
 
@@ -173,8 +153,7 @@ impl Outcome {
             self.lines.push(format!("ok   {what}: exact"));
         } else {
             self.lines.push(format!("FAIL {what}"));
-            self.failures
-                .push(format!("{what}: got {got:?}, want {want:?}"));
+            self.failures.push(format!("{what}: got {got:?}, want {want:?}"));
         }
     }
 }
@@ -211,9 +190,7 @@ pub fn check_folder(dir: &Path) -> Outcome {
         // One full pass, with routing.
         let mut cache = model.new_cache();
         let mut routing = Vec::new();
-        let full = model
-            .forward_traced(&ids, &mut cache, &mut routing)
-            .unwrap();
+        let full = model.forward_traced(&ids, &mut cache, &mut routing).unwrap();
         o.close(
             &format!("{name} logits.{i} (full)"),
             rel_l2(&flat(&full), &reference.f32s(&format!("logits.{i}"))),
@@ -243,19 +220,12 @@ pub fn check_folder(dir: &Path) -> Outcome {
             }
             o.equal(&format!("{name} topk_idx.L{layer}.{i}"), &got, &want);
             if got == want {
-                o.close(
-                    &format!("{name} topk_weight.L{layer}.{i}"),
-                    rel_l2(&got_w, &ref_w),
-                    TOL,
-                );
+                o.close(&format!("{name} topk_weight.L{layer}.{i}"), rel_l2(&got_w, &ref_w), TOL);
             }
             let logits: Vec<f32> = decided.router_logits.concat();
             o.close(
                 &format!("{name} router_logits.L{layer}.{i}"),
-                rel_l2(
-                    &logits,
-                    &reference.f32s(&format!("router_logits.L{layer}.{i}")),
-                ),
+                rel_l2(&logits, &reference.f32s(&format!("router_logits.L{layer}.{i}"))),
                 TOL,
             );
         }
@@ -264,19 +234,13 @@ pub fn check_folder(dir: &Path) -> Outcome {
         let prefill = model.forward(&ids[..t - 1], &mut cache).unwrap();
         o.close(
             &format!("{name} prefill_logits.{i}"),
-            rel_l2(
-                &flat(&prefill),
-                &reference.f32s(&format!("prefill_logits.{i}")),
-            ),
+            rel_l2(&flat(&prefill), &reference.f32s(&format!("prefill_logits.{i}"))),
             TOL,
         );
         let decode = model.forward(&ids[t - 1..], &mut cache).unwrap();
         o.close(
             &format!("{name} decode_logits.{i}"),
-            rel_l2(
-                &flat(&decode),
-                &reference.f32s(&format!("decode_logits.{i}")),
-            ),
+            rel_l2(&flat(&decode), &reference.f32s(&format!("decode_logits.{i}"))),
             TOL,
         );
         // Token by token from an empty cache equals the full pass.
@@ -320,16 +284,9 @@ pub fn check_bf16_weights(dir: &Path) -> Outcome {
     for i in 0..reference.n_sequences() {
         let ids = reference.ids(&format!("input_ids.{i}"));
         let want = reference.f32s(&format!("bf16w_logits.{i}"));
-        for (how, model) in [
-            ("bf16 file", &bf16_file),
-            ("f32 file stored bf16", &stored_bf16),
-        ] {
+        for (how, model) in [("bf16 file", &bf16_file), ("f32 file stored bf16", &stored_bf16)] {
             let got = flat(&model.forward(&ids, &mut model.new_cache()).unwrap());
-            o.close(
-                &format!("{name} bf16w_logits.{i} ({how})"),
-                rel_l2(&got, &want),
-                TOL,
-            );
+            o.close(&format!("{name} bf16w_logits.{i} ({how})"), rel_l2(&got, &want), TOL);
         }
         let gen = reference.ids(&format!("bf16w_generated.{i}"));
         o.equal(

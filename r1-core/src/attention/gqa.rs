@@ -25,10 +25,7 @@ impl Gqa {
     /// Loads `{prefix}.{q,k,v,o}_proj`.
     pub fn load(w: &Weights, prefix: &str, model: &ModelConfig, cfg: &GqaConfig) -> Result<Self> {
         let h = model.hidden_size;
-        let (q_dim, kv_dim) = (
-            cfg.num_heads * cfg.head_dim,
-            cfg.num_kv_heads * cfg.head_dim,
-        );
+        let (q_dim, kv_dim) = (cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim);
         Ok(Gqa {
             q_proj: Linear::load(w, &format!("{prefix}.q_proj"), h, q_dim, cfg.qkv_bias)?,
             k_proj: Linear::load(w, &format!("{prefix}.k_proj"), h, kv_dim, cfg.qkv_bias)?,
@@ -41,14 +38,8 @@ impl Gqa {
 
     /// `x [len, hidden]` at positions `offset..offset+len`; appends this step's keys and values.
     pub fn forward(&self, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor> {
-        let LayerCache::Kv {
-            k: k_cache,
-            v: v_cache,
-        } = cache
-        else {
-            return Err(Error::InvalidArgument(
-                "a GQA layer was given an MLA cache".into(),
-            ));
+        let LayerCache::Kv { k: k_cache, v: v_cache } = cache else {
+            return Err(Error::InvalidArgument("a GQA layer was given an MLA cache".into()));
         };
         let (len, _) = x.dims2()?;
         let GqaConfig {
@@ -57,28 +48,16 @@ impl Gqa {
             head_dim: d,
             ..
         } = self.cfg;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> {
-            Ok(t.reshape((len, n, d))?.transpose(0, 1)?)
-        };
-        let q = self
-            .rope
-            .apply(&heads(self.q_proj.forward(x)?, h)?, offset)?;
-        let k = self
-            .rope
-            .apply(&heads(self.k_proj.forward(x)?, kvh)?, offset)?;
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((len, n, d))?.transpose(0, 1)?) };
+        let q = self.rope.apply(&heads(self.q_proj.forward(x)?, h)?, offset)?;
+        let k = self.rope.apply(&heads(self.k_proj.forward(x)?, kvh)?, offset)?;
         let v = self.v_proj.forward(x)?;
         // The cache is token-major: [tokens, kv_heads * head_dim].
         let k_all = k_cache.append(&k.transpose(0, 1)?.reshape((len, kvh * d))?)?;
         let v_all = v_cache.append(&v)?;
         let total = k_all.dim(0)?;
-        let k_all = k_all
-            .reshape((total, kvh, d))?
-            .transpose(0, 1)?
-            .contiguous()?;
-        let v_all = v_all
-            .reshape((total, kvh, d))?
-            .transpose(0, 1)?
-            .contiguous()?;
+        let k_all = k_all.reshape((total, kvh, d))?.transpose(0, 1)?.contiguous()?;
+        let v_all = v_all.reshape((total, kvh, d))?.transpose(0, 1)?.contiguous()?;
         // Fold each group of query heads into the rows of its key/value head.
         let group = h / kvh;
         let q = q.contiguous()?.reshape((kvh, group * len, d))?;
@@ -89,10 +68,7 @@ impl Gqa {
             causal_mask(len, total, x.device())?.as_ref(),
         )?;
         let out = probs.reshape((kvh, group * len, total))?.matmul(&v_all)?;
-        let out = out
-            .reshape((h, len, d))?
-            .transpose(0, 1)?
-            .reshape((len, h * d))?;
+        let out = out.reshape((h, len, d))?.transpose(0, 1)?.reshape((len, h * d))?;
         self.o_proj.forward(&out)
     }
 }

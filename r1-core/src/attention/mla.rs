@@ -75,12 +75,7 @@ impl Mla {
         let q = match cfg.q_lora_rank {
             Some(r) => QueryProj::LowRank {
                 q_a_proj: Linear::load(w, &format!("{prefix}.q_a_proj"), hidden, r, cfg.bias)?,
-                q_a_layernorm: RmsNorm::load(
-                    w,
-                    &format!("{prefix}.q_a_layernorm"),
-                    r,
-                    LATENT_NORM_EPS,
-                )?,
+                q_a_layernorm: RmsNorm::load(w, &format!("{prefix}.q_a_layernorm"), r, LATENT_NORM_EPS)?,
                 q_b_proj: Linear::load(w, &format!("{prefix}.q_b_proj"), r, h * qk_head, false)?,
             },
             None => QueryProj::Full {
@@ -91,25 +86,14 @@ impl Mla {
         // kv_b_proj rows are per head [k_nope | v]; split it once into W_UK and W_UV.
         let kv_b = w.get(
             &format!("{prefix}.kv_b_proj.weight"),
-            &[
-                h * (cfg.qk_nope_head_dim + cfg.v_head_dim),
-                cfg.kv_lora_rank,
-            ],
+            &[h * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank],
         )?;
         let kv_b = kv_b.reshape((h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank))?;
         let w_uk = kv_b.narrow(1, 0, cfg.qk_nope_head_dim)?.contiguous()?;
-        let w_uv = kv_b
-            .narrow(1, cfg.qk_nope_head_dim, cfg.v_head_dim)?
-            .contiguous()?;
+        let w_uv = kv_b.narrow(1, cfg.qk_nope_head_dim, cfg.v_head_dim)?.contiguous()?;
         Ok(Mla {
             q,
-            kv_a_proj_with_mqa: Linear::load(
-                w,
-                &format!("{prefix}.kv_a_proj_with_mqa"),
-                hidden,
-                kv_a_dim,
-                cfg.bias,
-            )?,
+            kv_a_proj_with_mqa: Linear::load(w, &format!("{prefix}.kv_a_proj_with_mqa"), hidden, kv_a_dim, cfg.bias)?,
             kv_a_layernorm: RmsNorm::load(
                 w,
                 &format!("{prefix}.kv_a_layernorm"),
@@ -118,13 +102,7 @@ impl Mla {
             )?,
             w_uk,
             w_uv,
-            o_proj: Linear::load(
-                w,
-                &format!("{prefix}.o_proj"),
-                h * cfg.v_head_dim,
-                hidden,
-                cfg.bias,
-            )?,
+            o_proj: Linear::load(w, &format!("{prefix}.o_proj"), h * cfg.v_head_dim, hidden, cfg.bias)?,
             cfg: cfg.clone(),
             rope: Rope::new(&model.rope, cfg.qk_rope_head_dim),
             softmax_scale: softmax_scale(model, cfg),
@@ -134,9 +112,7 @@ impl Mla {
     /// `x [len, hidden]` at positions `offset..offset+len`; appends this step's latents.
     pub fn forward(&self, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor> {
         let LayerCache::Latent { ckv, k_rope } = cache else {
-            return Err(Error::InvalidArgument(
-                "an MLA layer was given a GQA cache".into(),
-            ));
+            return Err(Error::InvalidArgument("an MLA layer was given a GQA cache".into()));
         };
         let (len, _) = x.dims2()?;
         let MlaConfig {
@@ -148,15 +124,9 @@ impl Mla {
             ..
         } = self.cfg;
         // Query per head: [h, len, nope | rope].
-        let q = self
-            .q
-            .forward(x)?
-            .reshape((len, h, nope + rope))?
-            .transpose(0, 1)?;
+        let q = self.q.forward(x)?.reshape((len, h, nope + rope))?.transpose(0, 1)?;
         let q_nope = q.narrow(2, 0, nope)?.contiguous()?;
-        let q_rope = self
-            .rope
-            .apply(&q.narrow(2, nope, rope)?.contiguous()?, offset)?;
+        let q_rope = self.rope.apply(&q.narrow(2, nope, rope)?.contiguous()?, offset)?;
         // Latent and shared rope key of the new tokens, then everything cached.
         let kv = self.kv_a_proj_with_mqa.forward(x)?;
         let c = self.kv_a_layernorm.forward(&kv.narrow(1, 0, r)?)?;
@@ -179,8 +149,7 @@ impl Mla {
             self.attend_expanded(&q_nope, &rope_scores, &c_all, mask.as_ref())?
         };
         // [h, len, v] → [len, h * v].
-        self.o_proj
-            .forward(&out.transpose(0, 1)?.reshape((len, h * vd))?)
+        self.o_proj.forward(&out.transpose(0, 1)?.reshape((len, h * vd))?)
     }
 
     /// Expanded form: `k_nope = c · W_UKᵀ`, `v = c · W_UVᵀ` for every cached token.
@@ -218,10 +187,7 @@ impl Mla {
             .matmul(&c_all.t()?)?
             .reshape((h, len, total))?;
         let probs = masked_softmax(&(latent_scores + rope_scores)?, self.softmax_scale, mask)?;
-        let out_latent = probs
-            .reshape((h * len, total))?
-            .matmul(c_all)?
-            .reshape((h, len, r))?;
+        let out_latent = probs.reshape((h * len, total))?.matmul(c_all)?.reshape((h, len, r))?;
         Ok(out_latent.matmul(&w_uv.transpose(1, 2)?)?) // [h, len, v]
     }
 }

@@ -14,15 +14,7 @@ pub(crate) fn causal_mask(len: usize, total: usize, device: &Device) -> Result<O
     }
     let offset = total - len;
     let mask: Vec<f32> = (0..len)
-        .flat_map(|i| {
-            (0..total).map(move |j| {
-                if j <= offset + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
+        .flat_map(|i| (0..total).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Ok(Some(Tensor::from_vec(mask, (len, total), device)?))
 }

@@ -108,19 +108,13 @@ mod tests {
             }
         }
         let m = QuantMatrix::new(Format::Q8_0, rows, cols, &bytes).unwrap();
-        let x: Vec<f32> = (0..t * cols)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-            .collect();
+        let x: Vec<f32> = (0..t * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
         let y = m.matmul(&x, t).unwrap();
         let mut w = Vec::new();
         for ti in 0..t {
             for r in 0..rows {
                 m.dequantize_row(r, &mut w);
-                let exact: f32 = w
-                    .iter()
-                    .zip(&x[ti * cols..(ti + 1) * cols])
-                    .map(|(a, b)| a * b)
-                    .sum();
+                let exact: f32 = w.iter().zip(&x[ti * cols..(ti + 1) * cols]).map(|(a, b)| a * b).sum();
                 // Only the 8-bit activation quantization separates the two: ≤ 0.5% of the scale.
                 let scale: f32 = w
                     .iter()

@@ -172,10 +172,7 @@ mod tests {
         dequantize_row(Format::Q4_0, &b, &mut w);
         assert_eq!(w[0], 3.5);
         assert_eq!(w[16], 0.5);
-        assert!(w
-            .iter()
-            .enumerate()
-            .all(|(i, &v)| i == 0 || i == 16 || v == 0.0));
+        assert!(w.iter().enumerate().all(|(i, &v)| i == 0 || i == 16 || v == 0.0));
     }
 
     #[test]

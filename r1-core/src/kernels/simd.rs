@@ -48,12 +48,7 @@ mod x86 {
     unsafe fn bit_bytes(qh: u32) -> __m256i {
         // Byte k of the result takes byte k/8 of qh; OR-ing every bit but bit k%8 leaves all
         // ones exactly where that bit was set.
-        let shuffle = _mm256_set_epi64x(
-            0x0303030303030303,
-            0x0202020202020202,
-            0x0101010101010101,
-            0,
-        );
+        let shuffle = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
         let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(qh as i32), shuffle);
         let others = _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe_u64 as i64);
         _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi64x(-1))
@@ -93,9 +88,7 @@ mod x86 {
             let y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
             let d = _mm256_set1_ps(f16_at(b, 0) * a.d);
             let sums = match format {
-                Format::Q4_0 => {
-                    mul_sum_i8(_mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8)), y)
-                }
+                Format::Q4_0 => mul_sum_i8(_mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8)), y),
                 Format::Q4_1 => {
                     offsets += f16_at(b, 2) * a.s;
                     mul_sum_us8(nibbles(&b[4..20]), y)
@@ -113,9 +106,7 @@ mod x86 {
                     let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
                     mul_sum_us8(_mm256_or_si256(nibbles(&b[8..24]), high), y)
                 }
-                Format::Q8_0 => {
-                    mul_sum_i8(_mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), y)
-                }
+                Format::Q8_0 => mul_sum_i8(_mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), y),
             };
             acc = _mm256_fmadd_ps(d, sums, acc);
         }
@@ -139,9 +130,7 @@ mod tests {
     fn random_row(format: Format, blocks: usize, state: &mut u64) -> Vec<u8> {
         let mut row = Vec::new();
         for _ in 0..blocks {
-            let mut b: Vec<u8> = (0..format.block_bytes())
-                .map(|_| xorshift(state) as u8)
-                .collect();
+            let mut b: Vec<u8> = (0..format.block_bytes()).map(|_| xorshift(state) as u8).collect();
             // Keep the f16 scales finite and moderate.
             let d = half::f16::from_f32(((xorshift(state) % 1000) as f32 - 500.0) / 10000.0);
             b[..2].copy_from_slice(&d.to_le_bytes());
@@ -157,13 +146,7 @@ mod tests {
     #[test]
     fn simd_equals_scalar_for_every_format() {
         let mut state = 0x9e3779b97f4a7c15;
-        for format in [
-            Format::Q4_0,
-            Format::Q4_1,
-            Format::Q5_0,
-            Format::Q5_1,
-            Format::Q8_0,
-        ] {
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0] {
             for blocks in [1, 2, 7, 28] {
                 let row = random_row(format, blocks, &mut state);
                 let x: Vec<f32> = (0..blocks * QK)

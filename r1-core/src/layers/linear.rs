@@ -27,13 +27,7 @@ pub struct Linear {
 
 impl Linear {
     /// Loads `{prefix}.weight` (and `{prefix}.bias` when `bias`).
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        in_dim: usize,
-        out_dim: usize,
-        bias: bool,
-    ) -> Result<Self> {
+    pub fn load(w: &Weights, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
         let weight = w.matrix(&format!("{prefix}.weight"), out_dim, in_dim)?;
         let bias = if bias {
             Some(w.get_f32(&format!("{prefix}.bias"), &[out_dim])?)

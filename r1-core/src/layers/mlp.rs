@@ -15,29 +15,11 @@ pub struct Mlp {
 
 impl Mlp {
     /// Loads `{prefix}.{gate,up,down}_proj`.
-    pub fn load(
-        w: &Weights,
-        prefix: &str,
-        hidden: usize,
-        intermediate: usize,
-        bias: bool,
-    ) -> Result<Self> {
+    pub fn load(w: &Weights, prefix: &str, hidden: usize, intermediate: usize, bias: bool) -> Result<Self> {
         Ok(Mlp {
-            gate_proj: Linear::load(
-                w,
-                &format!("{prefix}.gate_proj"),
-                hidden,
-                intermediate,
-                bias,
-            )?,
+            gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), hidden, intermediate, bias)?,
             up_proj: Linear::load(w, &format!("{prefix}.up_proj"), hidden, intermediate, bias)?,
-            down_proj: Linear::load(
-                w,
-                &format!("{prefix}.down_proj"),
-                intermediate,
-                hidden,
-                bias,
-            )?,
+            down_proj: Linear::load(w, &format!("{prefix}.down_proj"), intermediate, hidden, bias)?,
         })
     }
 

@@ -137,8 +137,7 @@ fn yarn_frequencies(
     beta_slow: f64,
 ) -> Vec<f64> {
     // The dimension index at which a frequency makes `rotations` turns over `original` positions.
-    let correction_dim =
-        |rotations: f64| dim as f64 * (original / (rotations * 2.0 * PI)).ln() / (2.0 * theta.ln());
+    let correction_dim = |rotations: f64| dim as f64 * (original / (rotations * 2.0 * PI)).ln() / (2.0 * theta.ln());
     let low = correction_dim(beta_fast).floor().max(0.0);
     let high = correction_dim(beta_slow).ceil().min(dim as f64 - 1.0);
     let high = if low == high { high + 0.001 } else { high };

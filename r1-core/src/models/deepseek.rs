@@ -51,12 +51,7 @@ impl DecoderLayer {
             )?),
         };
         Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(
-                w,
-                &format!("{p}.input_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            )?,
+            input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             self_attn: Mla::load(w, &format!("{p}.self_attn"), cfg, mla)?,
             post_attention_layernorm: RmsNorm::load(
                 w,
@@ -76,11 +71,9 @@ impl DecoderLayer {
         layer: usize,
         routing: Option<&mut Vec<LayerRouting>>,
     ) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(
-            &self.input_layernorm.forward(x)?,
-            offset,
-            cache.layer(layer)?,
-        )?)?;
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, offset, cache.layer(layer)?)?)?;
         let normed = self.post_attention_layernorm.forward(&h)?;
         let ffn = match &self.mlp {
             FeedForward::Dense(mlp) => mlp.forward(&normed)?,

@@ -26,17 +26,10 @@ impl DecoderLayer {
     fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let AttentionConfig::Gqa(gqa) = &cfg.attention else {
-            return Err(Error::Unsupported(
-                "Llama-family model without GQA attention".into(),
-            ));
+            return Err(Error::Unsupported("Llama-family model without GQA attention".into()));
         };
         Ok(DecoderLayer {
-            input_layernorm: RmsNorm::load(
-                w,
-                &format!("{p}.input_layernorm"),
-                cfg.hidden_size,
-                cfg.rms_norm_eps,
-            )?,
+            input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             self_attn: Gqa::load(w, &format!("{p}.self_attn"), cfg, gqa)?,
             post_attention_layernorm: RmsNorm::load(
                 w,
@@ -54,22 +47,11 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(
-        &self,
-        x: &Tensor,
-        offset: usize,
-        cache: &mut Cache,
-        layer: usize,
-    ) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(
-            &self.input_layernorm.forward(x)?,
-            offset,
-            cache.layer(layer)?,
-        )?)?;
-        Ok((&h
-            + self
-                .mlp
-                .forward(&self.post_attention_layernorm.forward(&h)?)?)?)
+    fn forward(&self, x: &Tensor, offset: usize, cache: &mut Cache, layer: usize) -> Result<Tensor> {
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, offset, cache.layer(layer)?)?)?;
+        Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
 }
 

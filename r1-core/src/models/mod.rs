@@ -37,8 +37,7 @@ impl Embedding {
             Matrix::Dense(t) => t.index_select(&Tensor::new(tokens, t.device())?, 0)?,
             Matrix::Quantized(q) => q.embedding(&Tensor::new(tokens, &q.device())?)?,
             Matrix::Blocks(m) => {
-                let (mut rows, mut row) =
-                    (Vec::with_capacity(tokens.len() * m.shape().1), Vec::new());
+                let (mut rows, mut row) = (Vec::with_capacity(tokens.len() * m.shape().1), Vec::new());
                 for &t in tokens {
                     m.dequantize_row(t as usize, &mut row);
                     rows.extend_from_slice(&row);

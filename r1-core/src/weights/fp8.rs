@@ -33,13 +33,7 @@ fn table() -> [f32; 256] {
 /// Dequantizes a row-major `[rows, cols]` FP8 matrix with block scales `[ceil(rows/br), ceil(cols/bc)]`.
 ///
 /// The caller has checked that `data.len() == rows * cols` and the scale count.
-pub fn dequantize_blocks(
-    data: &[u8],
-    scales: &[f32],
-    rows: usize,
-    cols: usize,
-    block: [usize; 2],
-) -> Vec<f32> {
+pub fn dequantize_blocks(data: &[u8], scales: &[f32], rows: usize, cols: usize, block: [usize; 2]) -> Vec<f32> {
     let lut = table();
     let scale_cols = cols.div_ceil(block[1]);
     let mut out = Vec::with_capacity(rows * cols);

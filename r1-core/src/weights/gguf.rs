@@ -182,8 +182,7 @@ impl<'a> Cursor<'a> {
     fn string(&mut self) -> std::result::Result<String, String> {
         let n = self.count(1)?;
         let at = self.pos;
-        String::from_utf8(self.take(n)?.to_vec())
-            .map_err(|_| format!("string at byte {at} is not UTF-8"))
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("string at byte {at} is not UTF-8"))
     }
 
     fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<MetaValue, String> {
@@ -209,12 +208,7 @@ impl<'a> Cursor<'a> {
             10 => MetaValue::U64(self.u64()?),
             11 => MetaValue::I64(i64::from_le_bytes(self.array()?)),
             12 => MetaValue::F64(f64::from_le_bytes(self.array()?)),
-            other => {
-                return Err(format!(
-                    "unknown metadata value type {other} at byte {}",
-                    self.pos - 4
-                ))
-            }
+            other => return Err(format!("unknown metadata value type {other} at byte {}", self.pos - 4)),
         })
     }
 }
@@ -254,6 +248,16 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
+    /// The file's size in bytes.
+    pub fn len(&self) -> usize {
+        self.mmap.len()
+    }
+
+    /// Whether the file is empty (never, for a parsed GGUF file).
+    pub fn is_empty(&self) -> bool {
+        self.mmap.is_empty()
+    }
+
     /// The bytes of tensor `name`.
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
         &self.mmap[info.range.0..info.range.1]
@@ -287,9 +291,7 @@ fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
     for _ in 0..n_meta {
         let key = c.string()?;
         let ty = c.u32()?;
-        let value = c
-            .value(ty, 0)
-            .map_err(|e| format!("metadata `{key}`: {e}"))?;
+        let value = c.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
         metadata.insert(key, value);
     }
     let mut infos = Vec::with_capacity(n_tensors);
@@ -311,9 +313,7 @@ fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
         .and_then(MetaValue::as_u64)
         .unwrap_or(32) as usize;
     if alignment == 0 || !alignment.is_power_of_two() {
-        return Err(format!(
-            "general.alignment {alignment} is not a power of two"
-        ));
+        return Err(format!("general.alignment {alignment} is not a power of two"));
     }
     let data_start = c.pos.div_ceil(alignment) * alignment;
     let mut tensors = HashMap::with_capacity(n_tensors);
@@ -334,7 +334,10 @@ fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
             .checked_add(offset)
             .ok_or(format!("tensor `{name}`: offset overflows"))?;
         let end = start.checked_add(size).filter(|&e| e <= data.len()).ok_or_else(|| {
-            format!("tensor `{name}` ({size} bytes at {start}) runs past the end of the file ({} bytes; truncated?)", data.len())
+            format!(
+                "tensor `{name}` ({size} bytes at {start}) runs past the end of the file ({} bytes; truncated?)",
+                data.len()
+            )
         })?;
         tensors.insert(
             name,
@@ -427,9 +430,7 @@ pub(crate) fn release(mmap: &Mmap, (start, end): (usize, usize)) {
     // SAFETY: the mapping is private and read-only, so dropping its pages loses nothing: a
     // later access reads them again from the file. No reference into the range is used after
     // this except through such re-reads.
-    let _ = unsafe {
-        mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-    };
+    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 
 pub mod fp8;
 pub mod gguf;
+pub mod quantize;
 pub mod safetensors;
 
 use self::gguf::{GgufFile, GgufName, TensorInfo};
@@ -55,6 +56,12 @@ fn kernel_format(t: GgmlDType) -> Option<Format> {
 /// A checkpoint's tensors, converted on request.
 pub struct Weights {
     source: Source,
+    /// Quantize linear weights of a checkpoint while loading.
+    quantize: Option<quantize::QuantizeTo>,
+    /// Dequantize every matrix (GGUF files included): exact f32 products, for checks.
+    dense: bool,
+    /// Loading progress: bytes read so far, reported to the callback.
+    progress: Option<(crate::model::ProgressFn, std::cell::Cell<u64>)>,
     fp8: Option<Fp8Config>,
     dtype: DType,
     device: Device,
@@ -72,6 +79,9 @@ impl Weights {
         let source = Source::Safetensors(SafetensorsStore::open(dir)?);
         Ok(Weights {
             source,
+            quantize: None,
+            dense: false,
+            progress: None,
             fp8,
             dtype,
             device: device.clone(),
@@ -88,10 +98,49 @@ impl Weights {
         }
         Ok(Weights {
             source: Source::Gguf(file),
+            quantize: None,
+            dense: false,
+            progress: None,
             fp8: None,
             dtype,
             device: device.clone(),
         })
+    }
+
+    /// Quantizes the matrices of a checkpoint (safetensors) as they are loaded. GGUF files keep
+    /// their own quantization.
+    pub fn with_quantization(mut self, to: Option<quantize::QuantizeTo>) -> Self {
+        self.quantize = to;
+        self
+    }
+
+    /// Reports loading progress (bytes read, total bytes) to `f`.
+    pub fn with_progress(mut self, f: Option<crate::model::ProgressFn>) -> Self {
+        self.progress = f.map(|f| (f, std::cell::Cell::new(0)));
+        self
+    }
+
+    /// Total bytes of the weight files.
+    pub fn total_bytes(&self) -> u64 {
+        match &self.source {
+            Source::Safetensors(s) => s.total_bytes(),
+            Source::Gguf(g) => g.len() as u64,
+        }
+    }
+
+    /// Counts `n` more bytes read and tells the progress callback.
+    fn advance(&self, n: usize) {
+        if let Some((f, done)) = &self.progress {
+            done.set(done.get() + n as u64);
+            f(done.get().min(self.total_bytes()), self.total_bytes());
+        }
+    }
+
+    /// Dequantizes every matrix at load (quantized GGUF types too), so products are exact f32:
+    /// the path that checks a quantized file's weights apart from activation quantization.
+    pub fn with_dense_matrices(mut self, dense: bool) -> Self {
+        self.dense = dense;
+        self
     }
 
     /// The GGUF file, when the weights come from one.
@@ -124,12 +173,8 @@ impl Weights {
         match &self.source {
             Source::Safetensors(s) => s.contains(name),
             Source::Gguf(g) => match gguf::gguf_name(name) {
-                Some(GgufName::Whole(n)) | Some(GgufName::Expert(n, _)) => {
-                    g.tensors.contains_key(&n)
-                }
-                Some(GgufName::KvB { kv_b, k_b, .. }) => {
-                    g.tensors.contains_key(&kv_b) || g.tensors.contains_key(&k_b)
-                }
+                Some(GgufName::Whole(n)) | Some(GgufName::Expert(n, _)) => g.tensors.contains_key(&n),
+                Some(GgufName::KvB { kv_b, k_b, .. }) => g.tensors.contains_key(&kv_b) || g.tensors.contains_key(&k_b),
                 None => false,
             },
         }
@@ -138,7 +183,7 @@ impl Weights {
     /// Matrix `name` of `[rows, cols]` for a linear layer or embedding: quantized GGUF types
     /// stay quantized, everything else is a dense tensor in the storage dtype.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
-        if let Source::Gguf(g) = &self.source {
+        if let (Source::Gguf(g), false) = (&self.source, self.dense) {
             let found = match gguf::gguf_name(name) {
                 Some(GgufName::Whole(n)) => g.tensors.get(&n).map(|i| (n.clone(), i, None)),
                 Some(GgufName::Expert(n, e)) => g.tensors.get(&n).map(|i| (n.clone(), i, Some(e))),
@@ -153,24 +198,21 @@ impl Weights {
                     }
                     return Ok(Matrix::Blocks(Arc::new(m)));
                 }
-                if !matches!(
-                    info.dtype,
-                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
-                ) {
+                if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
-                    let storage =
-                        QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
+                    let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
                     if expert.is_none() {
                         g.release(info);
                     }
-                    return Ok(Matrix::Quantized(Arc::new(QTensor::new(
-                        storage,
-                        (rows, cols),
-                    )?)));
+                    return Ok(Matrix::Quantized(Arc::new(QTensor::new(storage, (rows, cols))?)));
                 }
             }
         }
-        Ok(Matrix::Dense(self.get(name, &[rows, cols])?))
+        let dense = self.get(name, &[rows, cols])?;
+        match (self.quantize, &self.source) {
+            (Some(to), Source::Safetensors(_)) => quantize::quantize_matrix(&dense, to),
+            _ => Ok(Matrix::Dense(dense)),
+        }
     }
 
     /// Tensor `name` with exactly `shape`, in the storage dtype.
@@ -210,39 +252,20 @@ impl Weights {
         }
     }
 
-    fn load_safetensors(
-        &self,
-        store: &SafetensorsStore,
-        name: &str,
-        shape: &[usize],
-    ) -> Result<Tensor> {
+    fn load_safetensors(&self, store: &SafetensorsStore, name: &str, shape: &[usize]) -> Result<Tensor> {
         let raw = store.get(name).ok_or_else(|| self.missing(name))?;
+        self.advance(raw.bytes.len());
         let bad = |msg: String| Error::BadWeights {
             path: raw.path.to_path_buf(),
             msg: format!("tensor `{name}`: {msg}"),
         };
         if raw.shape != shape {
-            return Err(bad(format!(
-                "shape {:?}, but the config implies {shape:?}",
-                raw.shape
-            )));
+            return Err(bad(format!("shape {:?}, but the config implies {shape:?}", raw.shape)));
         }
         Ok(match raw.dtype {
-            Dtype::F32 => Tensor::from_vec(
-                decode::<4, f32>(&raw, f32::from_le_bytes),
-                shape,
-                &self.device,
-            )?,
-            Dtype::F16 => Tensor::from_vec(
-                decode::<2, f16>(&raw, f16::from_le_bytes),
-                shape,
-                &self.device,
-            )?,
-            Dtype::BF16 => Tensor::from_vec(
-                decode::<2, bf16>(&raw, bf16::from_le_bytes),
-                shape,
-                &self.device,
-            )?,
+            Dtype::F32 => Tensor::from_vec(decode::<4, f32>(&raw, f32::from_le_bytes), shape, &self.device)?,
+            Dtype::F16 => Tensor::from_vec(decode::<2, f16>(&raw, f16::from_le_bytes), shape, &self.device)?,
+            Dtype::BF16 => Tensor::from_vec(decode::<2, bf16>(&raw, bf16::from_le_bytes), shape, &self.device)?,
             Dtype::F8_E4M3 => self.dequantize_fp8(name, &raw)?,
             other => {
                 return Err(bad(format!(
@@ -294,12 +317,16 @@ impl Weights {
         let full = info.shape();
         let bytes = g.bytes(info);
         match expert {
-            None if full == shape => Ok(bytes),
+            None if full == shape => {
+                self.advance(bytes.len());
+                Ok(bytes)
+            }
             Some(e) if full.len() == 3 && full[1..] == *shape => {
                 if e >= full[0] {
                     return Err(bad(format!("expert {e} of {}", full[0])));
                 }
                 let per = bytes.len() / full[0];
+                self.advance(per);
                 Ok(&bytes[e * per..(e + 1) * per])
             }
             _ => Err(bad(format!(
@@ -311,19 +338,9 @@ impl Weights {
 
     /// `kv_b_proj` `[heads * (nope + v), kv_lora]` rebuilt from llama.cpp's split
     /// `attn_k_b` `[heads, kv_lora, nope]` (W_UK transposed) and `attn_v_b` `[heads, v, kv_lora]`.
-    fn kv_b_from_split(
-        &self,
-        g: &GgufFile,
-        name: &str,
-        k_b: &str,
-        v_b: &str,
-        shape: &[usize],
-    ) -> Result<Tensor> {
+    fn kv_b_from_split(&self, g: &GgufFile, name: &str, k_b: &str, v_b: &str, shape: &[usize]) -> Result<Tensor> {
         let get = |n: &str| -> Result<Tensor> {
-            let info = g
-                .tensors
-                .get(n)
-                .ok_or_else(|| self.missing(&format!("{n} ({name})")))?;
+            let info = g.tensors.get(n).ok_or_else(|| self.missing(&format!("{n} ({name})")))?;
             let s = info.shape();
             let q = QTensor::new(
                 QStorage::from_data(Cow::Borrowed(g.bytes(info)), &self.device, info.dtype)?,

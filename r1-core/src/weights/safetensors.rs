@@ -47,12 +47,8 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             msg,
         };
-        let (header_len, metadata) =
-            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
-                bad(format!(
-                    "not a valid safetensors file (truncated or corrupt?): {e}"
-                ))
-            })?;
+        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| bad(format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
         let data_start = 8 + header_len;
         let data_len = mmap.len().saturating_sub(data_start);
         for (name, info) in metadata.tensors() {
@@ -164,6 +160,11 @@ impl SafetensorsStore {
         if let Some(&i) = self.index.get(name) {
             self.files[i].release(name);
         }
+    }
+
+    /// Total size of the files.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.mmap.len() as u64).sum()
     }
 
     /// Whether any shard holds `name`.

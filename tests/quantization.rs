@@ -1,0 +1,201 @@
+//! Quantized inference: in-situ quantization of checkpoints, and GGUF files' weights checked
+//! apart from activation quantization by exporting them to a checkpoint.
+
+mod common;
+use common::*;
+use r1_core::config::Architecture;
+use r1_core::weights::gguf::GgufFile;
+use r1_core::weights::quantize::QuantizeTo;
+use r1_core::weights::Weights;
+use r1_core::{DType, Device, LoadOptions, Model, ModelConfig, Tensor};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Q8_0 weights plus 8-bit activations stay within 3% of transformers' float32 logits (measured
+/// 1.6–2.8%) and keep the greedy choice on nearly every position. In MoE models quantization may
+/// flip a close expert choice, which moves a whole position's logits (deepseek_v3_tiny: 16%), so
+/// there only the greedy choices are required.
+#[test]
+fn q8_0_in_situ_quantization_stays_close_to_transformers() {
+    let mut o = Outcome::default();
+    for dir in reference_folders(&fixtures_dir()) {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let reference = Reference::load(&dir);
+        let opts = LoadOptions {
+            quantize: Some(QuantizeTo::Q8_0),
+            ..Default::default()
+        };
+        let model = Model::load(&dir, &opts).unwrap();
+        for i in 0..reference.n_sequences() {
+            let ids = reference.ids(&format!("input_ids.{i}"));
+            let got = flat(&model.forward(&ids, &mut model.new_cache()).unwrap());
+            let want = reference.f32s(&format!("logits.{i}"));
+            let err = rel_l2(&got, &want);
+            if model.config().moe.is_none() {
+                o.close(&format!("{name} logits.{i} (Q8_0)"), err, 3e-2);
+            } else {
+                o.lines
+                    .push(format!("info {name} logits.{i} (Q8_0, MoE): rel_l2 {err:.2e}"));
+            }
+            let vocab = want.len() / ids.len();
+            let agree = got
+                .chunks(vocab)
+                .zip(want.chunks(vocab))
+                .filter(|(a, b)| argmax(a) == argmax(b))
+                .count();
+            o.equal(
+                &format!("{name} argmax.{i} (Q8_0) ≥ {}/{}", ids.len() - 1, ids.len()),
+                &(agree + 1 >= ids.len()),
+                &true,
+            );
+        }
+    }
+    report(o);
+}
+
+#[test]
+fn q4_k_quantizes_rows_of_256_and_falls_back_otherwise() {
+    use r1_core::weights::quantize::quantize_matrix;
+    use r1_core::weights::Matrix;
+    let w = Tensor::from_vec(
+        (0..8 * 256)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0)
+            .collect::<Vec<f32>>(),
+        (8, 256),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let Matrix::Quantized(q) = quantize_matrix(&w, QuantizeTo::Q4K).unwrap() else {
+        panic!("256-wide rows must become Q4_K")
+    };
+    let back = flat(&q.dequantize(&Device::Cpu).unwrap());
+    // 4-bit levels with 6-bit block scales and minimums: ~6% RMS error on uniform data.
+    assert!(
+        rel_l2(&back, &flat(&w)) < 0.08,
+        "Q4_K round trip error {}",
+        rel_l2(&back, &flat(&w))
+    );
+    let narrow = w.narrow(1, 0, 64).unwrap().contiguous().unwrap();
+    assert!(
+        matches!(quantize_matrix(&narrow, QuantizeTo::Q4K).unwrap(), Matrix::Blocks(_)),
+        "64-wide rows fall back to Q8_0"
+    );
+}
+
+/// GGUF `llama` files store q/k rows of each head permuted for interleaved rope; the Hugging Face
+/// layout pairs `(i, i + d/2)`. Undoes `reshape(heads, 2, d/2) → swap(1, 2)` of the converter.
+fn unpermute(w: &Tensor, heads: usize) -> Tensor {
+    let (rows, cols) = w.dims2().unwrap();
+    let d = rows / heads;
+    w.reshape((heads, d / 2, 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+/// The first `layers` layers of a GGUF file's weights, dequantized, as a Hugging Face checkpoint.
+fn export_checkpoint(cfg: &ModelConfig, w: &Weights, dir: &Path) {
+    let gqa = match &cfg.attention {
+        r1_core::config::AttentionConfig::Gqa(g) => g.clone(),
+        _ => panic!("this export handles Llama and Qwen2"),
+    };
+    let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+    let (q, kv) = (gqa.num_heads * gqa.head_dim, gqa.num_kv_heads * gqa.head_dim);
+    let mut t: HashMap<String, Tensor> = HashMap::new();
+    let mut put = |name: &str, shape: &[usize]| {
+        t.insert(name.to_string(), w.get(name, shape).unwrap());
+    };
+    put("model.embed_tokens.weight", &[cfg.vocab_size, h]);
+    put("model.norm.weight", &[h]);
+    if w.contains("lm_head.weight") {
+        put("lm_head.weight", &[cfg.vocab_size, h]);
+    }
+    for l in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        for (n, s) in [
+            ("input_layernorm.weight", vec![h]),
+            ("post_attention_layernorm.weight", vec![h]),
+            ("self_attn.q_proj.weight", vec![q, h]),
+            ("self_attn.k_proj.weight", vec![kv, h]),
+            ("self_attn.v_proj.weight", vec![kv, h]),
+            ("self_attn.o_proj.weight", vec![h, q]),
+            ("mlp.gate_proj.weight", vec![inter, h]),
+            ("mlp.up_proj.weight", vec![inter, h]),
+            ("mlp.down_proj.weight", vec![h, inter]),
+        ] {
+            put(&format!("{p}.{n}"), &s);
+        }
+        if gqa.qkv_bias {
+            for (n, s) in [("q_proj", q), ("k_proj", kv), ("v_proj", kv)] {
+                put(&format!("{p}.self_attn.{n}.bias"), &[s]);
+            }
+        }
+    }
+    if cfg.arch == Architecture::Llama {
+        for l in 0..cfg.num_hidden_layers {
+            for (n, heads) in [("q_proj", gqa.num_heads), ("k_proj", gqa.num_kv_heads)] {
+                let key = format!("model.layers.{l}.self_attn.{n}.weight");
+                let fixed = unpermute(&t[&key], heads);
+                t.insert(key, fixed);
+            }
+        }
+    }
+    candle_core::safetensors::save(&t, dir.join("model.safetensors")).unwrap();
+    let rope_theta = cfg.rope.theta;
+    let config = serde_json::json!({
+        "architectures": [cfg.arch.hf_name()],
+        "vocab_size": cfg.vocab_size, "hidden_size": h, "intermediate_size": inter,
+        "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": gqa.num_heads,
+        "num_key_value_heads": gqa.num_kv_heads, "head_dim": gqa.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps, "rope_theta": rope_theta,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": !t.contains_key("lm_head.weight"),
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
+/// A real GGUF file's weights, dequantized, run through the GGUF path (exact f32 products) and
+/// through the safetensors path of the exported checkpoint: the two agree to float32 rounding,
+/// which checks the name table, the config translation and the rope layouts.
+#[test]
+fn gguf_weights_equal_their_exported_checkpoint() {
+    let models = std::env::var_os("R1_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/r1/models"));
+    let mut o = Outcome::default();
+    for file in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    ] {
+        let path = models.join(file);
+        if !path.is_file() {
+            eprintln!("\n*** SKIPPED {file}: missing (run scripts/fetch-models.sh) ***\n");
+            continue;
+        }
+        let g = GgufFile::open(&path).unwrap();
+        let mut cfg = ModelConfig::from_gguf(&g).unwrap();
+        cfg.num_hidden_layers = 3; // three layers check every mapping; the rest repeat them
+        let w = Weights::from_gguf(g, DType::F32, &Device::Cpu)
+            .unwrap()
+            .with_dense_matrices(true);
+        let gguf_model = Model::from_weights(cfg.clone(), &w).unwrap();
+        let dir = std::env::temp_dir().join(format!("r1-export-{}-{file}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        export_checkpoint(&cfg, &w, &dir);
+        let st_model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        let ids: Vec<u32> = (0..12).map(|i| (i * 7919 + 101) % cfg.vocab_size as u32).collect();
+        let a = flat(&gguf_model.forward(&ids, &mut gguf_model.new_cache()).unwrap());
+        let b = flat(&st_model.forward(&ids, &mut st_model.new_cache()).unwrap());
+        o.close(
+            &format!("{file}: GGUF path vs exported checkpoint (3 layers)"),
+            rel_l2(&a, &b),
+            1e-5,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    report(o);
+}
