@@ -181,9 +181,15 @@ pub fn load_with_weights(dir: &Path, weights: &str, options: &LoadOptions) -> Mo
 pub fn check_folder(dir: &Path) -> Outcome {
     const TOL: f64 = 1e-4;
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
-    let mut o = Outcome::default();
     let reference = Reference::load(dir);
     let model = Model::load(dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_model(&name, &model, &reference)
+}
+
+/// Every check of [`check_folder`] for a loaded model (a checkpoint folder or a GGUF file).
+pub fn check_model(name: &str, model: &Model, reference: &Reference) -> Outcome {
+    const TOL: f64 = 1e-4;
+    let mut o = Outcome::default();
     for i in 0..reference.n_sequences() {
         let ids = reference.ids(&format!("input_ids.{i}"));
         let t = ids.len();
