@@ -179,7 +179,6 @@ pub fn load_with_weights(dir: &Path, weights: &str, options: &LoadOptions) -> Mo
 
 /// Every check of the issue against one reference folder, float32 weights and compute.
 pub fn check_folder(dir: &Path) -> Outcome {
-    const TOL: f64 = 1e-4;
     let name = dir.file_name().unwrap().to_string_lossy().to_string();
     let reference = Reference::load(dir);
     let model = Model::load(dir, &LoadOptions::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -264,7 +263,7 @@ pub fn check_model(name: &str, model: &Model, reference: &Reference) -> Outcome 
         let want = reference.ids(&format!("generated.{i}"));
         o.equal(
             &format!("{name} generated.{i}"),
-            &greedy(&model, &ids, want.len()),
+            &greedy(model, &ids, want.len()),
             &want,
         );
     }

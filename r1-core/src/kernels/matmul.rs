@@ -2,7 +2,7 @@
 //! activation row quantized once.
 
 use super::quant::{dequantize_row, quantize_q8, Format, Q8Block, QK};
-use super::simd::dot;
+use super::simd::{dot, dot_many};
 use crate::error::{Error, Result};
 use std::ops::Range;
 use std::sync::Mutex;
@@ -74,10 +74,16 @@ impl QuantMatrix {
         candle_core::utils::barrier_pool().execute_chunked(self.rows, |rows: Range<usize>| {
             let width = rows.len();
             let mut out = vec![0f32; t * width];
+            let mut column = vec![0f32; t];
             for (i, r) in rows.clone().enumerate() {
                 let w = self.row(r);
-                for (ti, act) in acts.iter().enumerate() {
-                    out[ti * width + i] = dot(self.format, w, act);
+                if t == 1 {
+                    out[i] = dot(self.format, w, &acts[0]);
+                    continue;
+                }
+                dot_many(self.format, w, &acts, &mut column);
+                for (ti, v) in column.iter().enumerate() {
+                    out[ti * width + i] = *v;
                 }
             }
             // A poisoned lock only means another task panicked; its rows are lost either way.

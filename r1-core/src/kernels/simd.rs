@@ -13,12 +13,40 @@ use super::quant::{dot_scalar, Format, Q8Block};
 pub fn dot(format: Format, row: &[u8], act: &[Q8Block]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
             return unsafe { x86::dot(format, row, act) };
         }
     }
     dot_scalar(format, row, act)
+}
+
+/// The dots of one weight row with several activation rows (`out[t]` for `acts[t]`): each weight
+/// block is unpacked once and used for every row, which is what makes a prefill faster per token
+/// than a decode.
+pub fn dot_many(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+        {
+            if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
+                // SAFETY: the CPU supports AVX2, FMA, F16C, AVX512-VNNI and AVX512-VL (checked).
+                unsafe { x86::dot_many_vnni(format, row, acts, out) };
+            } else {
+                // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+                unsafe { x86::dot_many(format, row, acts, out) };
+            }
+            return;
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acts) {
+        *o = dot_scalar(format, row, a);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -78,39 +106,153 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `row` holds whole blocks, `act` at least as many.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(format: Format, row: &[u8], act: &[Q8Block]) -> f32 {
+    /// The block loop for one format: `block(bytes, act) -> (i32 sums as f32, d_w, m_w * s_a)`.
+    /// Generic over the block function so each format gets its own loop with no branch inside.
+    #[inline(always)]
+    unsafe fn blocks<F: Fn(&[u8], &Q8Block) -> (__m256, f32, f32)>(
+        size: usize,
+        row: &[u8],
+        act: &[Q8Block],
+        block: F,
+    ) -> f32 {
         let mut acc = _mm256_setzero_ps();
         let mut offsets = 0f32;
-        for (b, a) in row.chunks_exact(format.block_bytes()).zip(act) {
-            let y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-            let d = _mm256_set1_ps(f16_at(b, 0) * a.d);
-            let sums = match format {
-                Format::Q4_0 => mul_sum_i8(_mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8)), y),
-                Format::Q4_1 => {
-                    offsets += f16_at(b, 2) * a.s;
-                    mul_sum_us8(nibbles(&b[4..20]), y)
-                }
-                Format::Q5_0 => {
-                    // (nibble | bit << 4) - 16 = nibble - 16 where the bit is clear: set the top
-                    // four bits (0xF0) of those bytes, reading them as i8.
-                    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                    let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0_u8 as i8));
-                    mul_sum_i8(_mm256_or_si256(nibbles(&b[6..22]), high), y)
-                }
-                Format::Q5_1 => {
-                    offsets += f16_at(b, 2) * a.s;
-                    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                    let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
-                    mul_sum_us8(_mm256_or_si256(nibbles(&b[8..24]), high), y)
-                }
-                Format::Q8_0 => mul_sum_i8(_mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i), y),
-            };
-            acc = _mm256_fmadd_ps(d, sums, acc);
+        for (b, a) in row.chunks_exact(size).zip(act) {
+            let (sums, d, offset) = block(b, a);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc);
+            offsets += offset;
         }
         hsum(acc) + offsets
+    }
+
+    /// A weight block unpacked to 32 bytes: (bytes, signed?, d_w, m_w).
+    #[inline(always)]
+    unsafe fn unpack(format: Format, b: &[u8]) -> (__m256i, bool, f32, f32) {
+        match format {
+            Format::Q4_0 => (
+                _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8)),
+                true,
+                f16_at(b, 0),
+                0.0,
+            ),
+            Format::Q4_1 => (nibbles(&b[4..20]), false, f16_at(b, 0), f16_at(b, 2)),
+            Format::Q5_0 => {
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0_u8 as i8));
+                (_mm256_or_si256(nibbles(&b[6..22]), high), true, f16_at(b, 0), 0.0)
+            }
+            Format::Q5_1 => {
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
+                (
+                    _mm256_or_si256(nibbles(&b[8..24]), high),
+                    false,
+                    f16_at(b, 0),
+                    f16_at(b, 2),
+                )
+            }
+            Format::Q8_0 => (
+                _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i),
+                true,
+                f16_at(b, 0),
+                0.0,
+            ),
+        }
+    }
+
+    /// Four activation rows at a time against one weight row: the four accumulators stay in
+    /// registers, and each weight block is unpacked once per four rows. `$dot` multiplies 32
+    /// unsigned × 32 signed bytes into eight i32 sums (VNNI's `vpdpbusd`, or `maddubs` + `madd`).
+    macro_rules! tiled {
+        ($format:ident, $row:ident, $acts:ident, $out:ident, $dot:expr) => {{
+            let size = $format.block_bytes();
+            for (chunk, outs) in $acts.chunks(4).zip($out.chunks_mut(4)) {
+                let mut acc = [_mm256_setzero_ps(); 4];
+                let mut offsets = [0f32; 4];
+                for (i, b) in $row.chunks_exact(size).enumerate() {
+                    let (x, signed, d, m) = unpack($format, b);
+                    // Signed weights: |x| on the left, x's sign moved onto the activations.
+                    let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
+                    for (k, a) in chunk.iter().enumerate() {
+                        let a = &a[i];
+                        let mut y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                        if signed {
+                            y = _mm256_sign_epi8(y, x);
+                        }
+                        let sums = _mm256_cvtepi32_ps($dot(ax, y));
+                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[k]);
+                        offsets[k] += m * a.s;
+                    }
+                }
+                for (k, o) in outs.iter_mut().enumerate() {
+                    *o = hsum(acc[k]) + offsets[k];
+                }
+            }
+        }};
+    }
+
+    /// # Safety
+    /// As [`dot`]; every `acts[t]` has the row's block count and `out.len() == acts.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_many(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
+        tiled!(format, row, acts, out, |ax, y| _mm256_madd_epi16(
+            _mm256_maddubs_epi16(ax, y),
+            _mm256_set1_epi16(1)
+        ))
+    }
+
+    /// [`dot_many`] with AVX-512 VNNI's `vpdpbusd` (u8 × i8 → i32 in one instruction).
+    ///
+    /// # Safety
+    /// As [`dot_many`], and the CPU must support AVX512-VNNI and AVX512-VL.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub unsafe fn dot_many_vnni(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
+        tiled!(format, row, acts, out, |ax, y| _mm256_dpbusd_epi32(
+            _mm256_setzero_si256(),
+            ax,
+            y
+        ))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `row` holds whole blocks, `act` at least as many.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(format: Format, row: &[u8], act: &[Q8Block]) -> f32 {
+        let size = format.block_bytes();
+        let y = |a: &Q8Block| _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+        match format {
+            Format::Q4_0 => blocks(size, row, act, |b, a| {
+                let x = _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8));
+                (mul_sum_i8(x, y(a)), f16_at(b, 0), 0.0)
+            }),
+            Format::Q4_1 => blocks(size, row, act, |b, a| {
+                (mul_sum_us8(nibbles(&b[4..20]), y(a)), f16_at(b, 0), f16_at(b, 2) * a.s)
+            }),
+            Format::Q5_0 => blocks(size, row, act, |b, a| {
+                // (nibble | bit << 4) - 16 = nibble - 16 where the bit is clear: set the top four
+                // bits (0xF0) of those bytes, reading them as i8.
+                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0_u8 as i8));
+                (
+                    mul_sum_i8(_mm256_or_si256(nibbles(&b[6..22]), high), y(a)),
+                    f16_at(b, 0),
+                    0.0,
+                )
+            }),
+            Format::Q5_1 => blocks(size, row, act, |b, a| {
+                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
+                (
+                    mul_sum_us8(_mm256_or_si256(nibbles(&b[8..24]), high), y(a)),
+                    f16_at(b, 0),
+                    f16_at(b, 2) * a.s,
+                )
+            }),
+            Format::Q8_0 => blocks(size, row, act, |b, a| {
+                let x = _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i);
+                (mul_sum_i8(x, y(a)), f16_at(b, 0), 0.0)
+            }),
+        }
     }
 }
 
