@@ -458,6 +458,56 @@ mod tests {
         assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
     }
 
+    /// A GGUF v3 file with one metadata string and the given tensors (name, dims, type, bytes).
+    fn tiny_gguf(tensors: &[(&str, &[u64], u32, usize)]) -> Vec<u8> {
+        let mut v = b"GGUF".to_vec();
+        v.extend(3u32.to_le_bytes());
+        v.extend((tensors.len() as u64).to_le_bytes());
+        v.extend(1u64.to_le_bytes());
+        let string = |v: &mut Vec<u8>, s: &str| {
+            v.extend((s.len() as u64).to_le_bytes());
+            v.extend(s.as_bytes());
+        };
+        string(&mut v, "general.architecture");
+        v.extend(8u32.to_le_bytes());
+        string(&mut v, "llama");
+        let mut offset = 0u64;
+        for (name, dims, ty, _) in tensors {
+            string(&mut v, name);
+            v.extend((dims.len() as u32).to_le_bytes());
+            dims.iter().for_each(|d| v.extend(d.to_le_bytes()));
+            v.extend(ty.to_le_bytes());
+            v.extend(offset.to_le_bytes());
+            offset += 32;
+        }
+        while v.len() % 32 != 0 {
+            v.push(0);
+        }
+        for (_, _, _, size) in tensors {
+            v.extend(vec![0u8; *size]);
+            while v.len() % 32 != 0 {
+                v.push(0);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn parses_a_minimal_file_and_names_bad_tensors() {
+        let (version, meta, tensors) = parse(&tiny_gguf(&[("a.weight", &[8], 0, 32)])).unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(meta["general.architecture"].as_str(), Some("llama"));
+        assert_eq!(tensors["a.weight"].dims, vec![8]);
+        // An IQ2_XXS tensor (type 16) is refused with its name and type.
+        let e = parse(&tiny_gguf(&[("blk.0.ffn_up.weight", &[256, 2], 16, 32)])).unwrap_err();
+        assert!(e.contains("blk.0.ffn_up.weight") && e.contains("IQ"), "{e}");
+        // Data past the end of the file.
+        let mut f = tiny_gguf(&[("a.weight", &[64], 0, 256)]);
+        f.truncate(f.len() - 100);
+        let e = parse(&f).unwrap_err();
+        assert!(e.contains("a.weight") && e.contains("truncated"), "{e}");
+    }
+
     #[test]
     fn rejects_garbage_and_truncation() {
         assert!(parse(b"GGU").unwrap_err().contains("shorter"));
