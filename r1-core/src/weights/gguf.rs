@@ -480,12 +480,12 @@ mod tests {
             v.extend(offset.to_le_bytes());
             offset += 32;
         }
-        while v.len() % 32 != 0 {
+        while !v.len().is_multiple_of(32) {
             v.push(0);
         }
         for (_, _, _, size) in tensors {
             v.extend(vec![0u8; *size]);
-            while v.len() % 32 != 0 {
+            while !v.len().is_multiple_of(32) {
                 v.push(0);
             }
         }
