@@ -1,33 +1,67 @@
-//! `y = x · Wᵀ` with `W` in a legacy block format: rows split over the thread pool, each
-//! activation row quantized once.
+//! `y = x · Wᵀ` with `W` in a ggml block format: rows split over the thread pool, each
+//! activation row quantized once, each weight block unpacked once per call.
 
-use super::quant::{dequantize_row, quantize_q8, Format, Q8Block, QK};
+use super::kquant::{self, KFormat, Q8KBlock, QK_K};
+use super::quant::{self, quantize_q8, Format, Q8Block, QK};
 use super::simd::{dot, dot_many};
 use crate::error::{Error, Result};
 use std::ops::Range;
 use std::sync::Mutex;
 
-/// A `[rows, cols]` matrix of ggml blocks (32 weights each along a row), owned.
+/// The block formats r1's kernels run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Blocks of 32 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0), activations in Q8_0/Q8_1.
+    Legacy(Format),
+    /// Super-blocks of 256 (Q4_K, Q6_K), activations in Q8_K.
+    K(KFormat),
+}
+
+impl Kind {
+    /// Weights per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            Kind::Legacy(_) => QK,
+            Kind::K(_) => QK_K,
+        }
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            Kind::Legacy(f) => f.block_bytes(),
+            Kind::K(f) => f.block_bytes(),
+        }
+    }
+}
+
+/// The activation rows of one call, quantized for the matrix's kind.
+enum Acts {
+    Q8(Vec<Vec<Q8Block>>),
+    Q8K(Vec<Vec<Q8KBlock>>),
+}
+
+/// A `[rows, cols]` matrix of ggml blocks (along a row), owned.
 #[derive(Debug, Clone)]
 pub struct QuantMatrix {
-    format: Format,
+    kind: Kind,
     rows: usize,
     cols: usize,
     data: Vec<u8>,
 }
 
 impl QuantMatrix {
-    /// Copies `bytes` (`rows * cols / 32` blocks) into a matrix.
-    pub fn new(format: Format, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        if !cols.is_multiple_of(QK) || bytes.len() != rows * cols / QK * format.block_bytes() {
+    /// Copies `bytes` (`rows * cols / block_len` blocks) into a matrix.
+    pub fn new(kind: Kind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let need = rows * (cols / kind.block_len()) * kind.block_bytes();
+        if !cols.is_multiple_of(kind.block_len()) || bytes.len() != need {
             return Err(Error::InvalidArgument(format!(
-                "{format:?} matrix [{rows}, {cols}] needs {} bytes, got {}",
-                rows * cols / QK * format.block_bytes(),
+                "{kind:?} matrix [{rows}, {cols}] needs {need} bytes, got {}",
                 bytes.len()
             )));
         }
         Ok(QuantMatrix {
-            format,
+            kind,
             rows,
             cols,
             data: bytes.to_vec(),
@@ -40,13 +74,49 @@ impl QuantMatrix {
     }
 
     fn row(&self, r: usize) -> &[u8] {
-        let n = self.cols / QK * self.format.block_bytes();
+        let n = self.cols / self.kind.block_len() * self.kind.block_bytes();
         &self.data[r * n..(r + 1) * n]
     }
 
     /// Row `r` as f32.
     pub fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
-        dequantize_row(self.format, self.row(r), out);
+        match self.kind {
+            Kind::Legacy(f) => quant::dequantize_row(f, self.row(r), out),
+            Kind::K(f) => kquant::dequantize_row(f, self.row(r), out),
+        }
+    }
+
+    fn quantize(&self, x: &[f32]) -> Acts {
+        let rows = x.chunks_exact(self.cols);
+        match self.kind {
+            Kind::Legacy(_) => Acts::Q8(
+                rows.map(|r| {
+                    let mut q = Vec::with_capacity(self.cols / QK);
+                    quantize_q8(r, &mut q);
+                    q
+                })
+                .collect(),
+            ),
+            Kind::K(_) => Acts::Q8K(
+                rows.map(|r| {
+                    let mut q = Vec::with_capacity(self.cols / QK_K);
+                    kquant::quantize_q8k(r, &mut q);
+                    q
+                })
+                .collect(),
+            ),
+        }
+    }
+
+    /// Dots of weight row `r` with every activation row.
+    fn row_dots(&self, r: usize, acts: &Acts, out: &mut [f32]) {
+        match (self.kind, acts) {
+            (Kind::Legacy(f), Acts::Q8(a)) if a.len() == 1 => out[0] = dot(f, self.row(r), &a[0]),
+            (Kind::Legacy(f), Acts::Q8(a)) => dot_many(f, self.row(r), a, out),
+            (Kind::K(f), Acts::Q8K(a)) => kquant::dot_many(f, self.row(r), a, out),
+            // `quantize` makes the activations of the matrix's own kind.
+            _ => out.iter_mut().for_each(|o| *o = f32::NAN),
+        }
     }
 
     /// `x [t, cols]` (row-major) → `[t, rows]`.
@@ -58,14 +128,7 @@ impl QuantMatrix {
                 self.cols
             )));
         }
-        let acts: Vec<Vec<Q8Block>> = x
-            .chunks_exact(self.cols)
-            .map(|row| {
-                let mut q = Vec::with_capacity(self.cols / QK);
-                quantize_q8(row, &mut q);
-                q
-            })
-            .collect();
+        let acts = self.quantize(x);
         // Each task computes a range of output rows for every input row, so a weight row is read
         // once per call however many tokens there are. candle's spinning barrier pool runs the
         // tasks: waking sleeping threads for each of a decode step's ~200 matmuls costs more
@@ -76,12 +139,7 @@ impl QuantMatrix {
             let mut out = vec![0f32; t * width];
             let mut column = vec![0f32; t];
             for (i, r) in rows.clone().enumerate() {
-                let w = self.row(r);
-                if t == 1 {
-                    out[i] = dot(self.format, w, &acts[0]);
-                    continue;
-                }
-                dot_many(self.format, w, &acts, &mut column);
+                self.row_dots(r, &acts, &mut column);
                 for (ti, v) in column.iter().enumerate() {
                     out[ti * width + i] = *v;
                 }
@@ -93,8 +151,7 @@ impl QuantMatrix {
                     .copy_from_slice(&out[ti * width..(ti + 1) * width]);
             }
         });
-        let y = y.into_inner().unwrap_or_else(|p| p.into_inner());
-        Ok(y)
+        Ok(y.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -113,7 +170,7 @@ mod tests {
                 bytes.extend((0..QK).map(|j| ((r * 7 + blk * 5 + j * 3) % 21) as i8 as u8 - 10));
             }
         }
-        let m = QuantMatrix::new(Format::Q8_0, rows, cols, &bytes).unwrap();
+        let m = QuantMatrix::new(Kind::Legacy(Format::Q8_0), rows, cols, &bytes).unwrap();
         let x: Vec<f32> = (0..t * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
         let y = m.matmul(&x, t).unwrap();
         let mut w = Vec::new();

@@ -13,6 +13,8 @@ use self::gguf::{GgufFile, GgufName, TensorInfo};
 use self::safetensors::{RawTensor, SafetensorsStore};
 use crate::config::Fp8Config;
 use crate::error::{Error, Result};
+use crate::kernels::kquant::KFormat;
+use crate::kernels::matmul::Kind;
 use crate::kernels::quant::Format;
 use crate::kernels::QuantMatrix;
 use ::safetensors::tensor::Dtype;
@@ -41,14 +43,16 @@ pub enum Matrix {
     Blocks(Arc<QuantMatrix>),
 }
 
-/// The legacy block formats r1's kernels run (candle runs them as scalar loops).
-fn kernel_format(t: GgmlDType) -> Option<Format> {
+/// The ggml types r1's kernels run; the rest go through candle's quantized matmul.
+fn kernel_format(t: GgmlDType) -> Option<Kind> {
     Some(match t {
-        GgmlDType::Q4_0 => Format::Q4_0,
-        GgmlDType::Q4_1 => Format::Q4_1,
-        GgmlDType::Q5_0 => Format::Q5_0,
-        GgmlDType::Q5_1 => Format::Q5_1,
-        GgmlDType::Q8_0 => Format::Q8_0,
+        GgmlDType::Q4_0 => Kind::Legacy(Format::Q4_0),
+        GgmlDType::Q4_1 => Kind::Legacy(Format::Q4_1),
+        GgmlDType::Q5_0 => Kind::Legacy(Format::Q5_0),
+        GgmlDType::Q5_1 => Kind::Legacy(Format::Q5_1),
+        GgmlDType::Q8_0 => Kind::Legacy(Format::Q8_0),
+        GgmlDType::Q4K => Kind::K(KFormat::Q4K),
+        GgmlDType::Q6K => Kind::K(KFormat::Q6K),
         _ => return None,
     })
 }

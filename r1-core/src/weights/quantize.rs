@@ -3,6 +3,7 @@
 
 use super::Matrix;
 use crate::error::Result;
+use crate::kernels::matmul::Kind;
 use crate::kernels::quant::{Format, QK};
 use crate::kernels::QuantMatrix;
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -53,7 +54,7 @@ pub fn quantize_matrix(w: &Tensor, to: QuantizeTo) -> Result<Matrix> {
     }
     if cols.is_multiple_of(QK) {
         let values = w.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let m = QuantMatrix::new(Format::Q8_0, rows, cols, &quantize_q8_0(&values))?;
+        let m = QuantMatrix::new(Kind::Legacy(Format::Q8_0), rows, cols, &quantize_q8_0(&values))?;
         return Ok(Matrix::Blocks(Arc::new(m)));
     }
     Ok(Matrix::Dense(w.clone()))
