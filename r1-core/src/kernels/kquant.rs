@@ -212,9 +212,9 @@ mod x86 {
         scales: [__m256i; 8],
         d: f32,
         dmin: f32,
-        mins: [i32; 8],
-        /// Q6_K: `Σ_g sc_g` is needed for the `+32` offset: here the scales themselves.
-        sc: [i32; 16],
+        /// Per group of 16 (as i16 lanes), what multiplies the activations' group sums:
+        /// Q4_K the sub-block mins, Q6_K `-32 * sc_g` (the `+32` of the stored bytes undone).
+        bsum_weights: __m256i,
     }
 
     #[inline]
@@ -232,18 +232,20 @@ mod x86 {
             scales: [_mm256_setzero_si256(); 8],
             d: 0.0,
             dmin: 0.0,
-            mins: [0; 8],
-            sc: [0; 16],
+            bsum_weights: _mm256_setzero_si256(),
         };
         match format {
             KFormat::Q4K => {
                 out.d = f16_at(b, 0);
                 out.dmin = f16_at(b, 2);
+                let mut mins = [0i16; 16];
                 for j in 0..8 {
                     let (sc, m) = scale_min_k4(j, &b[4..16]);
                     out.scales[j] = _mm256_set1_epi16(sc as i16);
-                    out.mins[j] = m as i32;
+                    mins[2 * j] = m as i16;
+                    mins[2 * j + 1] = m as i16;
                 }
+                out.bsum_weights = _mm256_loadu_si256(mins.as_ptr() as *const __m256i);
                 for c in 0..4 {
                     let v = _mm256_loadu_si256(b[16 + 32 * c..].as_ptr() as *const __m256i);
                     out.u[2 * c] = _mm256_and_si256(v, mask4);
@@ -252,9 +254,13 @@ mod x86 {
             }
             KFormat::Q6K => {
                 out.d = f16_at(b, 208);
+                let mut sc = [0i32; 16];
+                let mut neg32 = [0i16; 16];
                 for g in 0..16 {
-                    out.sc[g] = b[192 + g] as i8 as i32;
+                    sc[g] = b[192 + g] as i8 as i32;
+                    neg32[g] = (-32 * sc[g]) as i16;
                 }
+                out.bsum_weights = _mm256_loadu_si256(neg32.as_ptr() as *const __m256i);
                 let mask2 = _mm256_set1_epi8(3);
                 for h in 0..2 {
                     let ql0 = _mm256_loadu_si256(b[64 * h..].as_ptr() as *const __m256i);
@@ -279,7 +285,7 @@ mod x86 {
                     out.u[4 * h + 3] = _mm256_or_si256(hi1, high(6));
                 }
                 for k in 0..8 {
-                    out.scales[k] = pair(out.sc[2 * k], out.sc[2 * k + 1]);
+                    out.scales[k] = pair(sc[2 * k], sc[2 * k + 1]);
                 }
             }
         }
@@ -311,19 +317,12 @@ mod x86 {
                     let p16 = _mm256_maddubs_epi16(w.u[k], y);
                     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, w.scales[k]));
                 }
-                let isum = hsum_i32(acc);
+                let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
+                let corr = _mm256_madd_epi16(bsums, w.bsum_weights);
                 out[t] += match format {
-                    KFormat::Q4K => {
-                        let m: i32 = (0..8)
-                            .map(|j| w.mins[j] * (a.bsums[2 * j] as i32 + a.bsums[2 * j + 1] as i32))
-                            .sum();
-                        a.d * (w.d * isum as f32 - w.dmin * m as f32)
-                    }
-                    KFormat::Q6K => {
-                        // u = q + 32: subtract 32 · Σ_g sc_g · bsum_g.
-                        let off: i32 = (0..16).map(|g| w.sc[g] * a.bsums[g] as i32).sum();
-                        a.d * w.d * (isum - 32 * off) as f32
-                    }
+                    KFormat::Q4K => a.d * (w.d * hsum_i32(acc) as f32 - w.dmin * hsum_i32(corr) as f32),
+                    // u = q + 32: the -32 · Σ_g sc_g · bsum_g correction joins the integer sum.
+                    KFormat::Q6K => a.d * w.d * hsum_i32(_mm256_add_epi32(acc, corr)) as f32,
                 };
             }
         }
