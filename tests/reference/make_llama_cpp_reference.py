@@ -36,12 +36,24 @@ PROMPTS = {
         "Question: What is 12 times 7?\nAnswer:",
         "<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n",
         "Once upon a time, in a small village,",
+        # Continuations with one obvious next token at every step (no near-ties), where the
+        # full 32 tokens must agree.
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+        "A, B, C, D, E, F, G, H, I, J,",
+        "January, February, March, April,",
+        "2, 4, 6, 8, 10, 12,",
+        "100, 99, 98, 97, 96,",
     ],
     "qwen2.5-coder-0.5b": [
         "def fibonacci(n):",
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n",
         "The three primary colors are",
         "// A C function that reverses a string in place\nvoid reverse(char *s) {",
+        "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+        "#include <stdio.h>\n\nint main(void) {\n",
+        "2, 4, 6, 8, 10, 12,",
+        "100, 99, 98, 97, 96,",
+        "<|im_start|>user\nCount from 1 to 20, separated by commas.<|im_end|>\n<|im_start|>assistant\n",
     ],
 }
 
