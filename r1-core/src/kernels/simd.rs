@@ -28,6 +28,11 @@ pub fn dot(format: Format, row: &[u8], act: &[Q8Block]) -> f32 {
 /// block is unpacked once and used for every row, which is what makes a prefill faster per token
 /// than a decode.
 pub fn dot_many(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
+    // The kernels read activation blocks unchecked: rows too short give NaN instead.
+    let blocks = row.len() / format.block_bytes();
+    if acts.iter().any(|a| a.len() < blocks) || out.len() < acts.len() {
+        return out.iter_mut().for_each(|o| *o = f32::NAN);
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2")
@@ -160,45 +165,107 @@ mod x86 {
         }
     }
 
-    /// Four activation rows at a time against one weight row: the four accumulators stay in
-    /// registers, and each weight block is unpacked once per four rows. `$dot` multiplies 32
-    /// unsigned × 32 signed bytes into eight i32 sums (VNNI's `vpdpbusd`, or `maddubs` + `madd`).
-    macro_rules! tiled {
-        ($format:ident, $row:ident, $acts:ident, $out:ident, $dot:expr) => {{
-            let size = $format.block_bytes();
-            for (chunk, outs) in $acts.chunks(4).zip($out.chunks_mut(4)) {
-                let mut acc = [_mm256_setzero_ps(); 4];
-                let mut offsets = [0f32; 4];
-                for (i, b) in $row.chunks_exact(size).enumerate() {
-                    let (x, signed, d, m) = unpack($format, b);
-                    // Signed weights: |x| on the left, x's sign moved onto the activations.
-                    let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
-                    for (k, a) in chunk.iter().enumerate() {
-                        let a = &a[i];
-                        let mut y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                        if signed {
-                            y = _mm256_sign_epi8(y, x);
-                        }
-                        let sums = _mm256_cvtepi32_ps($dot(ax, y));
-                        acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[k]);
-                        offsets[k] += m * a.s;
-                    }
+    /// `N ≤ 8` activation rows against one weight row: the `N` accumulators stay in registers and
+    /// each weight block is unpacked once for all of them. `dot` multiplies 32 unsigned × 32 signed
+    /// bytes into eight i32 sums (VNNI's `vpdpbusd`, or `maddubs` + `madd`). Inlined into a copy per
+    /// format and `N`, so the format's unpacking, sign handling and offset term are fixed at
+    /// compile time and the row loop has no branch.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; every `acts[k]` holds at least the row's block count.
+    #[inline(always)]
+    unsafe fn tile<const N: usize>(
+        format: Format,
+        row: &[u8],
+        acts: [&[Q8Block]; N],
+        out: &mut [f32],
+        dot: impl Fn(__m256i, __m256i) -> __m256i,
+    ) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut offsets = [0f32; N];
+        for (i, b) in row.chunks_exact(format.block_bytes()).enumerate() {
+            let (x, signed, d, m) = unpack(format, b);
+            // Signed weights: |x| on the left, x's sign moved onto the activations.
+            let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
+            for k in 0..N {
+                // SAFETY: the caller guarantees `i` is within every activation row.
+                let a = unsafe { acts[k].get_unchecked(i) };
+                let mut y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                if signed {
+                    y = _mm256_sign_epi8(y, x);
                 }
-                for (k, o) in outs.iter_mut().enumerate() {
-                    *o = hsum(acc[k]) + offsets[k];
+                let sums = _mm256_cvtepi32_ps(dot(ax, y));
+                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[k]);
+                if format.has_offset() {
+                    offsets[k] += m * a.s;
                 }
             }
-        }};
+        }
+        for k in 0..N {
+            out[k] = hsum(acc[k]) + offsets[k];
+        }
+    }
+
+    /// The activation rows in tiles, for one fixed format.
+    #[inline(always)]
+    unsafe fn tiles(
+        format: Format,
+        row: &[u8],
+        acts: &[Vec<Q8Block>],
+        out: &mut [f32],
+        wide: bool,
+        dot: impl Fn(__m256i, __m256i) -> __m256i + Copy,
+    ) {
+        // Tiles of sixteen (`wide`: AVX-512's 32 vector registers hold the accumulators) or eight,
+        // then the remainder as tiles of four, two and one.
+        let (mut acts, mut out) = (acts, out);
+        while !acts.is_empty() {
+            let n = match acts.len() {
+                16.. if wide => 16,
+                8.. => 8,
+                4..=7 => 4,
+                2..=3 => 2,
+                _ => 1,
+            };
+            let (a, o) = (&acts[..n], &mut out[..n]);
+            match n {
+                16 => tile::<16>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                _ => tile::<1>(format, row, [a[0].as_slice()], o, dot),
+            }
+            acts = &acts[n..];
+            out = &mut out[n..];
+        }
+    }
+
+    /// [`tiles`] with the format a constant in each arm, so each gets its own loop.
+    #[inline(always)]
+    unsafe fn tiles_per_format(
+        format: Format,
+        row: &[u8],
+        acts: &[Vec<Q8Block>],
+        out: &mut [f32],
+        wide: bool,
+        dot: impl Fn(__m256i, __m256i) -> __m256i + Copy,
+    ) {
+        match format {
+            Format::Q4_0 => tiles(Format::Q4_0, row, acts, out, wide, dot),
+            Format::Q4_1 => tiles(Format::Q4_1, row, acts, out, wide, dot),
+            Format::Q5_0 => tiles(Format::Q5_0, row, acts, out, wide, dot),
+            Format::Q5_1 => tiles(Format::Q5_1, row, acts, out, wide, dot),
+            Format::Q8_0 => tiles(Format::Q8_0, row, acts, out, wide, dot),
+        }
     }
 
     /// # Safety
-    /// As [`dot`]; every `acts[t]` has the row's block count and `out.len() == acts.len()`.
+    /// As [`dot`]; `out.len() >= acts.len()` and every `acts[t]` holds the row's block count.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_many(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
-        tiled!(format, row, acts, out, |ax, y| _mm256_madd_epi16(
-            _mm256_maddubs_epi16(ax, y),
-            _mm256_set1_epi16(1)
-        ))
+        tiles_per_format(format, row, acts, out, false, |ax, y| {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(ax, y), _mm256_set1_epi16(1))
+        })
     }
 
     /// [`dot_many`] with AVX-512 VNNI's `vpdpbusd` (u8 × i8 → i32 in one instruction).
@@ -207,11 +274,9 @@ mod x86 {
     /// As [`dot_many`], and the CPU must support AVX512-VNNI and AVX512-VL.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     pub unsafe fn dot_many_vnni(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
-        tiled!(format, row, acts, out, |ax, y| _mm256_dpbusd_epi32(
-            _mm256_setzero_si256(),
-            ax,
-            y
-        ))
+        tiles_per_format(format, row, acts, out, true, |ax, y| {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, y)
+        })
     }
 
     /// # Safety
@@ -303,5 +368,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_tile_size_equals_scalar_for_every_format() {
+        // 23 activation rows: tiles of 16 (with VNNI) or 8, then 4, 2 and 1.
+        let mut state = 0x2545f4914f6cdd1d;
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0] {
+            let blocks = 5;
+            let row = random_row(format, blocks, &mut state);
+            let acts: Vec<Vec<_>> = (0..23)
+                .map(|_| {
+                    let x: Vec<f32> = (0..blocks * QK)
+                        .map(|_| ((xorshift(&mut state) % 2001) as f32 - 1000.0) / 300.0)
+                        .collect();
+                    let mut act = Vec::new();
+                    quantize_q8(&x, &mut act);
+                    act
+                })
+                .collect();
+            let want: Vec<f32> = acts.iter().map(|a| dot_scalar(format, &row, a)).collect();
+            let mut got = vec![0f32; acts.len()];
+            dot_many(format, &row, &acts, &mut got);
+            let mut paths = vec![("dispatched", got)];
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                let mut avx2 = vec![0f32; acts.len()];
+                // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
+                unsafe { x86::dot_many(format, &row, &acts, &mut avx2) };
+                paths.push(("avx2", avx2));
+            }
+            for (path, got) in paths {
+                for (t, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{format:?} {path} row {t}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+        // Activation rows shorter than the weight row give NaN, never a read out of bounds.
+        let row = random_row(Format::Q8_0, 2, &mut state);
+        let mut short = Vec::new();
+        quantize_q8(&[0.5; QK], &mut short);
+        let mut out = [0f32; 1];
+        dot_many(Format::Q8_0, &row, &[short], &mut out);
+        assert!(out[0].is_nan());
     }
 }
