@@ -86,3 +86,65 @@ fn gguf_fixtures_match_transformers() {
     }
     report(all);
 }
+
+/// Older llama.cpp converters wrote DeepSeek's `kv_b_proj` whole as `attn_kv_b`; newer ones split
+/// it into `attn_k_b` and `attn_v_b` (the converted fixtures). The fixture rewritten in the older
+/// layout (candle's GGUF writer, the split tensors joined back) must give the same references.
+#[test]
+fn gguf_deepseek2_unsplit_kv_b_matches_transformers() {
+    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    let name = "deepseek_v3_tiny";
+    let src = fixtures_dir().join(format!("gguf/{name}.f32.gguf"));
+    let mut file = std::fs::File::open(&src).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut joined = 0;
+    for tensor_name in content.tensor_infos.keys() {
+        if tensor_name.ends_with("attn_v_b.weight") {
+            continue;
+        }
+        let q = content.tensor(&mut file, tensor_name, &Device::Cpu).unwrap();
+        let Some(block) = tensor_name.strip_suffix("attn_k_b.weight") else {
+            tensors.push((tensor_name.clone(), q));
+            continue;
+        };
+        // attn_k_b [heads, kv_lora, nope] (W_UK transposed), attn_v_b [heads, v, kv_lora]
+        // → attn_kv_b [heads * (nope + v), kv_lora], each head's nope rows then its v rows.
+        let k = q.dequantize(&Device::Cpu).unwrap();
+        let v = content
+            .tensor(&mut file, &format!("{block}attn_v_b.weight"), &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap();
+        let (heads, kv_lora, _) = k.dims3().unwrap();
+        let kv_b = Tensor::cat(&[&k.transpose(1, 2).unwrap(), &v], 1)
+            .unwrap()
+            .reshape(((), kv_lora))
+            .unwrap();
+        assert_eq!(kv_b.dim(0).unwrap() % heads, 0);
+        tensors.push((
+            format!("{block}attn_kv_b.weight"),
+            QTensor::quantize(&kv_b, GgmlDType::F32).unwrap(),
+        ));
+        joined += 1;
+    }
+    let split = content
+        .tensor_infos
+        .keys()
+        .filter(|n| n.ends_with("attn_v_b.weight"))
+        .count();
+    assert!(joined > 0 && joined == split, "{joined} attn_k_b, {split} attn_v_b");
+    let out = std::env::temp_dir().join(format!("r1-test-{}-unsplit-kv-b.gguf", std::process::id()));
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    gguf_file::write(&mut std::fs::File::create(&out).unwrap(), &metadata, &refs).unwrap();
+    let model = r1_core::Model::load(&out, &Default::default());
+    std::fs::remove_file(&out).ok();
+    let model = model.unwrap();
+    report(check_model(
+        &format!("{name} (attn_kv_b)"),
+        &model,
+        &Reference::load(&fixtures_dir().join(name)),
+    ));
+}
