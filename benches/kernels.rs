@@ -34,7 +34,7 @@ fn matrix(kind: Kind, rows: usize, cols: usize) -> QuantMatrix {
             Kind::K(KFormat::Q4K) => 0..4,
             Kind::K(KFormat::Q6K) => block.len() - 2..block.len(),
         };
-        for i in at.clone().step_by(2) {
+        for i in at.step_by(2) {
             block[i..i + 2].copy_from_slice(&scale);
         }
     }

@@ -135,10 +135,8 @@ fn gguf_deepseek2_unsplit_kv_b_matches_transformers() {
         .filter(|n| n.ends_with("attn_v_b.weight"))
         .count();
     assert!(joined > 0 && joined == split, "{joined} attn_k_b, {split} attn_v_b");
-    let out = std::env::temp_dir().join(format!("r1-test-{}-unsplit-kv-b.gguf", std::process::id()));
     let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    gguf_file::write(&mut std::fs::File::create(&out).unwrap(), &metadata, &refs).unwrap();
+    let out = write_temp_gguf("unsplit-kv-b", &metadata, &tensors);
     let model = r1_core::Model::load(&out, &Default::default());
     std::fs::remove_file(&out).ok();
     let model = model.unwrap();

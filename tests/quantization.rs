@@ -235,15 +235,8 @@ fn every_gguf_tensor_type_computes_its_dequantized_product() {
         .enumerate()
         .map(|(i, &t)| (format!("blk.{i}.attn_q.weight"), QTensor::quantize(&w, t).unwrap()))
         .collect();
-    let path = std::env::temp_dir().join(format!("r1-test-{}-types.gguf", std::process::id()));
     let arch = gguf_file::Value::String("llama".into());
-    let refs: Vec<(&str, &QTensor)> = quantized.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    gguf_file::write(
-        &mut std::fs::File::create(&path).unwrap(),
-        &[("general.architecture", &arch)],
-        &refs,
-    )
-    .unwrap();
+    let path = write_temp_gguf("types", &[("general.architecture", &arch)], &quantized);
     let weights = Weights::from_gguf(GgufFile::open(&path).unwrap(), DType::F32, &Device::Cpu).unwrap();
     let x = Tensor::from_vec(values(tokens * cols, 2), (tokens, cols), &Device::Cpu).unwrap();
     let mut o = Outcome::default();

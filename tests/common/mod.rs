@@ -158,6 +158,20 @@ impl Outcome {
     }
 }
 
+/// Writes `tensors` with `metadata` to a GGUF file in the temporary folder (candle's writer) and
+/// returns its path; `tag` keeps concurrent tests apart. The caller removes it.
+pub fn write_temp_gguf(
+    tag: &str,
+    metadata: &[(&str, &candle_core::quantized::gguf_file::Value)],
+    tensors: &[(String, candle_core::quantized::QTensor)],
+) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("r1-test-{}-{tag}.gguf", std::process::id()));
+    let refs: Vec<_> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::fs::File::create(&path).unwrap();
+    candle_core::quantized::gguf_file::write(&mut file, metadata, &refs).unwrap();
+    path
+}
+
 /// Loads `dir` with the given weights file in place of `model.safetensors` (a temporary folder
 /// holding the config and a link to the weights).
 pub fn load_with_weights(dir: &Path, weights: &str, options: &LoadOptions) -> Model {

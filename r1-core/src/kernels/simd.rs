@@ -177,7 +177,7 @@ mod x86 {
         }
     }
 
-    /// `N ≤ 8` activation rows against one weight row: the `N` accumulators stay in registers and
+    /// `N ≤ 16` activation rows against one weight row: the `N` accumulators stay in registers and
     /// each weight block is unpacked once for all of them. `dot` multiplies 32 unsigned × 32 signed
     /// bytes into eight i32 sums (VNNI's `vpdpbusd`, or `maddubs` + `madd`). Inlined into a copy per
     /// format and `N`, so the format's unpacking, sign handling and offset term are fixed at
