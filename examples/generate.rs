@@ -19,11 +19,11 @@
 //!   --ids-out FILE        write {"prompt_ids": [...], "generated_ids": [...]} as JSON
 //! ```
 
-use r1_core::chat_template::Message;
-use r1_core::generate::{Engine, FinishReason, GenerateParams, Prompt};
-use r1_core::sampling::SamplingParams;
-use r1_core::trace::Channel;
-use r1_core::weights::quantize::QuantizeTo;
+use r1_core::Message;
+use r1_core::{Engine, FinishReason, GenerateParams, Prompt};
+use r1_core::SamplingParams;
+use r1_core::Channel;
+use r1_core::QuantizeTo;
 use r1_core::{DType, LoadOptions};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

@@ -7,7 +7,7 @@
 //! `--starts-in-reasoning`: the prompt ended with `<think>`. `--chunk-bytes K`: feed the text K
 //! bytes at a time (cut at character boundaries) through the streaming parser.
 
-use r1_core::trace::{Trace, TraceParser};
+use r1_core::{Trace, TraceParser};
 use std::io::Read;
 use std::process::ExitCode;
 

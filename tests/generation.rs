@@ -3,10 +3,7 @@
 
 mod common;
 use common::*;
-use r1_core::chat_template::Message;
-use r1_core::generate::{CancelHandle, Engine, Event, FinishReason, GenerateParams, Prompt};
-use r1_core::sampling::SamplingParams;
-use r1_core::trace::Channel;
+use r1_core::{CancelHandle, Channel, Engine, Event, FinishReason, GenerateParams, Message, Prompt, SamplingParams};
 use std::sync::Arc;
 
 fn engine(name: &str) -> Engine {
@@ -14,11 +11,7 @@ fn engine(name: &str) -> Engine {
 }
 
 fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        ..Default::default()
-    }
+    GenerateParams::greedy(max_tokens)
 }
 
 /// Runs a generation to the end: its events and generated ids.
@@ -33,7 +26,7 @@ fn text(events: &[Event]) -> String {
     events.iter().map(|e| e.text.as_str()).collect()
 }
 
-fn finish(events: &[Event]) -> r1_core::generate::Finish {
+fn finish(events: &[Event]) -> r1_core::Finish {
     let last = events.last().unwrap();
     assert!(
         events[..events.len() - 1].iter().all(|e| e.finish.is_none()),
@@ -93,14 +86,9 @@ fn threads_share_one_engine_and_match_serial_runs() {
         .iter()
         .map(|t| Prompt::Chat(vec![Message::user(t)]))
         .collect();
-    let params = GenerateParams {
-        max_tokens: 16,
-        sampling: SamplingParams {
-            seed: Some(3),
-            ..SamplingParams::deepseek_r1()
-        },
-        ..Default::default()
-    };
+    let params = GenerateParams::default()
+        .with_max_tokens(16)
+        .with_sampling(SamplingParams::deepseek_r1().with_seed(3));
     let serial: Vec<Vec<u32>> = prompts.iter().map(|p| run(&e, p, &params).1).collect();
     let handles: Vec<_> = prompts
         .iter()
@@ -118,13 +106,10 @@ fn threads_share_one_engine_and_match_serial_runs() {
 fn seeded_sampling_is_reproducible() {
     let e = engine("qwen2_tiny");
     let p = Prompt::Chat(vec![Message::user("Hello")]);
-    let params = |seed| GenerateParams {
-        max_tokens: 20,
-        sampling: SamplingParams {
-            seed: Some(seed),
-            ..Default::default()
-        },
-        ..Default::default()
+    let params = |seed| {
+        GenerateParams::default()
+            .with_max_tokens(20)
+            .with_sampling(SamplingParams::default().with_seed(seed))
     };
     let a = run(&e, &p, &params(11)).1;
     assert_eq!(a, run(&e, &p, &params(11)).1);
@@ -138,10 +123,7 @@ fn stop_sequence_spanning_tokens_is_not_emitted() {
     let (_, ids) = run(
         &e,
         &p,
-        &GenerateParams {
-            starts_in_reasoning: Some(false),
-            ..greedy(24)
-        },
+        &greedy(24).with_starts_in_reasoning(false),
     );
     // A stop string made of the end of token 3's text and the start of token 4's.
     let tok = e.tokenizer();
@@ -154,11 +136,9 @@ fn stop_sequence_spanning_tokens_is_not_emitted() {
         Some(i) => through4[..i].to_string(),
         None => unreachable!(),
     };
-    let params = GenerateParams {
-        stop: vec![stop.clone()],
-        starts_in_reasoning: Some(false),
-        ..greedy(24)
-    };
+    let params = greedy(24)
+        .with_stop(vec![stop.clone()])
+        .with_starts_in_reasoning(false);
     let (events, _) = run(&e, &p, &params);
     assert_eq!(finish(&events).reason, FinishReason::StopSequence, "stop {stop:?}");
     assert_eq!(text(&events), expected);
@@ -177,10 +157,7 @@ fn limits_end_tokens_and_cancellation() {
     let (events, got) = run(
         &e,
         &p,
-        &GenerateParams {
-            stop_token_ids: vec![stop_at],
-            ..greedy(5)
-        },
+        &greedy(5).with_stop_token_ids(vec![stop_at]),
     );
     assert_eq!(finish(&events).reason, FinishReason::EndToken);
     assert_eq!(got, ids[..=first]);
@@ -189,10 +166,7 @@ fn limits_end_tokens_and_cancellation() {
     let mut g = e
         .generate(
             &p,
-            &GenerateParams {
-                cancel: Some(cancel.clone()),
-                ..greedy(1000)
-            },
+            &greedy(1000).with_cancel(cancel.clone()),
         )
         .unwrap();
     let first_event = g.next().unwrap().unwrap();
@@ -206,7 +180,7 @@ fn limits_end_tokens_and_cancellation() {
 #[test]
 fn context_full_and_too_long_prompts() {
     let e = engine("qwen2_tiny");
-    let max = e.model().config().max_position_embeddings;
+    let max = e.model().context_length();
     let (events, ids) = run(&e, &Prompt::Tokens(vec![7; max - 3]), &greedy(100));
     assert_eq!(finish(&events).reason, FinishReason::ContextFull);
     assert_eq!(
@@ -216,6 +190,7 @@ fn context_full_and_too_long_prompts() {
     );
     let err = e.generate(&Prompt::Tokens(vec![7; max]), &greedy(1)).err().unwrap();
     assert!(err.to_string().contains("context"), "{err}");
+    assert_eq!(err.code(), r1_core::ErrorCode::ContextFull);
     assert!(e.generate(&Prompt::Tokens(vec![]), &greedy(1)).is_err());
 }
 
@@ -224,19 +199,12 @@ fn channels_switch_at_think_close() {
     let e = engine("deepseek_v3_tiny");
     // Bias `</think>` (id 5) to always win: the first one closes the reasoning, later ones are
     // answer text.
-    let sampling = SamplingParams {
-        logit_bias: vec![(5, 1000.0)],
-        ..SamplingParams::greedy()
-    };
+    let sampling = SamplingParams::greedy().with_logit_bias(vec![(5, 1000.0)]);
     let p = Prompt::Chat(vec![Message::user("hi")]);
     let mut g = e
         .generate(
             &p,
-            &GenerateParams {
-                max_tokens: 4,
-                sampling,
-                ..Default::default()
-            },
+            &GenerateParams::default().with_max_tokens(4).with_sampling(sampling),
         )
         .unwrap();
     let events: Vec<Event> = g.by_ref().map(|x| x.unwrap()).collect();

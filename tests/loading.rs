@@ -173,7 +173,7 @@ fn mtp_layer_is_skipped() {
         v["num_nextn_predict_layers"] = serde_json::json!(1);
     });
     let model = Model::load(&dir, &LoadOptions::default()).unwrap();
-    assert_eq!(model.config().num_hidden_layers, 2);
+    assert_eq!(model.num_layers(), 2);
     let logits = model.forward(&[7, 8, 9], &mut model.new_cache()).unwrap();
-    assert_eq!(logits.dims(), &[3, 512]);
+    assert_eq!(logits.shape(), (3, 512));
 }

@@ -3,11 +3,13 @@
 
 mod common;
 use common::*;
-use r1_core::config::Architecture;
-use r1_core::weights::gguf::GgufFile;
-use r1_core::weights::quantize::QuantizeTo;
-use r1_core::weights::Weights;
-use r1_core::{DType, Device, LoadOptions, Model, ModelConfig, Tensor};
+use r1_core::Architecture;
+use r1_core::internals::GgufFile;
+use r1_core::QuantizeTo;
+use r1_core::internals::Weights;
+use candle_core::{DType, Device, Tensor};
+use r1_core::internals::ModelConfig;
+use r1_core::{LoadOptions, Model};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -21,17 +23,14 @@ fn q8_0_in_situ_quantization_stays_close_to_transformers() {
     for dir in reference_folders(&fixtures_dir()) {
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let reference = Reference::load(&dir);
-        let opts = LoadOptions {
-            quantize: Some(QuantizeTo::Q8_0),
-            ..Default::default()
-        };
+        let opts = LoadOptions::default().with_quantize(Some(QuantizeTo::Q8_0));
         let model = Model::load(&dir, &opts).unwrap();
         for i in 0..reference.n_sequences() {
             let ids = reference.ids(&format!("input_ids.{i}"));
             let got = flat(&model.forward(&ids, &mut model.new_cache()).unwrap());
             let want = reference.f32s(&format!("logits.{i}"));
             let err = rel_l2(&got, &want);
-            if model.config().moe.is_none() {
+            if !model.is_moe() {
                 o.close(&format!("{name} logits.{i} (Q8_0)"), err, 3e-2);
             } else {
                 o.lines
@@ -55,8 +54,8 @@ fn q8_0_in_situ_quantization_stays_close_to_transformers() {
 
 #[test]
 fn q4_k_quantizes_rows_of_256_and_falls_back_otherwise() {
-    use r1_core::weights::quantize::quantize_matrix;
-    use r1_core::weights::Matrix;
+    use r1_core::internals::quantize_matrix;
+    use r1_core::internals::Matrix;
     let w = Tensor::from_vec(
         (0..8 * 256)
             .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 700.0)
@@ -100,7 +99,7 @@ fn unpermute(w: &Tensor, heads: usize) -> Tensor {
 /// The first `layers` layers of a GGUF file's weights, dequantized, as a Hugging Face checkpoint.
 fn export_checkpoint(cfg: &ModelConfig, w: &Weights, dir: &Path) {
     let gqa = match &cfg.attention {
-        r1_core::config::AttentionConfig::Gqa(g) => g.clone(),
+        r1_core::internals::AttentionConfig::Gqa(g) => g.clone(),
         _ => panic!("this export handles Llama and Qwen2"),
     };
     let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
@@ -177,12 +176,12 @@ fn gguf_weights_equal_their_exported_checkpoint() {
             continue;
         }
         let g = GgufFile::open(&path).unwrap();
-        let mut cfg = ModelConfig::from_gguf(&g).unwrap();
+        let mut cfg = r1_core::internals::gguf_config(&g).unwrap();
         cfg.num_hidden_layers = 3; // three layers check every mapping; the rest repeat them
         let w = Weights::from_gguf(g, DType::F32, &Device::Cpu)
             .unwrap()
             .with_dense_matrices(true);
-        let gguf_model = Model::from_weights(cfg.clone(), &w).unwrap();
+        let gguf_model = r1_core::internals::model_from_weights(cfg.clone(), &w).unwrap();
         let dir = std::env::temp_dir().join(format!("r1-export-{}-{file}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         export_checkpoint(&cfg, &w, &dir);
@@ -207,7 +206,7 @@ fn gguf_weights_equal_their_exported_checkpoint() {
 #[test]
 fn every_gguf_tensor_type_computes_its_dequantized_product() {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-    use r1_core::layers::linear::Linear;
+    use r1_core::internals::Linear;
     let types = [
         GgmlDType::F32,
         GgmlDType::F16,

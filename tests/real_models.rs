@@ -5,8 +5,8 @@
 //! returns; `.ci/run` fetches them first and fails if it cannot.
 
 mod common;
-use r1_core::generate::{Engine, GenerateParams, Prompt};
-use r1_core::sampling::SamplingParams;
+use r1_core::{Engine, GenerateParams, Prompt};
+use r1_core::SamplingParams;
 use std::path::{Path, PathBuf};
 
 fn models_dir() -> PathBuf {
@@ -95,11 +95,7 @@ fn greedy_tokens_match_llama_cpp() {
                 .iter()
                 .map(|m| m.as_f64().unwrap())
                 .collect();
-            let params = GenerateParams {
-                max_tokens: want.len(),
-                sampling: SamplingParams::greedy(),
-                ..Default::default()
-            };
+            let params = GenerateParams::greedy(want.len());
             let mut g = engine
                 .generate(&Prompt::Tokens(ids(&case["prompt_ids"])), &params)
                 .unwrap();

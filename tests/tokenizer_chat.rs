@@ -2,8 +2,8 @@
 
 mod common;
 use common::*;
-use r1_core::chat_template::Message;
-use r1_core::tokenizer::{Detokenizer, Tokenizer};
+use r1_core::Message;
+use r1_core::{Detokenizer, Tokenizer};
 
 fn messages(v: &serde_json::Value) -> Vec<Message> {
     serde_json::from_value(v.clone()).unwrap()
@@ -33,7 +33,7 @@ fn encode_and_chat_match_transformers() {
         for (j, case) in t["chat"].as_array().unwrap().iter().enumerate() {
             let msgs = messages(&case["messages"]);
             let add = case["add_generation_prompt"].as_bool().unwrap();
-            let rendered = tok.chat_template().unwrap().render(&msgs, add, None).unwrap();
+            let rendered = tok.chat_template().unwrap().render(&msgs, add, &[]).unwrap();
             o.equal(
                 &format!("{name} chat {j} rendered"),
                 &rendered,
@@ -100,7 +100,7 @@ fn builtin_r1_template_is_used_without_one() {
     let text = tok
         .chat_template()
         .unwrap()
-        .render(&[Message::user("hi")], true, None)
+        .render(&[Message::user("hi")], true, &[])
         .unwrap();
     assert_eq!(text, "<｜begin▁of▁sentence｜><｜User｜>hi<｜Assistant｜><think>\n");
 }

@@ -10,15 +10,59 @@ use candle_core::Tensor;
 
 /// Rows appended one block at a time into a buffer that doubles when full, so a decode step
 /// copies only its own row, not the whole history.
-#[derive(Debug, Clone)]
-pub struct RowBuffer {
+///
+/// `append` writes into the buffer in place, so two owners of one buffer would overwrite each
+/// other's rows: `Clone` copies the rows in use into a buffer of its own.
+#[derive(Debug)]
+pub(crate) struct RowBuffer {
     data: Option<Tensor>,
     len: usize,
+    /// Rows to allocate at once when the buffer first grows.
+    reserved: usize,
+}
+
+impl Clone for RowBuffer {
+    fn clone(&self) -> Self {
+        let data = match &self.data {
+            Some(d) if self.len > 0 => d.narrow(0, 0, self.len).and_then(|rows| rows.copy()).ok(),
+            _ => None,
+        };
+        // A copy that failed (it cannot, on the CPU) would start empty; `len` follows the data.
+        let len = if data.is_some() { self.len } else { 0 };
+        RowBuffer {
+            data,
+            len,
+            reserved: self.reserved,
+        }
+    }
 }
 
 impl RowBuffer {
     fn new() -> Self {
-        RowBuffer { data: None, len: 0 }
+        RowBuffer {
+            data: None,
+            len: 0,
+            reserved: 0,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.data.as_ref().map_or(0, |d| d.dim(0).unwrap_or(0))
+    }
+
+    /// Grows the buffer to `capacity` rows of `width` (a no-op if it holds that many already).
+    fn grow(&mut self, capacity: usize, width: usize, like: &Tensor) -> Result<()> {
+        if capacity <= self.capacity() {
+            return Ok(());
+        }
+        let grown = Tensor::zeros((capacity, width), like.dtype(), like.device())?;
+        if let Some(old) = &self.data {
+            if self.len > 0 {
+                grown.slice_set(&old.narrow(0, 0, self.len)?.contiguous()?, 0, 0)?;
+            }
+        }
+        self.data = Some(grown);
+        Ok(())
     }
 
     /// Appends `rows [t, width]` and returns all rows so far, `[len, width]`.
@@ -26,14 +70,15 @@ impl RowBuffer {
         let (t, width) = rows.dims2()?;
         let rows = rows.contiguous()?;
         let needed = self.len + t;
-        let capacity = self.data.as_ref().map_or(0, |d| d.dim(0).unwrap_or(0));
+        let capacity = self.capacity();
         if needed > capacity {
-            let new_cap = needed.max(2 * capacity).max(16);
-            let grown = Tensor::zeros((new_cap, width), rows.dtype(), rows.device())?;
-            if let Some(old) = &self.data {
-                grown.slice_set(&old.narrow(0, 0, self.len)?.contiguous()?, 0, 0)?;
-            }
-            self.data = Some(grown);
+            // Within a reservation (see `Cache::reserve`) grow to it exactly; beyond it, double.
+            let new_cap = if self.reserved >= needed {
+                self.reserved
+            } else {
+                needed.max(2 * capacity).max(16)
+            };
+            self.grow(new_cap, width, &rows)?;
         }
         let data = self
             .data
@@ -42,16 +87,6 @@ impl RowBuffer {
         data.slice_set(&rows, 0, self.len)?;
         self.len = needed;
         Ok(data.narrow(0, 0, self.len)?)
-    }
-
-    /// Rows held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether no row is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     fn truncate(&mut self, len: usize) {
@@ -67,7 +102,7 @@ impl RowBuffer {
 
 /// What one layer caches.
 #[derive(Debug, Clone)]
-pub enum LayerCache {
+pub(crate) enum LayerCache {
     /// Keys and values, each `[tokens, kv_heads * head_dim]`.
     Kv {
         /// Rotated keys.
@@ -84,7 +119,10 @@ pub enum LayerCache {
     },
 }
 
-/// The attention state of one sequence.
+/// The attention state of one sequence: what a model has seen, per layer.
+///
+/// Made by [`Model::new_cache`](crate::Model::new_cache) and owned by the caller. `Clone` is a
+/// deep copy of the rows in use: the copy and the original then diverge independently (a fork).
 #[derive(Debug, Clone)]
 pub struct Cache {
     layers: Vec<LayerCache>,
@@ -94,7 +132,7 @@ pub struct Cache {
 
 impl Cache {
     /// An empty cache of `n_layers` layers, MLA (`latent`) or GQA, for at most `max_len` tokens.
-    pub fn new(n_layers: usize, latent: bool, max_len: usize) -> Self {
+    pub(crate) fn new(n_layers: usize, latent: bool, max_len: usize) -> Self {
         let layer = || {
             if latent {
                 LayerCache::Latent {
@@ -135,7 +173,21 @@ impl Cache {
         self.truncate(0);
     }
 
-    /// Drops every token from position `len` on (used to undo a failed step).
+    /// Keeps room for `tokens` tokens in all (capped at the context), so a long prompt does not
+    /// grow the buffers by doubling: the memory then held is what the tokens need.
+    pub fn reserve(&mut self, tokens: usize) {
+        let tokens = tokens.min(self.max_len);
+        for l in &mut self.layers {
+            let (a, b) = match l {
+                LayerCache::Kv { k, v } => (k, v),
+                LayerCache::Latent { ckv, k_rope } => (ckv, k_rope),
+            };
+            a.reserved = a.reserved.max(tokens);
+            b.reserved = b.reserved.max(tokens);
+        }
+    }
+
+    /// Drops every token from position `len` on (a session reusing a prefix, or an undone step).
     pub fn truncate(&mut self, len: usize) {
         for l in &mut self.layers {
             match l {
@@ -166,8 +218,8 @@ impl Cache {
     /// Checks that `n` more tokens fit.
     pub(crate) fn check_room(&self, n: usize) -> Result<()> {
         if self.len + n > self.max_len {
-            return Err(Error::InvalidArgument(format!(
-                "context full: {} cached + {n} new tokens exceed the model's {} positions",
+            return Err(Error::ContextFull(format!(
+                "{} cached + {n} new tokens exceed the model's {} positions",
                 self.len, self.max_len
             )));
         }

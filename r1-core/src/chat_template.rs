@@ -4,20 +4,25 @@
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
+use crate::trace::ToolCall;
 use serde_json::Value;
 
-/// One chat message. Serialized as the dict a Hugging Face template expects.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One chat message.
+///
+/// Serialized (for templates, and from JSON files of OpenAI-style messages) as the dict a
+/// Hugging Face template expects: `{"role", "content", "tool_calls": [{"type": "function",
+/// "function": {"name", "arguments"}}]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "WireMessage", into = "WireMessage")]
+#[non_exhaustive]
 pub struct Message {
     /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
     /// The text. For earlier assistant turns this may include `<think>…</think>` reasoning, which
     /// R1 templates drop.
     pub content: String,
-    /// Tool calls an assistant turn made, as OpenAI-style dicts
-    /// (`{"type": "function", "function": {"name", "arguments"}}`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tool_calls: Vec<Value>,
+    /// Tool calls an assistant turn made.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 impl Message {
@@ -43,6 +48,85 @@ impl Message {
     /// An assistant message.
     pub fn assistant(content: &str) -> Self {
         Self::new("assistant", content)
+    }
+
+    /// The message with `calls` as its tool calls.
+    pub fn with_tool_calls(mut self, calls: Vec<ToolCall>) -> Self {
+        self.tool_calls = calls;
+        self
+    }
+}
+
+/// The OpenAI/Hugging Face shape of a message.
+#[derive(Serialize, Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<WireToolCall>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireToolCall {
+    #[serde(rename = "type", default = "function_type")]
+    kind: String,
+    function: WireFunction,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireFunction {
+    name: String,
+    /// Templates differ: some print a string, some apply `tojson` to a dict. A dict is sent when
+    /// the text parses; `tojson` of it gives the JSON back, and DeepSeek's template takes both.
+    #[serde(default)]
+    arguments: Value,
+}
+
+fn function_type() -> String {
+    "function".into()
+}
+
+impl From<WireMessage> for Message {
+    fn from(w: WireMessage) -> Self {
+        let tool_calls = w
+            .tool_calls
+            .into_iter()
+            .map(|c| {
+                let args = match c.function.arguments {
+                    Value::String(s) => s,
+                    Value::Null => "{}".to_string(),
+                    other => other.to_string(),
+                };
+                ToolCall::new(&c.function.name, &args)
+            })
+            .collect();
+        Message {
+            role: w.role,
+            content: w.content.unwrap_or_default(),
+            tool_calls,
+        }
+    }
+}
+
+impl From<Message> for WireMessage {
+    fn from(m: Message) -> Self {
+        let tool_calls = m
+            .tool_calls
+            .into_iter()
+            .map(|c| WireToolCall {
+                kind: function_type(),
+                function: WireFunction {
+                    arguments: serde_json::from_str(&c.arguments).unwrap_or(Value::String(c.arguments)),
+                    name: c.name,
+                },
+            })
+            .collect();
+        WireMessage {
+            role: m.role,
+            content: Some(m.content),
+            tool_calls,
+        }
     }
 }
 
@@ -106,7 +190,7 @@ impl ChatTemplate {
 
     /// `tokenizer_config.json`'s `chat_template`: a string, or a list of `{name, template}` of
     /// which `default` is taken.
-    pub fn from_config_value(v: &Value) -> Result<Option<Self>> {
+    pub(crate) fn from_config_value(v: &Value) -> Result<Option<Self>> {
         match v {
             Value::String(s) => Self::new(s).map(Some),
             Value::Array(items) => {
@@ -122,7 +206,7 @@ impl ChatTemplate {
     }
 
     /// Sets the `bos_token` / `eos_token` strings the template sees.
-    pub fn with_special_tokens(mut self, bos: Option<String>, eos: Option<String>) -> Self {
+    pub(crate) fn with_special_tokens(mut self, bos: Option<String>, eos: Option<String>) -> Self {
         self.bos_token = bos.unwrap_or_default();
         self.eos_token = eos.unwrap_or_default();
         self
@@ -133,8 +217,18 @@ impl ChatTemplate {
         &self.source
     }
 
-    /// Renders `messages`; `tools` are JSON schemas passed as the template's `tools`.
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool, tools: Option<&[Value]>) -> Result<String> {
+    /// Renders `messages`; `tools` are JSON schemas (one JSON text each) passed as the
+    /// template's `tools` (none: the template sees no `tools`).
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool, tools: &[String]) -> Result<String> {
+        let tools: Vec<Value> = tools
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                serde_json::from_str(t)
+                    .map_err(|e| Error::InvalidArgument(format!("tool schema {i} is not valid JSON: {e}")))
+            })
+            .collect::<Result<_>>()?;
+        let tools = (!tools.is_empty()).then_some(tools);
         let env = environment();
         let template = env.template_from_str(&self.source).map_err(template_error)?;
         let ctx = minijinja::context! {
@@ -199,24 +293,21 @@ mod tests {
             Message::assistant("<think>\nadd them\n</think>\n\n4"),
             Message::user("3+3?"),
         ];
-        let s = r1().render(&msgs, true, None).unwrap();
+        let s = r1().render(&msgs, true, &[]).unwrap();
         assert_eq!(
             s,
             "<｜begin▁of▁sentence｜>Be brief.<｜User｜>2+2?<｜Assistant｜>\n\n4<｜end▁of▁sentence｜>\
              <｜User｜>3+3?<｜Assistant｜><think>\n"
         );
-        let no_prompt = r1().render(&msgs[..2], false, None).unwrap();
+        let no_prompt = r1().render(&msgs[..2], false, &[]).unwrap();
         assert_eq!(no_prompt, "<｜begin▁of▁sentence｜>Be brief.<｜User｜>2+2?");
     }
 
     #[test]
     fn r1_template_renders_tool_calls() {
-        let mut call = Message::assistant("");
-        call.tool_calls = vec![serde_json::json!({
-            "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}
-        })];
+        let call = Message::assistant("").with_tool_calls(vec![ToolCall::new("get_weather", "{\"city\":\"Paris\"}")]);
         let msgs = [Message::user("weather?"), call, Message::new("tool", "sunny")];
-        let s = r1().render(&msgs, true, None).unwrap();
+        let s = r1().render(&msgs, true, &[]).unwrap();
         assert!(s.contains(
             "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Paris\"}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>"
         ), "{s}");
@@ -229,7 +320,7 @@ mod tests {
             "{% if messages[0].role != 'user' %}{{ raise_exception('first must be user') }}{% endif %}",
         )
         .unwrap();
-        let e = t.render(&[Message::system("x")], false, None).unwrap_err();
+        let e = t.render(&[Message::system("x")], false, &[]).unwrap_err();
         assert!(e.to_string().contains("first must be user"), "{e}");
         assert!(ChatTemplate::new("{% if %}").is_err());
     }
@@ -237,6 +328,6 @@ mod tests {
     #[test]
     fn python_methods_work() {
         let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}|{{ 'a,b'.split(',')[-1] }}").unwrap();
-        assert_eq!(t.render(&[Message::user("  hi ")], false, None).unwrap(), "HI|b");
+        assert_eq!(t.render(&[Message::user("  hi ")], false, &[]).unwrap(), "HI|b");
     }
 }

@@ -5,13 +5,13 @@
 //! option that r1 does not implement is an error naming it, never a silent approximation.
 
 use crate::error::{Error, Result};
-use crate::weights::gguf::{GgufFile, MetaValue};
-use candle_core::quantized::GgmlDType;
+use crate::metadata::{MetaValue, Metadata};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
 
 /// The model families r1 implements. Each maps to one file under `models/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Architecture {
     /// `LlamaForCausalLM` (Llama 2/3, R1-Distill-Llama, SmolLM2).
     Llama,
@@ -31,6 +31,16 @@ impl Architecture {
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::DeepseekV2 => "DeepseekV2ForCausalLM",
             Architecture::DeepseekV3 => "DeepseekV3ForCausalLM",
+        }
+    }
+
+    /// A short snake_case name: `llama`, `qwen2`, `deepseek_v2`, `deepseek_v3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::DeepseekV2 => "deepseek_v2",
+            Architecture::DeepseekV3 => "deepseek_v3",
         }
     }
 
@@ -345,10 +355,7 @@ impl ModelConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::json(path, e))?;
         Self::from_json(&value, path)
     }
 
@@ -679,23 +686,23 @@ fn fp8_config(f: &Fields) -> Result<Option<Fp8Config>> {
 impl ModelConfig {
     /// The config of a GGUF file, from its `{arch}.*` metadata (llama.cpp's keys) and, where
     /// the metadata is silent, from which tensors exist.
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
-        let path = g.path();
+    pub fn from_metadata(g: &Metadata) -> Result<Self> {
+        let path = &g.path;
         let err = |msg: String| Error::Config {
             path: path.to_path_buf(),
             msg,
         };
         let arch_name = g
-            .meta("general.architecture")
+            .get("general.architecture")
             .and_then(MetaValue::as_str)
             .unwrap_or("")
             .to_string();
         let key = |k: &str| format!("{arch_name}.{k}");
-        let get = |k: &str| g.meta(&key(k));
+        let get = |k: &str| g.get(&key(k));
         let usize_opt = |k: &str| get(k).and_then(MetaValue::as_u64).map(|v| v as usize);
         let usize_req = |k: &str| usize_opt(k).ok_or_else(|| err(format!("missing metadata `{}`", key(k))));
         let f64_or = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
-        let has = |t: &str| g.tensors.contains_key(t);
+        let has = |t: &str| g.has_tensor(t);
         let sigmoid = usize_opt("expert_gating_func") == Some(2);
         let arch = match arch_name.as_str() {
             "llama" => Architecture::Llama,
@@ -714,7 +721,7 @@ impl ModelConfig {
         let vocab_size = match usize_opt("vocab_size") {
             Some(v) => v,
             None => g
-                .meta("tokenizer.ggml.tokens")
+                .get("tokenizer.ggml.tokens")
                 .and_then(MetaValue::as_array)
                 .map(<[MetaValue]>::len)
                 .ok_or_else(|| err("no vocabulary size".into()))?,
@@ -786,7 +793,7 @@ impl ModelConfig {
             None
         };
         let tok_id = |k: &str| {
-            g.meta(&format!("tokenizer.ggml.{k}"))
+            g.get(&format!("tokenizer.ggml.{k}"))
                 .and_then(MetaValue::as_u64)
                 .map(|v| v as u32)
         };
@@ -812,8 +819,8 @@ impl ModelConfig {
 
 /// Rope from GGUF metadata. GGUF `llama` files store q/k rows permuted so that llama.cpp rotates
 /// interleaved pairs; rotating the same pairs here is the Hugging Face model's rotation.
-fn gguf_rope(g: &GgufFile, arch_name: &str, arch: Architecture) -> Result<RopeConfig> {
-    let get = |k: &str| g.meta(&format!("{arch_name}.{k}"));
+fn gguf_rope(g: &Metadata, arch_name: &str, arch: Architecture) -> Result<RopeConfig> {
+    let get = |k: &str| g.get(&format!("{arch_name}.{k}"));
     let f = |k: &str, d: f64| get(k).and_then(MetaValue::as_f64).unwrap_or(d);
     let factor = f("rope.scaling.factor", 1.0);
     let scaling = match get("rope.scaling.type").and_then(MetaValue::as_str).unwrap_or("none") {
@@ -835,26 +842,13 @@ fn gguf_rope(g: &GgufFile, arch_name: &str, arch: Architecture) -> Result<RopeCo
         other => {
             return Err(Error::Unsupported(format!(
                 "{}: rope scaling type `{other}`",
-                g.path().display()
+                g.path.display()
             )))
         }
     };
-    let scaling = match g.tensors.get("rope_freqs.weight") {
-        Some(info) if info.dtype == GgmlDType::F32 => {
-            let factors = g
-                .bytes(info)
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-                .collect();
-            RopeScaling::Factors(factors)
-        }
-        Some(info) => {
-            return Err(Error::Unsupported(format!(
-                "{}: rope_freqs.weight of type {:?}",
-                g.path().display(),
-                info.dtype
-            )))
-        }
+    let scaling = match &g.rope_freqs {
+        Some(Ok(factors)) => RopeScaling::Factors(factors.clone()),
+        Some(Err(msg)) => return Err(Error::Unsupported(format!("{}: {msg}", g.path.display()))),
         None => scaling,
     };
     Ok(RopeConfig {

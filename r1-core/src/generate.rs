@@ -1,14 +1,13 @@
 //! Text in, a streamed reasoning trace and answer out.
 //!
-//! An [`Engine`] is a loaded model and its tokenizer; it is immutable, `Send + Sync`, and serves
-//! any number of generations at once. [`Engine::generate`] returns a [`Generation`]: an iterator
-//! of [`Event`]s, each a token's text delta on its [`Channel`], the last one carrying the
-//! [`Finish`] (why it stopped, and the [`Usage`]). All state (cache, sampler, parsers) lives in
-//! the `Generation`.
+//! [`Engine::generate`](crate::Engine::generate) and [`Session::generate`](crate::Session::generate)
+//! return a [`Generation`]: an iterator of [`Event`]s, each a token's text delta on its
+//! [`Channel`], the last one carrying the [`Finish`] (why it stopped, and the [`Usage`]). The
+//! generation owns everything it needs (cache, sampler, parsers, a handle to the engine), so it
+//! is `Send + 'static`: move it into a thread, an iterator of a binding, a C handle.
 //!
 //! ```no_run
-//! use r1_core::generate::{Engine, GenerateParams, Prompt};
-//! use r1_core::chat_template::Message;
+//! use r1_core::{Engine, GenerateParams, Message, Prompt};
 //! # fn main() -> r1_core::Result<()> {
 //! let engine = Engine::load("DeepSeek-R1-Distill-Qwen-1.5B", &Default::default())?;
 //! let prompt = Prompt::Chat(vec![Message::user("What is 7 * 6?")]);
@@ -24,35 +23,42 @@
 
 use crate::cache::Cache;
 use crate::chat_template::Message;
-use crate::error::{Error, Result};
-use crate::model::{LoadOptions, Model};
-use crate::sampling::{Sampler, SamplingParams};
-use crate::tokenizer::{Detokenizer, Tokenizer};
+use crate::engine::Engine;
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::Output;
+use crate::sampling::{Sampler, SamplingParams, TokenLogprobs, MAX_TOP_LOGPROBS};
+use crate::session::Home;
+use crate::stop::StopMatcher;
+use crate::tokenizer::Detokenizer;
 use crate::trace::{Channel, Trace, TraceParser};
-use crate::weights::gguf::GgufFile;
-use serde_json::Value;
-use std::path::Path;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What to generate from.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Prompt {
     /// Messages rendered with the model's chat template (generation prompt added).
     Chat(Vec<Message>),
-    /// Messages and tool schemas (the template's `tools`).
-    ChatWithTools(Vec<Message>, Vec<Value>),
+    /// Messages and tool schemas (each a JSON text), the template's `tools`.
+    ChatWithTools(Vec<Message>, Vec<String>),
     /// Text tokenized as is; BOS is added where the tokenizer's metadata says so.
     Raw(String),
     /// Token ids, used as given.
     Tokens(Vec<u32>),
 }
 
-/// Settings of one generation.
+/// The text DeepSeek-R1 writes to close its reasoning, forced by a thinking budget.
+const THINK_CLOSE: &str = "</think>\n\n";
+
+/// Settings of one generation. Start from `GenerateParams::default()` (DeepSeek-R1's sampling
+/// preset) and change what you need, directly or with the `with_*` methods.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateParams {
-    /// Most tokens to generate.
+    /// Most tokens to generate (default 2048).
     pub max_tokens: usize,
     /// The sampling chain's settings (default: DeepSeek-R1's recommendation).
     pub sampling: SamplingParams,
@@ -65,6 +71,12 @@ pub struct GenerateParams {
     pub starts_in_reasoning: Option<bool>,
     /// A handle to stop the generation from another thread.
     pub cancel: Option<CancelHandle>,
+    /// Log-probabilities to report per token: `None` for none, `Some(k)` for the chosen
+    /// token's and the `k` (0 to 20) most likely tokens'.
+    pub top_logprobs: Option<usize>,
+    /// A thinking budget: when the reasoning reaches this many tokens, the engine writes
+    /// `</think>` and a blank line itself and the model goes on with the answer.
+    pub max_reasoning_tokens: Option<usize>,
 }
 
 impl Default for GenerateParams {
@@ -76,12 +88,73 @@ impl Default for GenerateParams {
             stop_token_ids: vec![],
             starts_in_reasoning: None,
             cancel: None,
+            top_logprobs: None,
+            max_reasoning_tokens: None,
         }
     }
 }
 
-/// Stops a generation from any thread; the generation ends at its next token with
-/// [`FinishReason::Cancelled`].
+impl GenerateParams {
+    /// Greedy decoding of at most `max_tokens` tokens.
+    pub fn greedy(max_tokens: usize) -> Self {
+        GenerateParams {
+            max_tokens,
+            sampling: SamplingParams::greedy(),
+            ..Default::default()
+        }
+    }
+
+    /// Sets [`GenerateParams::max_tokens`].
+    pub fn with_max_tokens(mut self, n: usize) -> Self {
+        self.max_tokens = n;
+        self
+    }
+
+    /// Sets [`GenerateParams::sampling`].
+    pub fn with_sampling(mut self, sampling: SamplingParams) -> Self {
+        self.sampling = sampling;
+        self
+    }
+
+    /// Sets [`GenerateParams::stop`].
+    pub fn with_stop(mut self, stop: Vec<String>) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Sets [`GenerateParams::stop_token_ids`].
+    pub fn with_stop_token_ids(mut self, ids: Vec<u32>) -> Self {
+        self.stop_token_ids = ids;
+        self
+    }
+
+    /// Sets [`GenerateParams::starts_in_reasoning`].
+    pub fn with_starts_in_reasoning(mut self, starts: bool) -> Self {
+        self.starts_in_reasoning = Some(starts);
+        self
+    }
+
+    /// Sets [`GenerateParams::cancel`].
+    pub fn with_cancel(mut self, cancel: CancelHandle) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    /// Sets [`GenerateParams::top_logprobs`].
+    pub fn with_top_logprobs(mut self, k: usize) -> Self {
+        self.top_logprobs = Some(k);
+        self
+    }
+
+    /// Sets [`GenerateParams::max_reasoning_tokens`].
+    pub fn with_max_reasoning_tokens(mut self, n: usize) -> Self {
+        self.max_reasoning_tokens = Some(n);
+        self
+    }
+}
+
+/// Stops a generation from any thread; the generation ends at its next token, or between two
+/// prefill chunks, with [`FinishReason::Cancelled`].
 #[derive(Debug, Clone, Default)]
 pub struct CancelHandle(Arc<AtomicBool>);
 
@@ -96,14 +169,20 @@ impl CancelHandle {
         self.0.store(true, Ordering::Relaxed);
     }
 
-    /// Whether [`CancelHandle::cancel`] was called.
+    /// Whether [`CancelHandle::cancel`] was called (since the last reset).
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// Clears a cancellation (a session does so as each generation starts).
+    pub(crate) fn reset(&self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 
 /// Why a generation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FinishReason {
     /// The model produced an end token.
     EndToken,
@@ -115,18 +194,41 @@ pub enum FinishReason {
     Cancelled,
     /// The model's context is full.
     ContextFull,
+    /// The thinking budget was reached and the limits (`max_tokens`, context) left no room to
+    /// close the reasoning.
+    ReasoningBudget,
+}
+
+impl FinishReason {
+    /// A snake_case name: `end_token`, `stop_sequence`, `max_tokens`, `cancelled`,
+    /// `context_full`, `reasoning_budget`.
+    pub fn name(self) -> &'static str {
+        match self {
+            FinishReason::EndToken => "end_token",
+            FinishReason::StopSequence => "stop_sequence",
+            FinishReason::MaxTokens => "max_tokens",
+            FinishReason::Cancelled => "cancelled",
+            FinishReason::ContextFull => "context_full",
+            FinishReason::ReasoningBudget => "reasoning_budget",
+        }
+    }
 }
 
 /// Token counts and speeds of a generation.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[non_exhaustive]
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: usize,
+    /// Prompt tokens found in the session's cache (not run again).
+    pub cached_prompt_tokens: usize,
     /// Generated tokens inside the reasoning (including the closing `</think>`).
     pub reasoning_tokens: usize,
     /// Generated tokens of the answer.
     pub answer_tokens: usize,
-    /// Prompt tokens per second of the prefill.
+    /// Whether the thinking budget closed the reasoning.
+    pub reasoning_budget_hit: bool,
+    /// Prompt tokens run per second of the prefill.
     pub prefill_tokens_per_s: f64,
     /// Generated tokens per second after the first.
     pub decode_tokens_per_s: f64,
@@ -134,6 +236,7 @@ pub struct Usage {
 
 /// The end of a generation.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Finish {
     /// Why it ended.
     pub reason: FinishReason,
@@ -143,157 +246,175 @@ pub struct Finish {
 
 /// One piece of streamed output.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Event {
-    /// The token this text came with; `None` on the final event.
+    /// The token this text came with; `None` on the final events.
     pub token: Option<u32>,
     /// Text released by this token (may be empty while a character, tag or possible stop
     /// sequence is incomplete).
     pub text: String,
     /// Where the text belongs.
     pub channel: Channel,
+    /// The token's log-probabilities, when asked for ([`GenerateParams::top_logprobs`]); on
+    /// the first event of each token only.
+    pub logprobs: Option<TokenLogprobs>,
     /// Set on the last event only.
     pub finish: Option<Finish>,
 }
 
-/// A loaded model with its tokenizer: what an application talks to.
-#[derive(Debug, Clone)]
-pub struct Engine {
-    model: Model,
-    tokenizer: Tokenizer,
+/// What a generation checked before it takes a cache: everything that can fail up front.
+pub(crate) struct Prepared {
+    sampler: Sampler,
+    starts_in_reasoning: bool,
+    end_tokens: Vec<u32>,
+    think_close: Vec<u32>,
 }
 
-impl Engine {
-    /// Loads a checkpoint folder (the model, `tokenizer.json` and its configs) or a GGUF file
-    /// (the tokenizer from its metadata).
-    pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Engine> {
-        let path = path.as_ref();
-        let model = Model::load(path, options)?;
-        let tokenizer = if path.is_file() {
-            Tokenizer::from_gguf(&GgufFile::open(path)?)?
-        } else {
-            Tokenizer::from_dir(path, &model.config().eos_token_ids)?
-        };
-        Engine::new(model, tokenizer)
-    }
-
-    /// An engine from parts.
-    pub fn new(model: Model, tokenizer: Tokenizer) -> Result<Engine> {
-        let vocab = model.config().vocab_size;
-        if let Some(&bad) = tokenizer.eos().iter().find(|&&e| e as usize >= vocab) {
-            return Err(Error::InvalidArgument(format!(
-                "end token {bad} is outside the model's vocabulary of {vocab}"
-            )));
-        }
-        Ok(Engine { model, tokenizer })
-    }
-
-    /// The model.
-    pub fn model(&self) -> &Model {
-        &self.model
-    }
-
-    /// The tokenizer.
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
-
-    /// The text a prompt becomes before tokenization (`None` for token prompts).
-    pub fn prompt_text(&self, prompt: &Prompt) -> Result<Option<String>> {
-        let template = || {
-            self.tokenizer
-                .chat_template()
-                .ok_or_else(|| Error::InvalidArgument("the model has no chat template".into()))
-        };
-        Ok(match prompt {
-            Prompt::Chat(m) => Some(template()?.render(m, true, None)?),
-            Prompt::ChatWithTools(m, tools) => Some(template()?.render(m, true, Some(tools))?),
-            Prompt::Raw(t) => Some(t.clone()),
-            Prompt::Tokens(_) => None,
-        })
-    }
-
-    /// The token ids of a prompt.
-    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>> {
-        match (prompt, self.prompt_text(prompt)?) {
-            (Prompt::Tokens(ids), _) => Ok(ids.clone()),
-            // The template writes the special tokens itself (BOS included).
-            (Prompt::Raw(_), Some(text)) => self.tokenizer.encode(&text, true),
-            (_, Some(text)) => self.tokenizer.encode(&text, false),
-            (_, None) => Ok(vec![]),
-        }
-    }
-
-    /// Starts a generation. Nothing runs until the iterator is first advanced.
-    pub fn generate(&self, prompt: &Prompt, params: &GenerateParams) -> Result<Generation<'_>> {
-        let ids = self.prompt_ids(prompt)?;
-        if ids.is_empty() {
-            return Err(Error::InvalidArgument("the prompt is empty".into()));
-        }
-        let max = self.model.config().max_position_embeddings;
-        if ids.len() >= max {
-            return Err(Error::InvalidArgument(format!(
-                "the prompt has {} tokens but the model's context is {max}: nothing could be generated",
-                ids.len()
-            )));
-        }
-        let starts_in_reasoning = match params.starts_in_reasoning {
-            Some(s) => s,
-            None => {
-                let text = self.tokenizer.decode(&ids[ids.len().saturating_sub(4)..], false)?;
-                text.trim_end_matches('\n').ends_with("<think>")
-            }
-        };
-        let mut end_tokens = self.tokenizer.eos().to_vec();
-        end_tokens.extend(&params.stop_token_ids);
-        Ok(Generation {
-            engine: self,
-            cache: self.model.new_cache(),
-            sampler: Sampler::from_params(&params.sampling)?,
-            detok: Detokenizer::new(),
-            parser: Some(TraceParser::new(starts_in_reasoning)),
-            stops: StopMatcher::new(&params.stop),
-            end_tokens,
-            max_tokens: params.max_tokens,
-            cancel: params.cancel.clone(),
-            history: ids.clone(),
-            prompt_len: ids.len(),
-            pending_token: None,
-            queue: std::collections::VecDeque::new(),
-            usage: Usage {
-                prompt_tokens: ids.len(),
-                ..Usage::default()
-            },
-            decode_time: Duration::ZERO,
-            trace: None,
-            done: false,
-        })
-    }
-}
-
-/// A running generation: an iterator of [`Event`]s.
-pub struct Generation<'e> {
-    engine: &'e Engine,
+/// A running generation: an iterator of [`Event`]s. After an error it yields that error once and
+/// ends; what was generated until then stays readable.
+pub struct Generation {
+    engine: Engine,
     cache: Cache,
+    /// The session to give the cache back to when the generation is dropped.
+    home: Option<Home>,
     sampler: Sampler,
     detok: Detokenizer,
     parser: Option<TraceParser>,
     stops: StopMatcher,
     end_tokens: Vec<u32>,
     max_tokens: usize,
-    cancel: Option<CancelHandle>,
+    cancels: Vec<CancelHandle>,
     /// Prompt and generated ids (what the penalties see).
     history: Vec<u32>,
     prompt_len: usize,
-    /// The last sampled token, not yet run through the model.
+    /// The last chosen token, not yet run through the model.
     pending_token: Option<u32>,
-    queue: std::collections::VecDeque<Event>,
+    /// Tokens the engine writes itself (the thinking budget's `</think>`), before sampling.
+    forced: VecDeque<u32>,
+    think_close: Vec<u32>,
+    max_reasoning_tokens: Option<usize>,
+    top_logprobs: Option<usize>,
+    logprobs: Vec<TokenLogprobs>,
+    queue: VecDeque<Event>,
+    text: String,
     usage: Usage,
     decode_time: Duration,
     trace: Option<Trace>,
+    error: Option<ErrorCode>,
     done: bool,
 }
 
-impl Generation<'_> {
+impl Generation {
+    /// Checks the prompt and the parameters against the engine.
+    pub(crate) fn prepare(engine: &Engine, ids: &[u32], params: &GenerateParams) -> Result<Prepared> {
+        if ids.is_empty() {
+            return Err(Error::InvalidArgument("the prompt is empty".into()));
+        }
+        let max = engine.model().context_length();
+        if ids.len() >= max {
+            return Err(Error::ContextFull(format!(
+                "the prompt has {} tokens but the model's context is {max}: nothing could be generated",
+                ids.len()
+            )));
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= engine.model().vocab_size()) {
+            return Err(Error::InvalidArgument(format!(
+                "prompt token id {bad} is outside the vocabulary of {}",
+                engine.model().vocab_size()
+            )));
+        }
+        if let Some(k) = params.top_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return Err(Error::InvalidArgument(format!(
+                "top_logprobs {k}: at most {MAX_TOP_LOGPROBS}"
+            )));
+        }
+        let tokenizer = engine.tokenizer();
+        let starts_in_reasoning = match params.starts_in_reasoning {
+            Some(s) => s,
+            None => {
+                let text = tokenizer.decode(&ids[ids.len().saturating_sub(4)..], false)?;
+                text.trim_end_matches('\n').ends_with("<think>")
+            }
+        };
+        let think_close = match params.max_reasoning_tokens {
+            Some(_) => tokenizer.encode(THINK_CLOSE, false)?,
+            None => vec![],
+        };
+        let mut end_tokens = tokenizer.eos().to_vec();
+        end_tokens.extend(&params.stop_token_ids);
+        Ok(Prepared {
+            sampler: Sampler::from_params(&params.sampling)?,
+            starts_in_reasoning,
+            end_tokens,
+            think_close,
+        })
+    }
+
+    /// Starts a generation of `ids` whose first `cache.len()` tokens `cache` already holds.
+    pub(crate) fn begin(
+        engine: Engine,
+        prepared: Prepared,
+        ids: Vec<u32>,
+        params: &GenerateParams,
+        mut cache: Cache,
+        home: Option<Home>,
+        session_cancel: Option<CancelHandle>,
+    ) -> Generation {
+        cache.reserve(ids.len() + params.max_tokens);
+        let cached = cache.len();
+        let mut cancels: Vec<CancelHandle> = params.cancel.iter().cloned().collect();
+        cancels.extend(session_cancel);
+        Generation {
+            engine,
+            cache,
+            home,
+            sampler: prepared.sampler,
+            detok: Detokenizer::new(),
+            parser: Some(TraceParser::new(prepared.starts_in_reasoning)),
+            stops: StopMatcher::new(&params.stop),
+            end_tokens: prepared.end_tokens,
+            max_tokens: params.max_tokens,
+            cancels,
+            prompt_len: ids.len(),
+            history: ids,
+            pending_token: None,
+            forced: VecDeque::new(),
+            think_close: prepared.think_close,
+            max_reasoning_tokens: params.max_reasoning_tokens,
+            top_logprobs: params.top_logprobs,
+            logprobs: vec![],
+            queue: VecDeque::new(),
+            text: String::new(),
+            usage: Usage {
+                prompt_tokens: 0,
+                cached_prompt_tokens: cached,
+                ..Usage::default()
+            },
+            decode_time: Duration::ZERO,
+            trace: None,
+            error: None,
+            done: false,
+        }
+        .with_prompt_tokens()
+    }
+
+    /// A one-shot generation on a fresh cache (or a session's, through `home`).
+    pub(crate) fn start(
+        engine: Engine,
+        ids: Vec<u32>,
+        params: &GenerateParams,
+        cache: Cache,
+        home: Option<Home>,
+    ) -> Result<Generation> {
+        let prepared = Self::prepare(&engine, &ids, params)?;
+        Ok(Self::begin(engine, prepared, ids, params, cache, home, None))
+    }
+
+    fn with_prompt_tokens(mut self) -> Self {
+        self.usage.prompt_tokens = self.prompt_len;
+        self
+    }
+
     /// Generated token ids so far.
     pub fn generated_ids(&self) -> &[u32] {
         &self.history[self.prompt_len..]
@@ -304,66 +425,136 @@ impl Generation<'_> {
         &self.history[..self.prompt_len]
     }
 
-    /// The parsed trace (reasoning, answer, steps, final answer, tool calls), once finished.
+    /// Every event's text so far, concatenated (reasoning and answer, tags removed).
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// The log-probabilities of each generated token so far, when asked for.
+    pub fn logprobs(&self) -> &[TokenLogprobs] {
+        &self.logprobs
+    }
+
+    /// The counts so far (final once the generation finished).
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The parsed trace (reasoning, answer, steps, final answer, tool calls): once finished, or
+    /// after an error (the trace of what was generated until then).
     pub fn trace(&self) -> Option<&Trace> {
         self.trace.as_ref()
     }
 
-    /// Runs the model for the next logits: the whole prompt first, then the pending token.
-    fn next_logits(&mut self) -> Result<Vec<f32>> {
-        let model = &self.engine.model;
+    /// The code of the error the generation ended with, if it ended with one.
+    pub fn error(&self) -> Option<ErrorCode> {
+        self.error
+    }
+
+    /// Whether the generation has ended (finished or failed).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancels.iter().any(CancelHandle::is_cancelled)
+    }
+
+    /// Runs the model for the next logits: the uncached part of the prompt first (in chunks,
+    /// checking for cancellation between them), then the pending token. `None`: cancelled.
+    fn next_logits(&mut self) -> Result<Option<Vec<f32>>> {
+        let model = self.engine.model().clone();
         let logits = match self.pending_token.take() {
             None => {
                 let t = Instant::now();
-                let l = model.forward_last(&self.history, &mut self.cache)?;
-                self.usage.prefill_tokens_per_s = self.prompt_len as f64 / t.elapsed().as_secs_f64().max(1e-9);
-                l
+                let start = self.cache.len();
+                let cancels = self.cancels.clone();
+                let stop = move || cancels.iter().any(CancelHandle::is_cancelled);
+                let run = model.run_chunked(&self.history[start..], &mut self.cache, None, Output::Last, &stop);
+                let logits = match run {
+                    Err(e) if e.code() == ErrorCode::Cancelled => return Ok(None),
+                    other => other?,
+                };
+                let ran = self.prompt_len - start;
+                self.usage.prefill_tokens_per_s = ran as f64 / t.elapsed().as_secs_f64().max(1e-9);
+                logits
             }
             Some(tok) => {
                 let t = Instant::now();
                 let l = model.forward_last(&[tok], &mut self.cache)?;
                 self.decode_time += t.elapsed();
-                l
+                Some(l)
             }
         };
-        Ok(logits.to_vec1()?)
+        let logits = logits.ok_or_else(|| Error::Internal("the model returned no logits".into()))?;
+        Ok(Some(logits.into_vec()))
     }
 
-    /// One token: sample, decode, split; queues its events. Returns the finish reason if any.
+    /// Whether the thinking budget says to close the reasoning now.
+    fn budget_reached(&self, channel: Channel) -> bool {
+        channel == Channel::Reasoning
+            && !self.usage.reasoning_budget_hit
+            && self
+                .max_reasoning_tokens
+                .is_some_and(|b| self.usage.reasoning_tokens >= b)
+    }
+
+    /// One token: choose, decode, split; queues its events. Returns the finish reason if any.
     fn step(&mut self) -> Result<Option<FinishReason>> {
-        if self.cancel.as_ref().is_some_and(CancelHandle::is_cancelled) {
+        let forcing = !self.forced.is_empty();
+        if self.cancelled() {
             return Ok(Some(FinishReason::Cancelled));
         }
         if self.generated_ids().len() >= self.max_tokens {
-            return Ok(Some(FinishReason::MaxTokens));
+            return Ok(Some(if forcing {
+                FinishReason::ReasoningBudget
+            } else {
+                FinishReason::MaxTokens
+            }));
         }
         if self.pending_token.is_some() && self.cache.len() >= self.cache.max_len() {
-            return Ok(Some(FinishReason::ContextFull));
+            return Ok(Some(if forcing {
+                FinishReason::ReasoningBudget
+            } else {
+                FinishReason::ContextFull
+            }));
         }
-        let logits = self.next_logits()?;
-        let token = self.sampler.sample(&logits, &self.history)?;
-        self.history.push(token);
-        let parser = self
+        let Some(logits) = self.next_logits()? else {
+            return Ok(Some(FinishReason::Cancelled));
+        };
+        let channel_before = self
             .parser
-            .as_mut()
-            .ok_or_else(|| Error::InvalidArgument("generation already finished".into()))?;
-        let channel_before = parser.channel();
-        if self.end_tokens.contains(&token) {
-            self.count(channel_before);
-            self.queue.push_back(Event {
-                token: Some(token),
-                text: String::new(),
-                channel: channel_before,
-                finish: None,
-            });
+            .as_ref()
+            .map(TraceParser::channel)
+            .ok_or_else(|| Error::Internal("generation already finished".into()))?;
+        if self.budget_reached(channel_before) {
+            self.usage.reasoning_budget_hit = true;
+            self.forced = self.think_close.iter().copied().collect();
+        }
+        let (token, forced) = match self.forced.pop_front() {
+            Some(t) => (t, true),
+            None => (self.sampler.sample(&logits, &self.history)?, false),
+        };
+        let logprobs = self
+            .top_logprobs
+            .map(|k| TokenLogprobs::from_logits(&logits, token, k));
+        if let Some(lp) = &logprobs {
+            self.logprobs.push(lp.clone());
+        }
+        self.history.push(token);
+        self.count(channel_before);
+        if !forced && self.end_tokens.contains(&token) {
+            self.push_event(Some(token), String::new(), channel_before, logprobs);
             return Ok(Some(FinishReason::EndToken));
         }
         self.pending_token = Some(token);
-        let delta = self.detok.push(&self.engine.tokenizer, token)?;
+        let delta = self.detok.push(self.engine.tokenizer(), token)?;
         let (released, stopped) = self.stops.push(&delta);
-        let segments = parser.push(&released);
-        self.count(channel_before);
-        self.queue_segments(token, segments, channel_before);
+        let segments = match self.parser.as_mut() {
+            Some(p) => p.push(&released),
+            None => vec![],
+        };
+        self.queue_segments(token, segments, channel_before, logprobs);
         Ok(stopped.then_some(FinishReason::StopSequence))
     }
 
@@ -374,22 +565,29 @@ impl Generation<'_> {
         }
     }
 
-    fn queue_segments(&mut self, token: u32, segments: Vec<(Channel, String)>, fallback: Channel) {
+    fn push_event(&mut self, token: Option<u32>, text: String, channel: Channel, logprobs: Option<TokenLogprobs>) {
+        self.text.push_str(&text);
+        self.queue.push_back(Event {
+            token,
+            text,
+            channel,
+            logprobs,
+            finish: None,
+        });
+    }
+
+    fn queue_segments(
+        &mut self,
+        token: u32,
+        segments: Vec<(Channel, String)>,
+        fallback: Channel,
+        mut logprobs: Option<TokenLogprobs>,
+    ) {
         if segments.is_empty() {
-            self.queue.push_back(Event {
-                token: Some(token),
-                text: String::new(),
-                channel: fallback,
-                finish: None,
-            });
+            self.push_event(Some(token), String::new(), fallback, logprobs.take());
         }
         for (channel, text) in segments {
-            self.queue.push_back(Event {
-                token: Some(token),
-                text,
-                channel,
-                finish: None,
-            });
+            self.push_event(Some(token), text, channel, logprobs.take());
         }
     }
 
@@ -397,7 +595,7 @@ impl Generation<'_> {
     fn finish(&mut self, reason: FinishReason) -> Result<()> {
         let mut tail = String::new();
         if reason != FinishReason::StopSequence {
-            let rest = self.detok.finish(&self.engine.tokenizer)?;
+            let rest = self.detok.finish(self.engine.tokenizer())?;
             tail = self.stops.flush(&rest);
         }
         let Some(mut parser) = self.parser.take() else {
@@ -412,12 +610,7 @@ impl Generation<'_> {
         }
         let channel = segments.last().map_or(parser_channel(&trace), |s| s.0);
         for (ch, text) in segments {
-            self.queue.push_back(Event {
-                token: None,
-                text,
-                channel: ch,
-                finish: None,
-            });
+            self.push_event(None, text, ch, None);
         }
         let finish = Finish {
             reason,
@@ -427,14 +620,24 @@ impl Generation<'_> {
             token: None,
             text: String::new(),
             channel,
+            logprobs: None,
             finish: Some(finish),
         });
         self.trace = Some(trace);
         Ok(())
     }
+
+    /// Ends the generation on an error: the trace of what was generated stays readable.
+    fn fail(&mut self, e: &Error) {
+        self.done = true;
+        self.error = Some(e.code());
+        if let Some(parser) = self.parser.take() {
+            self.trace = Some(parser.finish().1);
+        }
+    }
 }
 
-impl Iterator for Generation<'_> {
+impl Iterator for Generation {
     type Item = Result<Event>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -447,11 +650,21 @@ impl Iterator for Generation<'_> {
                 None => Ok(()),
             });
             if let Err(e) = outcome {
-                self.done = true;
+                self.fail(&e);
                 return Some(Err(e));
             }
         }
         self.queue.pop_front().map(Ok)
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.take() {
+            let cache = std::mem::replace(&mut self.cache, Cache::new(0, false, 0));
+            let ids = self.history[..cache.len()].to_vec();
+            home.give_back(cache, ids, self.generated_ids().to_vec(), self.trace.take());
+        }
     }
 }
 
@@ -464,82 +677,19 @@ fn parser_channel(trace: &Trace) -> Channel {
     }
 }
 
-/// Holds back text that may be the start of a stop sequence, so a stop split across tokens is
-/// caught and never emitted.
-#[derive(Debug, Clone)]
-struct StopMatcher {
-    stops: Vec<String>,
-    held: String,
-}
-
-impl StopMatcher {
-    fn new(stops: &[String]) -> Self {
-        StopMatcher {
-            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
-            held: String::new(),
-        }
-    }
-
-    /// Adds text; returns what can be emitted and whether a stop sequence was reached (text
-    /// before it is emitted, the rest dropped).
-    fn push(&mut self, text: &str) -> (String, bool) {
-        self.held.push_str(text);
-        let first_stop = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
-        if let Some(i) = first_stop {
-            let out = self.held[..i].to_string();
-            self.held.clear();
-            return (out, true);
-        }
-        let keep = self
-            .stops
-            .iter()
-            .map(|s| longest_prefix_suffix(&self.held, s))
-            .max()
-            .unwrap_or(0);
-        let out: String = self.held.drain(..self.held.len() - keep).collect();
-        (out, false)
-    }
-
-    /// Releases everything held (the stream ended without completing a stop sequence).
-    fn flush(&mut self, text: &str) -> String {
-        let (mut out, stopped) = self.push(text);
-        if !stopped {
-            out.push_str(&std::mem::take(&mut self.held));
-        }
-        out
-    }
-}
-
-/// Length of the longest proper prefix of `stop` that `text` ends with, on a char boundary.
-fn longest_prefix_suffix(text: &str, stop: &str) -> usize {
-    (1..stop.len())
-        .rev()
-        .filter(|&n| stop.is_char_boundary(n))
-        .find(|&n| text.ends_with(&stop[..n]))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The handles an application moves across threads are thread-safe and own their data.
     #[test]
-    fn stop_sequence_across_pieces() {
-        let mut m = StopMatcher::new(&["</answer>".to_string(), "STOP".to_string()]);
-        assert_eq!(m.push("The value is 4</"), ("The value is 4".to_string(), false));
-        assert_eq!(m.push("ans"), (String::new(), false));
-        assert_eq!(m.push("wer> more"), (String::new(), true));
-        let mut m = StopMatcher::new(&["STOP".to_string()]);
-        assert_eq!(m.push("ST"), (String::new(), false));
-        assert_eq!(m.push("AY"), ("STAY".to_string(), false));
-        assert_eq!(m.flush("ST"), "ST");
-    }
-
-    #[test]
-    fn stop_prefix_respects_char_boundaries() {
-        let mut m = StopMatcher::new(&["é!".to_string()]);
-        assert_eq!(m.push("caf"), ("caf".to_string(), false));
-        assert_eq!(m.push("é"), (String::new(), false));
-        assert_eq!(m.push("é!"), ("é".to_string(), true));
+    fn owned_shareable_types() {
+        fn send_sync_static<T: Send + Sync + 'static>() {}
+        fn send_static<T: Send + 'static>() {}
+        send_sync_static::<Engine>();
+        send_sync_static::<crate::Model>();
+        send_static::<Generation>();
+        send_static::<crate::Session>();
+        send_static::<Cache>();
     }
 }

@@ -1,44 +1,111 @@
 //! # r1-core
 //!
-//! Embeddable inference for DeepSeek-R1-family reasoning models: Hugging Face checkpoints of
-//! Llama, Qwen2 (the R1 distills), DeepSeek-V2 and DeepSeek-V3/R1, loaded through mmap and run
-//! with a caller-owned cache.
+//! Embeddable inference for DeepSeek-R1-family reasoning models: Hugging Face checkpoints and
+//! GGUF files of Llama, Qwen2 (the R1 distills), DeepSeek-V2 and DeepSeek-V3/R1, loaded through
+//! mmap, streamed with the reasoning split from the answer.
 //!
 //! ```no_run
-//! use r1_core::{LoadOptions, Model};
+//! use r1_core::{Engine, GenerateParams, LoadOptions, Message};
 //! # fn main() -> r1_core::Result<()> {
-//! let model = Model::load("path/to/checkpoint", &LoadOptions::default())?;
-//! let mut cache = model.new_cache();
-//! let logits = model.forward(&[0, 17, 42], &mut cache)?; // [3, vocab]
-//! let next = model.forward_last(&[7], &mut cache)?; // [vocab], position 3
-//! # let _ = (logits, next);
+//! let engine = Engine::load("model.gguf", &LoadOptions::default())?;
+//! let mut session = engine.session();
+//! let mut chat = vec![Message::user("What is 7 * 6?")];
+//! let mut reply = session.chat(&chat, &GenerateParams::default())?;
+//! for event in reply.by_ref() {
+//!     print!("{}", event?.text);
+//! }
+//! chat.push(Message::assistant(&reply.trace().map(|t| t.answer.clone()).unwrap_or_default()));
 //! # Ok(()) }
 //! ```
 //!
-//! The flow, one module per concept: [`config`] → [`weights`] → [`layers`] / [`attention`] /
-//! [`moe`] → [`models`] → [`Model`], with the [`cache`] owned by the caller.
+//! The public API is this page's re-exports: [`Engine`] (model + tokenizer), [`Session`] (a
+//! conversation and its cache), [`Generation`] (a stream of [`Event`]s), [`Model`] and
+//! [`Cache`] for logits, the parameter types, [`Trace`] and [`Error`]. `docs/api.md` walks
+//! through it. Internally the flow is one module per concept: config → weights → layers /
+//! attention / moe → models → model → generate.
 
-pub mod attention;
-pub mod cache;
-pub mod chat_template;
-pub mod config;
-pub mod error;
-pub mod generate;
-pub mod kernels;
-pub mod layers;
+#![deny(missing_docs)]
+
+mod attention;
+mod cache;
+mod chat_template;
+mod config;
+mod engine;
+mod error;
+mod generate;
+mod kernels;
+mod layers;
+mod metadata;
 mod model;
-pub mod models;
-pub mod moe;
-pub mod sampling;
-pub mod tokenizer;
-pub mod trace;
-pub mod weights;
+mod models;
+mod moe;
+mod sampling;
+mod session;
+mod stop;
+mod threads;
+mod tokenizer;
+mod trace;
+mod weights;
 
 pub use cache::Cache;
-pub use config::ModelConfig;
-pub use error::{Error, Result};
-pub use model::{LoadOptions, Model, ProgressFn};
+pub use chat_template::{ChatTemplate, Message, DEEPSEEK_R1_TEMPLATE};
+pub use config::Architecture;
+pub use engine::Engine;
+pub use error::{Error, ErrorCode, Result};
+pub use generate::{CancelHandle, Event, Finish, FinishReason, GenerateParams, Generation, Prompt, Usage};
+pub use model::{DType, LoadOptions, Logits, Model, DEFAULT_PREFILL_CHUNK};
 pub use moe::{LayerRouting, TokenRouting};
+pub use sampling::{Sampler, SamplingParams, Stage, TokenLogprobs, MAX_TOP_LOGPROBS};
+pub use session::Session;
+pub use threads::{set_threads, threads};
+pub use tokenizer::{Detokenizer, Tokenizer};
+pub use trace::{final_answer, steps, Channel, Step, StepConfig, ToolCall, Trace, TraceParser};
+pub use weights::quantize::QuantizeTo;
+pub use weights::Progress;
 
-/// The tensor type of r1's API (candle's).
-pub use candle_core::{DType, Device, Tensor};
+/// The walk-through of the public API; its examples run as doc tests.
+#[doc = include_str!("../../docs/api.md")]
+#[cfg(doctest)]
+pub struct ApiGuide;
+
+// The handles an application moves across threads are thread-safe and own their data: checked
+// when the crate compiles.
+const _: fn() = || {
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+    fn send_static<T: Send + 'static>() {}
+    send_sync_static::<Engine>();
+    send_sync_static::<Model>();
+    send_sync_static::<Cache>();
+    send_static::<Generation>();
+    send_sync_static::<Session>();
+};
+
+/// Internals for r1's own tests and benches (feature `internals`): not part of the API, no
+/// stability promise.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::config::{AttentionConfig, ModelConfig};
+    pub use crate::kernels::kquant::KFormat;
+    pub use crate::kernels::matmul::{Kind, QuantMatrix};
+    pub use crate::kernels::quant::Format;
+    pub use crate::layers::linear::Linear;
+    pub use crate::weights::gguf::GgufFile;
+    pub use crate::weights::quantize::quantize_matrix;
+    pub use crate::weights::{Matrix, Weights};
+
+    /// A model's normalized configuration.
+    pub fn config(model: &crate::Model) -> &ModelConfig {
+        model.config()
+    }
+
+    /// A model built from opened weights.
+    pub fn model_from_weights(config: ModelConfig, weights: &Weights) -> crate::Result<crate::Model> {
+        crate::Model::from_weights(config, weights, crate::DEFAULT_PREFILL_CHUNK)
+    }
+
+    /// The config of a GGUF file.
+    pub fn gguf_config(file: &GgufFile) -> crate::Result<ModelConfig> {
+        ModelConfig::from_metadata(&file.metadata())
+    }
+}

@@ -5,38 +5,111 @@ use crate::config::{config_path, Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::models::{deepseek::Deepseek, llama::Llama};
 use crate::moe::LayerRouting;
-use crate::weights::gguf::GgufFile;
+use crate::weights::gguf::{has_gguf_magic, GgufFile};
 use crate::weights::quantize::QuantizeTo;
-use crate::weights::Weights;
-use candle_core::{DType, Device, Tensor};
-use std::path::Path;
+use crate::weights::{Progress, Weights};
+use candle_core::Tensor;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Called while loading with (bytes of weights read so far, total bytes of the weight files).
-pub type ProgressFn = Arc<dyn Fn(u64, u64) + Send + Sync>;
+/// How weights are stored in memory. On the CPU activations are always f32; narrow weights
+/// are widened per product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DType {
+    /// 32-bit floats: exact, 4 bytes per weight.
+    #[default]
+    F32,
+    /// IEEE half precision: 2 bytes per weight.
+    F16,
+    /// bfloat16: 2 bytes per weight, f32's range.
+    BF16,
+}
 
-/// How to load a model.
+impl DType {
+    pub(crate) fn to_candle(self) -> candle_core::DType {
+        match self {
+            DType::F32 => candle_core::DType::F32,
+            DType::F16 => candle_core::DType::F16,
+            DType::BF16 => candle_core::DType::BF16,
+        }
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(DType::F32),
+            "f16" | "float16" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            other => Err(Error::InvalidArgument(format!("dtype `{other}` (f32, f16 or bf16)"))),
+        }
+    }
+}
+
+/// The default prefill chunk: long prompts run this many tokens at a time, so attention scores
+/// never exceed `chunk × context` floats per head.
+pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// How to load a model. Start from `LoadOptions::default()` and change what you need.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct LoadOptions {
-    /// Storage dtype of the weights: `F32` (default) or `BF16`/`F16` to halve memory. On the CPU
-    /// activations are always f32 and narrow weights are widened per matmul.
+    /// Storage dtype of a checkpoint's weights (default f32). GGUF files keep their own types.
     pub dtype: DType,
-    /// Where tensors live.
-    pub device: Device,
     /// Quantize a checkpoint's linear weights while loading (`None`: keep them). GGUF files
     /// keep their own quantization.
     pub quantize: Option<QuantizeTo>,
-    /// Loading progress, for a progress bar (the library itself never prints).
-    pub progress: Option<ProgressFn>,
+    /// Loading progress, for a progress bar; returning `false` stops the load (the library
+    /// itself never prints).
+    pub progress: Option<Progress>,
+    /// Compute threads (`None` or 0: one per physical core). Process-wide: see [`set_threads`](crate::set_threads).
+    pub threads: Option<usize>,
+    /// Most prompt tokens run in one forward pass (default [`DEFAULT_PREFILL_CHUNK`]).
+    pub prefill_chunk: usize,
+}
+
+impl LoadOptions {
+    /// Sets [`LoadOptions::dtype`].
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// Sets [`LoadOptions::quantize`].
+    pub fn with_quantize(mut self, quantize: Option<QuantizeTo>) -> Self {
+        self.quantize = quantize;
+        self
+    }
+
+    /// Sets [`LoadOptions::progress`].
+    pub fn with_progress(mut self, f: impl Fn(u64, u64) -> bool + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    /// Sets [`LoadOptions::threads`].
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+
+    /// Sets [`LoadOptions::prefill_chunk`].
+    pub fn with_prefill_chunk(mut self, tokens: usize) -> Self {
+        self.prefill_chunk = tokens;
+        self
+    }
 }
 
 impl std::fmt::Debug for LoadOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadOptions")
             .field("dtype", &self.dtype)
-            .field("device", &self.device)
             .field("quantize", &self.quantize)
             .field("progress", &self.progress.is_some())
+            .field("threads", &self.threads)
+            .field("prefill_chunk", &self.prefill_chunk)
             .finish()
     }
 }
@@ -45,109 +118,323 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             dtype: DType::F32,
-            device: Device::Cpu,
             quantize: None,
             progress: None,
+            threads: None,
+            prefill_chunk: DEFAULT_PREFILL_CHUNK,
         }
     }
 }
 
-#[derive(Debug, Clone)]
+/// Logits as plain data: `rows × vocab` f32 values, row-major (one row per input position).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logits {
+    values: Vec<f32>,
+    rows: usize,
+    vocab: usize,
+}
+
+impl Logits {
+    pub(crate) fn from_tensor(t: &Tensor) -> Result<Logits> {
+        let (rows, vocab) = t.dims2()?;
+        Ok(Logits {
+            values: t.flatten_all()?.to_vec1()?,
+            rows,
+            vocab,
+        })
+    }
+
+    fn concat(parts: Vec<Logits>, vocab: usize) -> Logits {
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let mut values = Vec::with_capacity(rows * vocab);
+        parts.into_iter().for_each(|p| values.extend(p.values));
+        Logits { values, rows, vocab }
+    }
+
+    /// `(rows, vocab)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.vocab)
+    }
+
+    /// Number of positions.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Vocabulary size (the width of a row).
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Row `i`'s logits, or `None` past the end.
+    pub fn row(&self, i: usize) -> Option<&[f32]> {
+        (i < self.rows).then(|| &self.values[i * self.vocab..(i + 1) * self.vocab])
+    }
+
+    /// The last row (every `Logits` has at least one).
+    pub fn last(&self) -> &[f32] {
+        &self.values[(self.rows.saturating_sub(1)) * self.vocab..]
+    }
+
+    /// All values, row-major.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// The values, row-major, without a copy.
+    pub fn into_vec(self) -> Vec<f32> {
+        self.values
+    }
+
+    /// Writes the values into a caller's buffer, which must hold exactly `rows × vocab` floats.
+    pub fn copy_to(&self, out: &mut [f32]) -> Result<()> {
+        if out.len() != self.values.len() {
+            return Err(Error::InvalidArgument(format!(
+                "output buffer holds {} floats but the logits are {} x {} = {}",
+                out.len(),
+                self.rows,
+                self.vocab,
+                self.values.len()
+            )));
+        }
+        out.copy_from_slice(&self.values);
+        Ok(())
+    }
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    /// Nothing: the tokens only fill the cache (a prefill chunk before the last).
+    None,
+    /// The last position's logits.
+    Last,
+    /// Every position's logits.
+    All,
+}
+
+#[derive(Debug)]
 enum Family {
     Llama(Llama),
     Deepseek(Deepseek),
 }
 
-/// A loaded model. Immutable after loading: share it between threads (`Model: Send + Sync`) and
-/// give each sequence its own [`Cache`].
-#[derive(Debug, Clone)]
-pub struct Model {
+#[derive(Debug)]
+struct Inner {
     config: ModelConfig,
     family: Family,
+    prefill_chunk: usize,
+}
+
+/// A loaded model. Immutable after loading and cheap to clone (the weights are shared): share it
+/// between threads (`Model: Send + Sync`) and give each sequence its own [`Cache`].
+#[derive(Debug, Clone)]
+pub struct Model {
+    inner: Arc<Inner>,
+}
+
+/// What a path holds, judged by content rather than by name.
+pub(crate) enum Checkpoint {
+    /// A GGUF file (its magic bytes).
+    Gguf(PathBuf),
+    /// A folder with `config.json` and safetensors, or one `.safetensors` file beside its
+    /// `config.json` (the folder is the checkpoint).
+    Folder(PathBuf),
+}
+
+impl Checkpoint {
+    pub(crate) fn identify(path: &Path) -> Result<Checkpoint> {
+        let not_found = |msg: &str| Error::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, msg.to_string()),
+        };
+        if path.is_dir() {
+            return Ok(Checkpoint::Folder(path.to_path_buf()));
+        }
+        if !path.is_file() {
+            return Err(not_found("no checkpoint folder, safetensors file or GGUF file here"));
+        }
+        if has_gguf_magic(path) {
+            return Ok(Checkpoint::Gguf(path.to_path_buf()));
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if !config_path(dir).is_file() {
+            return Err(Error::BadWeights {
+                path: path.to_path_buf(),
+                msg: "not a GGUF file (no `GGUF` magic), and no config.json beside it to read it as a safetensors checkpoint".into(),
+            });
+        }
+        Ok(Checkpoint::Folder(dir.to_path_buf()))
+    }
 }
 
 impl Model {
-    /// Loads a Hugging Face checkpoint folder (`config.json` + safetensors, sharded or not) or a
-    /// GGUF file.
+    /// Loads a Hugging Face checkpoint (a folder of `config.json` + safetensors, sharded or
+    /// not, or one `.safetensors` file beside its `config.json`) or a GGUF file, told apart by
+    /// content.
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
-        let path = path.as_ref();
-        let (config, weights) = if path.is_file() {
-            let file = GgufFile::open(path)?;
-            let config = ModelConfig::from_gguf(&file)?;
-            (
-                config,
-                Weights::from_gguf(file, options.dtype, &options.device)?.with_progress(options.progress.clone()),
-            )
-        } else if path.is_dir() {
-            let config = ModelConfig::from_file(&config_path(path))?;
-            let weights = Weights::open(path, config.fp8, options.dtype, &options.device)?
-                .with_quantization(options.quantize)
-                .with_progress(options.progress.clone());
-            (config, weights)
-        } else {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no checkpoint folder or GGUF file here"),
-            });
-        };
-        let model = Self::from_weights(config, &weights)?;
-        // Headers and skipped tensors are never read: report the end explicitly.
-        if let Some(progress) = &options.progress {
-            progress(weights.total_bytes(), weights.total_bytes());
+        if let Some(n) = options.threads {
+            crate::threads::set_threads(n)?;
         }
+        if options.prefill_chunk == 0 {
+            return Err(Error::InvalidArgument("prefill_chunk must be at least 1 token".into()));
+        }
+        let dtype = options.dtype.to_candle();
+        let device = candle_core::Device::Cpu;
+        let (config, weights) = match Checkpoint::identify(path.as_ref())? {
+            Checkpoint::Gguf(file) => {
+                let file = GgufFile::open(&file)?;
+                let config = ModelConfig::from_metadata(&file.metadata())?;
+                let weights = Weights::from_gguf(file, dtype, &device)?.with_progress(options.progress.clone());
+                (config, weights)
+            }
+            Checkpoint::Folder(dir) => {
+                let config = ModelConfig::from_file(&config_path(&dir))?;
+                let weights = Weights::open(&dir, config.fp8, dtype, &device)?
+                    .with_quantization(options.quantize)
+                    .with_progress(options.progress.clone());
+                (config, weights)
+            }
+        };
+        let model = Self::from_weights(config, &weights, options.prefill_chunk)?;
+        weights.finish_progress()?;
         Ok(model)
     }
 
     /// Builds the model `config` describes from `weights`.
-    pub fn from_weights(config: ModelConfig, weights: &Weights) -> Result<Model> {
+    pub(crate) fn from_weights(config: ModelConfig, weights: &Weights, prefill_chunk: usize) -> Result<Model> {
         let family = match config.arch {
             Architecture::Llama | Architecture::Qwen2 => Family::Llama(Llama::load(weights, &config)?),
             Architecture::DeepseekV2 | Architecture::DeepseekV3 => Family::Deepseek(Deepseek::load(weights, &config)?),
         };
-        Ok(Model { config, family })
+        Ok(Model {
+            inner: Arc::new(Inner {
+                config,
+                family,
+                prefill_chunk: prefill_chunk.max(1),
+            }),
+        })
     }
 
     /// The normalized configuration.
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
+    pub(crate) fn config(&self) -> &ModelConfig {
+        &self.inner.config
+    }
+
+    /// The architecture.
+    pub fn architecture(&self) -> Architecture {
+        self.inner.config.arch
+    }
+
+    /// Vocabulary size: the width of a logits row.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.config.vocab_size
+    }
+
+    /// The most positions a sequence may have (`max_position_embeddings`).
+    pub fn context_length(&self) -> usize {
+        self.inner.config.max_position_embeddings
+    }
+
+    /// Decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.inner.config.num_hidden_layers
+    }
+
+    /// Whether the feed-forward layers are mixtures of experts (DeepSeek V2/V3).
+    pub fn is_moe(&self) -> bool {
+        self.inner.config.moe.is_some()
+    }
+
+    /// Bytes the cache holds per token (f32): keys and values, or MLA's latent and rope key.
+    pub fn cache_bytes_per_token(&self) -> usize {
+        self.inner.config.cache_floats_per_token() * 4
+    }
+
+    /// Prompt tokens run per forward pass.
+    pub fn prefill_chunk(&self) -> usize {
+        self.inner.prefill_chunk
     }
 
     /// An empty cache sized for this model's context.
     pub fn new_cache(&self) -> Cache {
-        Cache::new(
-            self.config.num_hidden_layers,
-            self.config.mla().is_some(),
-            self.config.max_position_embeddings,
-        )
+        let c = &self.inner.config;
+        Cache::new(c.num_hidden_layers, c.mla().is_some(), c.max_position_embeddings)
     }
 
-    /// Runs `tokens` after what `cache` holds; returns logits `[tokens.len(), vocab]` (f32).
-    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        self.run(tokens, cache, None, false)
+    /// Runs `tokens` after what `cache` holds; returns logits `[tokens.len(), vocab]`. Long
+    /// inputs run in chunks of [`Model::prefill_chunk`] tokens.
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Logits> {
+        self.run_chunked(tokens, cache, None, Output::All, &|| false)?
+            .ok_or_else(|| Error::Internal("forward produced no logits".into()))
     }
 
-    /// Like [`Model::forward`], but returns only the last position's logits `[vocab]`: what
+    /// Like [`Model::forward`], but returns only the last position's logits (one row): what
     /// generation needs, without the LM head on every prompt token.
-    pub fn forward_last(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        Ok(self.run(tokens, cache, None, true)?.squeeze(0)?)
+    pub fn forward_last(&self, tokens: &[u32], cache: &mut Cache) -> Result<Logits> {
+        self.run_chunked(tokens, cache, None, Output::Last, &|| false)?
+            .ok_or_else(|| Error::Internal("forward produced no logits".into()))
     }
 
     /// Like [`Model::forward`], and appends each MoE layer's routing decisions to `routing`.
-    pub fn forward_traced(&self, tokens: &[u32], cache: &mut Cache, routing: &mut Vec<LayerRouting>) -> Result<Tensor> {
-        self.run(tokens, cache, Some(routing), false)
+    pub fn forward_traced(&self, tokens: &[u32], cache: &mut Cache, routing: &mut Vec<LayerRouting>) -> Result<Logits> {
+        self.run_chunked(tokens, cache, Some(routing), Output::All, &|| false)?
+            .ok_or_else(|| Error::Internal("forward produced no logits".into()))
     }
 
+    /// Logits of every position of `tokens` from an empty cache.
+    pub fn logits(&self, tokens: &[u32]) -> Result<Logits> {
+        let mut cache = self.new_cache();
+        cache.reserve(tokens.len());
+        self.forward(tokens, &mut cache)
+    }
+
+    /// Runs `tokens` in chunks; between chunks `stop()` may end the run with
+    /// [`Error::Cancelled`]. The cache keeps the chunks that completed.
+    pub(crate) fn run_chunked(
+        &self,
+        tokens: &[u32],
+        cache: &mut Cache,
+        mut routing: Option<&mut Vec<LayerRouting>>,
+        output: Output,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Option<Logits>> {
+        crate::models::check_tokens(tokens, cache)?;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.inner.prefill_chunk).collect();
+        let mut parts = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i > 0 && stop() {
+                return Err(Error::Cancelled(format!(
+                    "prefill stopped after {} of {} tokens",
+                    i * self.inner.prefill_chunk,
+                    tokens.len()
+                )));
+            }
+            let last_chunk = i + 1 == chunks.len();
+            let want = match output {
+                Output::All => Output::All,
+                Output::Last if last_chunk => Output::Last,
+                _ => Output::None,
+            };
+            if let Some(l) = self.run(chunk, cache, routing.as_deref_mut(), want)? {
+                parts.push(l);
+            }
+        }
+        Ok((!parts.is_empty()).then(|| Logits::concat(parts, self.vocab_size())))
+    }
+
+    /// One forward pass; a failed pass leaves the cache as it was.
     fn run(
         &self,
         tokens: &[u32],
         cache: &mut Cache,
         routing: Option<&mut Vec<LayerRouting>>,
-        last: bool,
-    ) -> Result<Tensor> {
+        output: Output,
+    ) -> Result<Option<Logits>> {
+        crate::threads::mark_started();
         let start = cache.len();
-        let result = self.run_inner(tokens, cache, routing, last);
+        let result = self.run_inner(tokens, cache, routing, output);
         if result.is_err() {
-            // Leave the cache as it was: a failed step must not half-append.
             cache.truncate(start);
         }
         result
@@ -158,17 +445,18 @@ impl Model {
         tokens: &[u32],
         cache: &mut Cache,
         routing: Option<&mut Vec<LayerRouting>>,
-        last: bool,
-    ) -> Result<Tensor> {
-        let (hidden, head) = match &self.family {
-            Family::Llama(m) => (m.forward_hidden(tokens, cache)?, m.lm_head()),
+        output: Output,
+    ) -> Result<Option<Logits>> {
+        let (hidden, head) = match &self.inner.family {
+            Family::Llama(m) => (m.forward_hidden(tokens, cache, routing)?, m.lm_head()),
             Family::Deepseek(m) => (m.forward_hidden(tokens, cache, routing)?, m.lm_head()),
         };
-        let hidden = if last {
-            hidden.narrow(0, hidden.dim(0)? - 1, 1)?
-        } else {
-            hidden
+        let hidden = match output {
+            Output::None => return Ok(None),
+            Output::Last => hidden.narrow(0, hidden.dim(0)? - 1, 1)?,
+            Output::All => hidden,
         };
-        Ok(head.forward(&hidden)?.to_dtype(DType::F32)?)
+        let logits = head.forward(&hidden)?.to_dtype(candle_core::DType::F32)?;
+        Logits::from_tensor(&logits).map(Some)
     }
 }

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 /// One transformation of the candidate list, applied in chain order.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Stage {
     /// Adds a bias to given tokens' logits (`f32::NEG_INFINITY` bans a token).
     LogitBias(Vec<(u32, f32)>),
@@ -242,6 +243,7 @@ impl Sampler {
 
 /// Sampling settings in one value (what bindings and the CLI expose).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SamplingParams {
     /// 0 = greedy.
     pub temperature: f32,
@@ -273,6 +275,50 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParams {
+    /// Sets the seed.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Sets the temperature (0 = greedy).
+    pub fn with_temperature(mut self, t: f32) -> Self {
+        self.temperature = t;
+        self
+    }
+
+    /// Sets top-k (0 = off).
+    pub fn with_top_k(mut self, k: usize) -> Self {
+        self.top_k = k;
+        self
+    }
+
+    /// Sets top-p (1 = off).
+    pub fn with_top_p(mut self, p: f32) -> Self {
+        self.top_p = p;
+        self
+    }
+
+    /// Sets min-p (0 = off).
+    pub fn with_min_p(mut self, p: f32) -> Self {
+        self.min_p = p;
+        self
+    }
+
+    /// Sets the logit biases.
+    pub fn with_logit_bias(mut self, bias: Vec<(u32, f32)>) -> Self {
+        self.logit_bias = bias;
+        self
+    }
+
+    /// Sets the repetition, presence and frequency penalties.
+    pub fn with_penalties(mut self, repetition: f32, presence: f32, frequency: f32) -> Self {
+        self.repetition_penalty = repetition;
+        self.presence_penalty = presence;
+        self.frequency_penalty = frequency;
+        self
+    }
+
     /// DeepSeek's recommendation for R1 and its distills: temperature 0.6, top-p 0.95 (their
     /// model cards: 0.5–0.7, 0.6 recommended, to avoid endless repetition or incoherence).
     pub fn deepseek_r1() -> Self {
@@ -321,9 +367,65 @@ impl SamplingParams {
     }
 }
 
+/// The log-probabilities of one generated token: its own and the most likely alternatives,
+/// from the log-softmax of the model's raw logits (before penalties, temperature and
+/// truncation, as OpenAI's `logprobs` report them).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TokenLogprobs {
+    /// The chosen token.
+    pub token: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The `k` most likely tokens and their log-probabilities, best first (ties: lower id).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The most top log-probabilities a generation may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+impl TokenLogprobs {
+    /// `token`'s log-probability under `logits` and the `k` best alternatives.
+    pub fn from_logits(logits: &[f32], token: u32, k: usize) -> TokenLogprobs {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let log_z = max as f64 + sum.ln();
+        let lp = |l: f32| (l as f64 - log_z) as f32;
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        if k > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                // Keep the k largest, sorted: a short insertion list beats sorting the vocabulary.
+                if best.len() == k && l <= best[k - 1].1 {
+                    continue;
+                }
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(k);
+            }
+        }
+        TokenLogprobs {
+            token,
+            logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| lp(l)),
+            top: best.into_iter().map(|(i, l)| (i, lp(l))).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logprobs_by_hand() {
+        // log-softmax of [0, ln 2, ln 2, -inf] is [ln .2, ln .4, ln .4, -inf].
+        let l = [0.0, 2f32.ln(), 2f32.ln(), f32::NEG_INFINITY];
+        let t = TokenLogprobs::from_logits(&l, 0, 3);
+        assert!((t.logprob - 0.2f32.ln()).abs() < 1e-6);
+        let ids: Vec<u32> = t.top.iter().map(|x| x.0).collect();
+        assert_eq!(ids, vec![1, 2, 0], "best first, ties by lower id");
+        assert!((t.top[0].1 - 0.4f32.ln()).abs() < 1e-6);
+        assert!(TokenLogprobs::from_logits(&l, 1, 0).top.is_empty());
+    }
 
     fn close(a: f32, b: f32) -> bool {
         (a - b).abs() < 1e-6

@@ -3,7 +3,7 @@
 
 use crate::chat_template::ChatTemplate;
 use crate::error::{Error, Result};
-use crate::weights::gguf::{GgufFile, MetaValue};
+use crate::metadata::{MetaValue, Metadata};
 use serde_json::Value;
 use std::path::Path;
 
@@ -53,10 +53,7 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map(Some).map_err(|source| Error::Json {
-        path: path.to_path_buf(),
-        source,
-    })
+    serde_json::from_str(&text).map(Some).map_err(|e| Error::json(path, e))
 }
 
 impl Tokenizer {
@@ -92,7 +89,7 @@ impl Tokenizer {
 
     /// A tokenizer from parts (the GGUF reader builds one from metadata). With no chat template
     /// the built-in DeepSeek-R1 template is used.
-    pub fn new(
+    pub(crate) fn new(
         inner: tokenizers::Tokenizer,
         bos: Option<u32>,
         eos: Vec<u32>,
@@ -181,10 +178,6 @@ impl Tokenizer {
         self.chat_template.as_ref()
     }
 
-    /// The underlying `tokenizers` tokenizer.
-    pub fn inner(&self) -> &tokenizers::Tokenizer {
-        &self.inner
-    }
 }
 
 /// llama.cpp's pre-tokenizer regexes by `tokenizer.ggml.pre` name (from its `llama-vocab.cpp`),
@@ -220,12 +213,12 @@ impl Tokenizer {
     /// Builds the tokenizer from a GGUF file's `tokenizer.ggml.*` metadata alone: a byte-level
     /// BPE (`gpt2` model) with the file's tokens and merges, llama.cpp's pre-tokenizer for the
     /// `pre` name, control and user-defined tokens as added tokens, BOS/EOS and the chat template.
-    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+    pub(crate) fn from_metadata(g: &Metadata) -> Result<Self> {
         let bad = |msg: String| Error::Tokenizer {
-            path: Some(g.path().to_path_buf()),
+            path: Some(g.path.clone()),
             msg,
         };
-        let meta = |k: &str| g.meta(&format!("tokenizer.ggml.{k}"));
+        let meta = |k: &str| g.get(&format!("tokenizer.ggml.{k}"));
         let model = meta("model").and_then(MetaValue::as_str).unwrap_or("");
         if model != "gpt2" {
             return Err(bad(format!(
@@ -298,7 +291,7 @@ impl Tokenizer {
                 .map(|v| v as u32)
                 .filter(|&v| (v as usize) < tokens.len())
         };
-        let template = match g.meta("tokenizer.chat_template").and_then(MetaValue::as_str) {
+        let template = match g.get("tokenizer.chat_template").and_then(MetaValue::as_str) {
             Some(t) => Some(ChatTemplate::new(t)?),
             None => None,
         };

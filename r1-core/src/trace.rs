@@ -162,13 +162,28 @@ pub struct Step {
     pub span: (usize, usize),
 }
 
-/// A tool call from DeepSeek's tool-call markup.
-#[derive(Debug, Clone, PartialEq)]
+/// A tool call: one the model made (from DeepSeek's tool-call markup), or one an assistant
+/// message carries into a chat template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ToolCall {
     /// The function name.
     pub name: String,
-    /// The parsed JSON arguments, or why they could not be parsed.
-    pub arguments: Result<Value, String>,
+    /// The arguments as JSON text, as the model wrote them (trimmed of their code fence).
+    pub arguments: String,
+    /// Whether `arguments` parse as JSON (when not, [`Trace::errors`] says why).
+    pub valid_json: bool,
+}
+
+impl ToolCall {
+    /// A call of `name` with `arguments` (JSON text).
+    pub fn new(name: &str, arguments: &str) -> Self {
+        ToolCall {
+            name: name.to_string(),
+            arguments: arguments.to_string(),
+            valid_json: serde_json::from_str::<Value>(arguments).is_ok(),
+        }
+    }
 }
 
 /// What the reasoning is cut at, besides paragraph breaks.
@@ -327,8 +342,8 @@ fn parse_tool_calls(section: &str) -> (Vec<ToolCall>, Vec<String>) {
         let body = &body_start[..e];
         rest = &body_start[e + TOOL_CALL_END.len()..];
         match parse_one_call(body) {
-            Ok(call) => {
-                if let Err(msg) = &call.arguments {
+            Ok((call, problem)) => {
+                if let Some(msg) = problem {
                     errors.push(format!("tool call `{}`: {msg}", call.name));
                 }
                 calls.push(call);
@@ -339,7 +354,8 @@ fn parse_tool_calls(section: &str) -> (Vec<ToolCall>, Vec<String>) {
     (calls, errors)
 }
 
-fn parse_one_call(body: &str) -> Result<ToolCall, String> {
+/// One call's name and arguments, and what is wrong with its arguments if anything.
+fn parse_one_call(body: &str) -> Result<(ToolCall, Option<String>), String> {
     let (head, tail) = body
         .split_once(TOOL_SEP)
         .ok_or_else(|| format!("no {TOOL_SEP} in {body:?}"))?;
@@ -355,12 +371,15 @@ fn parse_one_call(body: &str) -> Result<ToolCall, String> {
     if name.is_empty() {
         return Err("empty function name".into());
     }
-    let arguments =
-        serde_json::from_str::<Value>(args).map_err(|e| format!("arguments are not valid JSON ({e}): {args:?}"));
-    Ok(ToolCall {
+    let problem = serde_json::from_str::<Value>(args)
+        .err()
+        .map(|e| format!("arguments are not valid JSON ({e}): {args:?}"));
+    let call = ToolCall {
         name: name.to_string(),
-        arguments,
-    })
+        arguments: args.to_string(),
+        valid_json: problem.is_none(),
+    };
+    Ok((call, problem))
 }
 
 #[cfg(test)]
@@ -459,13 +478,14 @@ mod tests {
         assert_eq!(t.answer, "Let me look.");
         assert_eq!(t.tool_calls.len(), 2);
         assert_eq!(t.tool_calls[0].name, "get_weather");
-        assert_eq!(t.tool_calls[0].arguments, Ok(serde_json::json!({"city": "Paris"})));
+        assert_eq!(t.tool_calls[0].arguments, "{\"city\": \"Paris\"}");
+        assert!(t.tool_calls[0].valid_json);
         assert_eq!(t.tool_calls[1].name, "broken");
-        assert!(t.tool_calls[1].arguments.is_err());
+        assert_eq!((t.tool_calls[1].arguments.as_str(), t.tool_calls[1].valid_json), ("{\"x\": }", false));
         assert_eq!(t.errors.len(), 1);
         // V3.1 form.
         let t = Trace::parse("</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{\"a\":1}<｜tool▁call▁end｜><｜tool▁calls▁end｜>", true);
-        assert_eq!(t.tool_calls[0].arguments, Ok(serde_json::json!({"a": 1})));
+        assert_eq!((t.tool_calls[0].arguments.as_str(), t.tool_calls[0].valid_json), ("{\"a\":1}", true));
         // Unterminated.
         let t = Trace::parse(
             "</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",

@@ -102,8 +102,25 @@ impl Reference {
     }
 }
 
-pub fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all().unwrap().to_vec1().unwrap()
+/// Values as one flat f32 list: reference tensors, or r1's logits.
+pub trait Flat {
+    fn flat_values(&self) -> Vec<f32>;
+}
+
+impl Flat for Tensor {
+    fn flat_values(&self) -> Vec<f32> {
+        self.flatten_all().unwrap().to_vec1().unwrap()
+    }
+}
+
+impl Flat for r1_core::Logits {
+    fn flat_values(&self) -> Vec<f32> {
+        self.as_slice().to_vec()
+    }
+}
+
+pub fn flat<T: Flat>(t: &T) -> Vec<f32> {
+    t.flat_values()
 }
 
 pub fn argmax(row: &[f32]) -> u32 {
@@ -119,13 +136,13 @@ pub fn argmax(row: &[f32]) -> u32 {
 /// Greedy continuation of `prompt` by `n` tokens through the cache.
 pub fn greedy(model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut cache = model.new_cache();
-    let mut logits = flat(&model.forward_last(prompt, &mut cache).unwrap());
+    let mut logits = model.forward_last(prompt, &mut cache).unwrap().into_vec();
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let next = argmax(&logits);
         out.push(next);
         if out.len() < n {
-            logits = flat(&model.forward_last(&[next], &mut cache).unwrap());
+            logits = model.forward_last(&[next], &mut cache).unwrap().into_vec();
         }
     }
     out
@@ -294,10 +311,7 @@ pub fn check_bf16_weights(dir: &Path) -> Outcome {
     let bf16_file = load_with_weights(dir, "model.bf16.safetensors", &LoadOptions::default());
     let stored_bf16 = Model::load(
         dir,
-        &LoadOptions {
-            dtype: DType::BF16,
-            ..Default::default()
-        },
+        &LoadOptions::default().with_dtype(r1_core::DType::BF16),
     )
     .unwrap();
     for i in 0..reference.n_sequences() {

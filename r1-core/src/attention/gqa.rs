@@ -58,16 +58,29 @@ impl Gqa {
         let total = k_all.dim(0)?;
         let k_all = k_all.reshape((total, kvh, d))?.transpose(0, 1)?.contiguous()?;
         let v_all = v_all.reshape((total, kvh, d))?.transpose(0, 1)?.contiguous()?;
-        // Fold each group of query heads into the rows of its key/value head.
+        // Fold each group of query heads into the rows of its key/value head. The scale goes on
+        // the queries (len × d values) rather than on the scores (len × total).
         let group = h / kvh;
-        let q = q.contiguous()?.reshape((kvh, group * len, d))?;
-        let scores = q.matmul(&k_all.t()?)?.reshape((h, len, total))?;
-        let probs = masked_softmax(
-            &scores,
-            1.0 / (d as f64).sqrt(),
-            causal_mask(len, total, x.device())?.as_ref(),
-        )?;
-        let out = probs.reshape((kvh, group * len, total))?.matmul(&v_all)?;
+        let q = (q.contiguous()? * (1.0 / (d as f64).sqrt()))?.reshape((kvh, group * len, d))?;
+        let mask = causal_mask(len, total, x.device())?;
+        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, n: usize| -> Result<Tensor> {
+            let scores = q.matmul(&k.t()?)?.reshape((n * group, len, total))?;
+            let probs = masked_softmax(&scores, 1.0, mask.as_ref())?;
+            Ok(probs.reshape((n, group * len, total))?.matmul(v)?)
+        };
+        let out = if len == 1 {
+            attend(&q, &k_all, &v_all, kvh)?
+        } else {
+            // A prompt chunk: one key/value head at a time, so the scores held at once are
+            // `group × len × total` floats, not `heads × len × total`.
+            let per_head = (0..kvh)
+                .map(|j| {
+                    let (q, k, v) = (q.narrow(0, j, 1)?, k_all.narrow(0, j, 1)?, v_all.narrow(0, j, 1)?);
+                    attend(&q, &k, &v, 1)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&per_head, 0)?
+        };
         let out = out.reshape((h, len, d))?.transpose(0, 1)?.reshape((len, h * d))?;
         self.o_proj.forward(&out)
     }

@@ -7,9 +7,9 @@
 //! formats and a scalar implementation of every dot product; [`simd`] the AVX2 versions, which
 //! tests compare with the scalar ones.
 
-pub mod kquant;
-pub mod matmul;
-pub mod quant;
-pub mod simd;
+pub(crate) mod kquant;
+pub(crate) mod matmul;
+pub(crate) mod quant;
+pub(crate) mod simd;
 
-pub use matmul::QuantMatrix;
+pub(crate) use matmul::QuantMatrix;

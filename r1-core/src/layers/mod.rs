@@ -1,6 +1,6 @@
 //! The building blocks every model is made of.
 
-pub mod linear;
-pub mod mlp;
-pub mod norm;
-pub mod rope;
+pub(crate) mod linear;
+pub(crate) mod mlp;
+pub(crate) mod norm;
+pub(crate) mod rope;

@@ -5,12 +5,11 @@
 //! V3's multi-token-prediction layer (`model.layers.{num_hidden_layers}`) is not loaded: it only
 //! serves speculative decoding, and the main model's logits do not depend on it.
 
-use super::{check_tokens, Embedding};
+use super::{Decoder, Layer};
 use crate::attention::mla::Mla;
-use crate::cache::Cache;
+use crate::cache::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
 use crate::layers::norm::RmsNorm;
 use crate::moe::{LayerRouting, Moe};
@@ -26,14 +25,14 @@ enum FeedForward {
 
 /// One decoder layer: `x + mla(norm(x))`, then `h + ffn(norm(h))`.
 #[derive(Debug, Clone)]
-struct DecoderLayer {
+pub(crate) struct DeepseekLayer {
     input_layernorm: RmsNorm,
     self_attn: Mla,
     post_attention_layernorm: RmsNorm,
     mlp: FeedForward,
 }
 
-impl DecoderLayer {
+impl Layer for DeepseekLayer {
     fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let mla = cfg
@@ -50,7 +49,7 @@ impl DecoderLayer {
                 false,
             )?),
         };
-        Ok(DecoderLayer {
+        Ok(DeepseekLayer {
             input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             self_attn: Mla::load(w, &format!("{p}.self_attn"), cfg, mla)?,
             post_attention_layernorm: RmsNorm::load(
@@ -67,13 +66,11 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         offset: usize,
-        cache: &mut Cache,
+        cache: &mut LayerCache,
         layer: usize,
         routing: Option<&mut Vec<LayerRouting>>,
     ) -> Result<Tensor> {
-        let h = (x + self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, offset, cache.layer(layer)?)?)?;
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
         let normed = self.post_attention_layernorm.forward(&h)?;
         let ffn = match &self.mlp {
             FeedForward::Dense(mlp) => mlp.forward(&normed)?,
@@ -90,49 +87,4 @@ impl DecoderLayer {
 }
 
 /// A DeepSeek V2 or V3 causal language model.
-#[derive(Debug, Clone)]
-pub struct Deepseek {
-    embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-}
-
-impl Deepseek {
-    /// Loads every weight named by `cfg` from `w`.
-    pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
-        let embed_tokens = Embedding::load(w, cfg)?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|l| DecoderLayer::load(w, cfg, l))
-            .collect::<Result<_>>()?;
-        Ok(Deepseek {
-            lm_head: embed_tokens.lm_head(w, cfg)?,
-            embed_tokens,
-            layers,
-            norm: RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps)?,
-        })
-    }
-
-    /// Final hidden states `[len, hidden]` of `tokens` appended to `cache`; MoE decisions are
-    /// pushed to `routing` when given.
-    pub fn forward_hidden(
-        &self,
-        tokens: &[u32],
-        cache: &mut Cache,
-        mut routing: Option<&mut Vec<LayerRouting>>,
-    ) -> Result<Tensor> {
-        check_tokens(tokens, cache)?;
-        let offset = cache.len();
-        let mut x = self.embed_tokens.forward(tokens)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, offset, cache, i, routing.as_deref_mut())?;
-        }
-        cache.advance(tokens.len());
-        self.norm.forward(&x)
-    }
-
-    /// The LM head.
-    pub fn lm_head(&self) -> &Linear {
-        &self.lm_head
-    }
-}
+pub(crate) type Deepseek = Decoder<DeepseekLayer>;

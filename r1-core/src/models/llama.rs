@@ -2,33 +2,33 @@
 //! and a SwiGLU MLP. Qwen2 differs only by q/k/v biases and usually tied embeddings, which the
 //! config carries.
 
-use super::{check_tokens, Embedding};
+use super::{Decoder, Layer};
 use crate::attention::gqa::Gqa;
-use crate::cache::Cache;
+use crate::cache::LayerCache;
 use crate::config::{AttentionConfig, ModelConfig};
 use crate::error::{Error, Result};
-use crate::layers::linear::Linear;
 use crate::layers::mlp::Mlp;
 use crate::layers::norm::RmsNorm;
+use crate::moe::LayerRouting;
 use crate::weights::Weights;
 use candle_core::Tensor;
 
 /// One decoder layer: `x + attn(norm(x))`, then `h + mlp(norm(h))`.
 #[derive(Debug, Clone)]
-struct DecoderLayer {
+pub(crate) struct LlamaLayer {
     input_layernorm: RmsNorm,
     self_attn: Gqa,
     post_attention_layernorm: RmsNorm,
     mlp: Mlp,
 }
 
-impl DecoderLayer {
+impl Layer for LlamaLayer {
     fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self> {
         let p = format!("model.layers.{layer}");
         let AttentionConfig::Gqa(gqa) = &cfg.attention else {
             return Err(Error::Unsupported("Llama-family model without GQA attention".into()));
         };
-        Ok(DecoderLayer {
+        Ok(LlamaLayer {
             input_layernorm: RmsNorm::load(w, &format!("{p}.input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
             self_attn: Gqa::load(w, &format!("{p}.self_attn"), cfg, gqa)?,
             post_attention_layernorm: RmsNorm::load(
@@ -47,52 +47,18 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, x: &Tensor, offset: usize, cache: &mut Cache, layer: usize) -> Result<Tensor> {
-        let h = (x + self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, offset, cache.layer(layer)?)?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: &mut LayerCache,
+        _layer: usize,
+        _routing: Option<&mut Vec<LayerRouting>>,
+    ) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
         Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
 }
 
 /// A Llama or Qwen2 causal language model.
-#[derive(Debug, Clone)]
-pub struct Llama {
-    embed_tokens: Embedding,
-    layers: Vec<DecoderLayer>,
-    norm: RmsNorm,
-    lm_head: Linear,
-}
-
-impl Llama {
-    /// Loads every weight named by `cfg` from `w`.
-    pub fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
-        let embed_tokens = Embedding::load(w, cfg)?;
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|l| DecoderLayer::load(w, cfg, l))
-            .collect::<Result<_>>()?;
-        Ok(Llama {
-            lm_head: embed_tokens.lm_head(w, cfg)?,
-            embed_tokens,
-            layers,
-            norm: RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps)?,
-        })
-    }
-
-    /// Final hidden states `[len, hidden]` (after the last norm) of `tokens` appended to `cache`.
-    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        check_tokens(tokens, cache)?;
-        let offset = cache.len();
-        let mut x = self.embed_tokens.forward(tokens)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, offset, cache, i)?;
-        }
-        cache.advance(tokens.len());
-        self.norm.forward(&x)
-    }
-
-    /// The LM head.
-    pub fn lm_head(&self) -> &Linear {
-        &self.lm_head
-    }
-}
+pub(crate) type Llama = Decoder<LlamaLayer>;

@@ -1,13 +1,82 @@
-//! One file per architecture family; each reads top to bottom in the order data meets it.
+//! One file per architecture family, each defining its decoder layer; the layer loop they share
+//! (embed, run every layer over the cache, final norm, LM head) is [`Decoder`] here.
 
-pub mod deepseek;
-pub mod llama;
+pub(crate) mod deepseek;
+pub(crate) mod llama;
 
+use crate::cache::{Cache, LayerCache};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::layers::linear::{Linear, ACTIVATION_DTYPE};
+use crate::layers::norm::RmsNorm;
+use crate::moe::LayerRouting;
 use crate::weights::{Matrix, Weights};
 use candle_core::Tensor;
+
+/// One decoder layer of some architecture.
+pub(crate) trait Layer: Sized {
+    /// Loads layer `layer` from `w`.
+    fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self>;
+
+    /// `x [len, hidden]` at positions `offset..offset+len`; appends to the layer's cache and, for
+    /// MoE layers, pushes the routing decisions to `routing` when given.
+    fn forward(
+        &self,
+        x: &Tensor,
+        offset: usize,
+        cache: &mut LayerCache,
+        layer: usize,
+        routing: Option<&mut Vec<LayerRouting>>,
+    ) -> Result<Tensor>;
+}
+
+/// A causal decoder: token embedding, a stack of layers, the final norm and the LM head.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoder<L> {
+    embed_tokens: Embedding,
+    layers: Vec<L>,
+    norm: RmsNorm,
+    lm_head: Linear,
+}
+
+impl<L: Layer> Decoder<L> {
+    /// Loads every weight named by `cfg` from `w`.
+    pub(crate) fn load(w: &Weights, cfg: &ModelConfig) -> Result<Self> {
+        let embed_tokens = Embedding::load(w, cfg)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| L::load(w, cfg, l))
+            .collect::<Result<_>>()?;
+        Ok(Decoder {
+            lm_head: embed_tokens.lm_head(w, cfg)?,
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(w, "model.norm", cfg.hidden_size, cfg.rms_norm_eps)?,
+        })
+    }
+
+    /// Final hidden states `[len, hidden]` (after the last norm) of `tokens` appended to `cache`.
+    /// On error the cache may hold part of the step: the caller rolls it back.
+    pub(crate) fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        cache: &mut Cache,
+        mut routing: Option<&mut Vec<LayerRouting>>,
+    ) -> Result<Tensor> {
+        check_tokens(tokens, cache)?;
+        let offset = cache.len();
+        let mut x = self.embed_tokens.forward(tokens)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, offset, cache.layer(i)?, i, routing.as_deref_mut())?;
+        }
+        cache.advance(tokens.len());
+        self.norm.forward(&x)
+    }
+
+    /// The LM head.
+    pub(crate) fn lm_head(&self) -> &Linear {
+        &self.lm_head
+    }
+}
 
 /// Token embedding table `[vocab, hidden]`, dense or quantized.
 #[derive(Debug, Clone)]
@@ -60,7 +129,7 @@ impl Embedding {
 }
 
 /// Rejects empty inputs and inputs that overflow the context.
-pub(crate) fn check_tokens(tokens: &[u32], cache: &crate::cache::Cache) -> Result<()> {
+pub(crate) fn check_tokens(tokens: &[u32], cache: &Cache) -> Result<()> {
     if tokens.is_empty() {
         return Err(Error::InvalidArgument("no tokens to run".into()));
     }

@@ -6,75 +6,12 @@
 //! next multiple of `general.alignment` (default 32).
 
 use crate::error::{Error, Result};
+use crate::metadata::{MetaValue, Metadata};
 use candle_core::quantized::GgmlDType;
 use memmap2::Mmap;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-
-/// A metadata value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MetaValue {
-    /// Any unsigned integer type.
-    U64(u64),
-    /// Any signed integer type.
-    I64(i64),
-    /// f32 or f64.
-    F64(f64),
-    /// bool.
-    Bool(bool),
-    /// A UTF-8 string.
-    Str(String),
-    /// An array of values.
-    Array(Vec<MetaValue>),
-}
-
-impl MetaValue {
-    /// The value as an unsigned integer, if it is a non-negative integer.
-    pub fn as_u64(&self) -> Option<u64> {
-        match *self {
-            MetaValue::U64(v) => Some(v),
-            MetaValue::I64(v) if v >= 0 => Some(v as u64),
-            _ => None,
-        }
-    }
-
-    /// The value as a float, if numeric.
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            MetaValue::F64(v) => Some(v),
-            MetaValue::U64(v) => Some(v as f64),
-            MetaValue::I64(v) => Some(v as f64),
-            _ => None,
-        }
-    }
-
-    /// The value as a string.
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            MetaValue::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    /// The value as a bool (integers: non-zero).
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
-            MetaValue::Bool(b) => Some(b),
-            MetaValue::U64(v) => Some(v != 0),
-            MetaValue::I64(v) => Some(v != 0),
-            _ => None,
-        }
-    }
-
-    /// The value as an array.
-    pub fn as_array(&self) -> Option<&[MetaValue]> {
-        match self {
-            MetaValue::Array(a) => Some(a),
-            _ => None,
-        }
-    }
-}
 
 /// Where a tensor's bytes are and how to read them.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,16 +31,21 @@ impl TensorInfo {
     }
 }
 
+/// Whether `path` starts with GGUF's magic bytes: files are recognised by content, not name.
+pub(crate) fn has_gguf_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
+}
+
 /// A mapped GGUF file.
 pub struct GgufFile {
     path: PathBuf,
     mmap: Mmap,
-    /// Format version (2 or 3).
-    pub version: u32,
     /// Metadata by key.
-    pub metadata: HashMap<String, MetaValue>,
+    pub(crate) metadata: HashMap<String, MetaValue>,
     /// Tensor infos by name.
-    pub tensors: HashMap<String, TensorInfo>,
+    pub(crate) tensors: HashMap<String, TensorInfo>,
 }
 
 /// ggml type id → candle type, or the type's name for the error message.
@@ -228,11 +170,10 @@ impl GgufFile {
             path: path.to_path_buf(),
             msg,
         };
-        let (version, metadata, tensors) = parse(&mmap).map_err(bad)?;
+        let (_version, metadata, tensors) = parse(&mmap).map_err(bad)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             mmap,
-            version,
             metadata,
             tensors,
         })
@@ -243,9 +184,24 @@ impl GgufFile {
         &self.path
     }
 
-    /// Metadata value `key`.
-    pub fn meta(&self, key: &str) -> Option<&MetaValue> {
-        self.metadata.get(key)
+
+    /// What the file says about the model, for `config` and `tokenizer`: the metadata, the
+    /// tensor names and the rope frequency factors (the one tensor that is configuration).
+    pub fn metadata(&self) -> Metadata {
+        let rope_freqs = self.tensors.get("rope_freqs.weight").map(|info| match info.dtype {
+            GgmlDType::F32 => Ok(self
+                .bytes(info)
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+                .collect()),
+            other => Err(format!("rope_freqs.weight of type {other:?}")),
+        });
+        Metadata {
+            path: self.path.clone(),
+            values: self.metadata.clone(),
+            tensors: self.tensors.keys().cloned().collect(),
+            rope_freqs,
+        }
     }
 
     /// The file's size in bytes.
@@ -253,10 +209,6 @@ impl GgufFile {
         self.mmap.len()
     }
 
-    /// Whether the file is empty (never, for a parsed GGUF file).
-    pub fn is_empty(&self) -> bool {
-        self.mmap.is_empty()
-    }
 
     /// The bytes of tensor `name`.
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {

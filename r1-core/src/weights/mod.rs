@@ -4,10 +4,10 @@
 //! the checkpoint, checks dtype and shape, dequantizes FP8 blocks, and returns a candle tensor in
 //! the requested storage dtype. Every error names the file and the tensor.
 
-pub mod fp8;
-pub mod gguf;
-pub mod quantize;
-pub mod safetensors;
+pub(crate) mod fp8;
+pub(crate) mod gguf;
+pub(crate) mod quantize;
+pub(crate) mod safetensors;
 
 use self::gguf::{GgufFile, GgufName, TensorInfo};
 use self::safetensors::{RawTensor, SafetensorsStore};
@@ -24,6 +24,11 @@ use half::{bf16, f16};
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
+
+/// Reports loading progress: called with (bytes of weights read so far, total bytes of the
+/// weight files). Returning `false` stops the load, which then fails with
+/// [`ErrorCode::Cancelled`](crate::ErrorCode::Cancelled).
+pub type Progress = Arc<dyn Fn(u64, u64) -> bool + Send + Sync>;
 
 /// Where the tensors come from.
 enum Source {
@@ -65,7 +70,7 @@ pub struct Weights {
     /// Dequantize every matrix (GGUF files included): exact f32 products, for checks.
     dense: bool,
     /// Loading progress: bytes read so far, reported to the callback.
-    progress: Option<(crate::model::ProgressFn, std::cell::Cell<u64>)>,
+    progress: Option<(Progress, std::cell::Cell<u64>)>,
     fp8: Option<Fp8Config>,
     dtype: DType,
     device: Device,
@@ -119,7 +124,7 @@ impl Weights {
     }
 
     /// Reports loading progress (bytes read, total bytes) to `f`.
-    pub fn with_progress(mut self, f: Option<crate::model::ProgressFn>) -> Self {
+    pub fn with_progress(mut self, f: Option<Progress>) -> Self {
         self.progress = f.map(|f| (f, std::cell::Cell::new(0)));
         self
     }
@@ -132,16 +137,39 @@ impl Weights {
         }
     }
 
-    /// Counts `n` more bytes read and tells the progress callback.
-    fn advance(&self, n: usize) {
+    /// Counts `n` more bytes read and tells the progress callback, which may stop the load.
+    fn advance(&self, n: usize) -> Result<()> {
         if let Some((f, done)) = &self.progress {
             done.set(done.get() + n as u64);
-            f(done.get().min(self.total_bytes()), self.total_bytes());
+            let (done, total) = (done.get().min(self.total_bytes()), self.total_bytes());
+            if !f(done, total) {
+                return Err(Error::Cancelled(format!(
+                    "{}: loading stopped by the progress callback after {done} of {total} bytes",
+                    self.root().display()
+                )));
+            }
         }
+        Ok(())
+    }
+
+    /// Tells the progress callback that loading is done (headers and skipped tensors are
+    /// never read, so the count alone would stop short).
+    pub fn finish_progress(&self) -> Result<()> {
+        if let Some((f, done)) = &self.progress {
+            done.set(self.total_bytes());
+            if !f(self.total_bytes(), self.total_bytes()) {
+                return Err(Error::Cancelled(format!(
+                    "{}: loading stopped by the progress callback at its end",
+                    self.root().display()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Dequantizes every matrix at load (quantized GGUF types too), so products are exact f32:
     /// the path that checks a quantized file's weights apart from activation quantization.
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
     pub fn with_dense_matrices(mut self, dense: bool) -> Self {
         self.dense = dense;
         self
@@ -160,16 +188,6 @@ impl Weights {
             Source::Safetensors(s) => s.root(),
             Source::Gguf(g) => g.path(),
         }
-    }
-
-    /// The storage dtype of the weights this returns.
-    pub fn dtype(&self) -> DType {
-        self.dtype
-    }
-
-    /// The device tensors are created on.
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// Whether the checkpoint has tensor `name`.
@@ -258,7 +276,7 @@ impl Weights {
 
     fn load_safetensors(&self, store: &SafetensorsStore, name: &str, shape: &[usize]) -> Result<Tensor> {
         let raw = store.get(name).ok_or_else(|| self.missing(name))?;
-        self.advance(raw.bytes.len());
+        self.advance(raw.bytes.len())?;
         let bad = |msg: String| Error::BadWeights {
             path: raw.path.to_path_buf(),
             msg: format!("tensor `{name}`: {msg}"),
@@ -322,7 +340,7 @@ impl Weights {
         let bytes = g.bytes(info);
         match expert {
             None if full == shape => {
-                self.advance(bytes.len());
+                self.advance(bytes.len())?;
                 Ok(bytes)
             }
             Some(e) if full.len() == 3 && full[1..] == *shape => {
@@ -330,7 +348,7 @@ impl Weights {
                     return Err(bad(format!("expert {e} of {}", full[0])));
                 }
                 let per = bytes.len() / full[0];
-                self.advance(per);
+                self.advance(per)?;
                 Ok(&bytes[e * per..(e + 1) * per])
             }
             _ => Err(bad(format!(

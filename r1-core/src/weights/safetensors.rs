@@ -68,11 +68,6 @@ impl SafetensorsFile {
         })
     }
 
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Names of all tensors in the file.
     pub fn names(&self) -> Vec<String> {
         self.metadata.tensors().into_keys().collect()
@@ -179,10 +174,7 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
         path: index.to_path_buf(),
         source,
     })?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
-        path: index.to_path_buf(),
-        source,
-    })?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::json(index, e))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
