@@ -8,9 +8,9 @@
 //!
 //! The weights are pseudo-random bytes with finite scales: speed does not depend on the values.
 
+use r1_core::internals::Format;
 use r1_core::internals::KFormat;
 use r1_core::internals::{Kind, QuantMatrix};
-use r1_core::internals::Format;
 use std::time::Instant;
 
 fn xorshift(state: &mut u64) -> u8 {

@@ -2,120 +2,114 @@
 //!
 //! ```text
 //! cargo run --release --example generate -- --model PATH --prompt "What is 7*6?" [flags]
-//!   --model PATH          checkpoint folder (config.json + safetensors + tokenizer.json)
-//!   --prompt TEXT         the user message (or, with --raw, the whole prompt)
-//!   --system TEXT         a system message (chat mode)
-//!   --chat FILE           a JSON list of {"role", "content"} messages instead of --prompt
-//!   --raw                 no chat template: tokenize the prompt as is (BOS per the model's files)
-//!   --greedy              argmax decoding (default: DeepSeek-R1's temperature 0.6, top-p 0.95)
-//!   --temperature T --top-k K --top-p P --min-p P
-//!   --repeat-penalty R --presence-penalty P --frequency-penalty F
-//!   --stop TEXT           a stop sequence (repeatable)
-//!   --max-tokens N        default 512
-//!   --seed N              seed of the sampler
-//!   --threads N           compute threads
-//!   --dtype f32|bf16      weight storage
-//!   --quantize q8_0|q4_k  quantize a checkpoint's linear weights while loading
-//!   --ids-out FILE        write {"prompt_ids": [...], "generated_ids": [...]} as JSON
 //! ```
+//! `--model` is a checkpoint folder (config.json + safetensors + tokenizer.json), one
+//! `.safetensors` file in such a folder, or a GGUF file. `--help` lists every flag. With
+//! `--ids-out FILE` the prompt and generated ids are written as JSON, and with
+//! `--top-logprobs K` also each generated token's log-probability and its K best alternatives.
 
-use r1_core::Message;
-use r1_core::{Engine, FinishReason, GenerateParams, Prompt};
-use r1_core::SamplingParams;
-use r1_core::Channel;
-use r1_core::QuantizeTo;
-use r1_core::{DType, LoadOptions};
+use clap::Parser;
+use r1_core::{Channel, DType, Engine, GenerateParams, LoadOptions, Message, Prompt, QuantizeTo, SamplingParams};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-#[derive(Debug)]
+/// Streams a model's reasoning and answer.
+#[derive(Debug, Parser)]
+#[command(name = "generate")]
 struct Args {
+    /// Checkpoint folder, .safetensors file or GGUF file.
+    #[arg(long)]
     model: String,
+    /// The user message (with --raw, the whole prompt).
+    #[arg(long, required_unless_present = "chat")]
     prompt: Option<String>,
+    /// A system message (chat mode).
+    #[arg(long)]
     system: Option<String>,
+    /// A JSON list of {"role", "content"} messages instead of --prompt.
+    #[arg(long)]
     chat: Option<String>,
+    /// No chat template: tokenize the prompt as is (BOS per the model's files).
+    #[arg(long)]
     raw: bool,
-    sampling: SamplingParams,
+    /// Argmax decoding (default: DeepSeek-R1's temperature 0.6, top-p 0.95).
+    #[arg(long)]
+    greedy: bool,
+    /// Sampling temperature.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Keep the K most likely tokens (0 = off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Min-p threshold.
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Repetition penalty (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Presence penalty.
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Frequency penalty.
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// A stop sequence (repeatable).
+    #[arg(long)]
     stop: Vec<String>,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 512)]
     max_tokens: usize,
+    /// Seed of the sampler.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Compute threads (default: one per physical core).
+    #[arg(long)]
     threads: Option<usize>,
-    dtype: DType,
-    quantize: Option<QuantizeTo>,
+    /// Weight storage of a checkpoint: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Quantize a checkpoint's linear weights while loading: q8_0 or q4_k.
+    #[arg(long)]
+    quantize: Option<String>,
+    /// Prompt tokens per forward pass.
+    #[arg(long, default_value_t = r1_core::DEFAULT_PREFILL_CHUNK)]
+    prefill_chunk: usize,
+    /// Report each generated token's log-probability and its K (0-20) best alternatives.
+    #[arg(long)]
+    top_logprobs: Option<usize>,
+    /// Thinking budget: close the reasoning after N tokens.
+    #[arg(long)]
+    max_reasoning_tokens: Option<usize>,
+    /// Write {"prompt_ids", "generated_ids"[, "logprobs", "top_logprobs"]} as JSON.
+    #[arg(long)]
     ids_out: Option<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        model: String::new(),
-        prompt: None,
-        system: None,
-        chat: None,
-        raw: false,
-        sampling: SamplingParams::deepseek_r1(),
-        stop: vec![],
-        max_tokens: 512,
-        threads: None,
-        dtype: DType::F32,
-        quantize: None,
-        ids_out: None,
+fn sampling(a: &Args) -> SamplingParams {
+    let mut s = if a.greedy {
+        SamplingParams::greedy()
+    } else {
+        SamplingParams::deepseek_r1()
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut val = || it.next().ok_or(format!("{flag} needs a value"));
-        fn num<T: std::str::FromStr>(flag: &str, v: String) -> Result<T, String> {
-            v.parse().map_err(|_| format!("{flag}: {v:?} is not a valid number"))
-        }
-        match flag.as_str() {
-            "--model" => a.model = val()?,
-            "--prompt" => a.prompt = Some(val()?),
-            "--system" => a.system = Some(val()?),
-            "--chat" => a.chat = Some(val()?),
-            "--raw" => a.raw = true,
-            "--greedy" => {
-                a.sampling = SamplingParams {
-                    seed: a.sampling.seed,
-                    ..SamplingParams::greedy()
-                }
-            }
-            "--temperature" => a.sampling.temperature = num(&flag, val()?)?,
-            "--top-k" => a.sampling.top_k = num(&flag, val()?)?,
-            "--top-p" => a.sampling.top_p = num(&flag, val()?)?,
-            "--min-p" => a.sampling.min_p = num(&flag, val()?)?,
-            "--repeat-penalty" => a.sampling.repetition_penalty = num(&flag, val()?)?,
-            "--presence-penalty" => a.sampling.presence_penalty = num(&flag, val()?)?,
-            "--frequency-penalty" => a.sampling.frequency_penalty = num(&flag, val()?)?,
-            "--seed" => a.sampling.seed = Some(num(&flag, val()?)?),
-            "--stop" => a.stop.push(val()?),
-            "--max-tokens" => a.max_tokens = num(&flag, val()?)?,
-            "--threads" => a.threads = Some(num(&flag, val()?)?),
-            "--dtype" => {
-                a.dtype = match val()?.as_str() {
-                    "f32" => DType::F32,
-                    "bf16" => DType::BF16,
-                    other => return Err(format!("--dtype {other:?}: use f32 or bf16")),
-                }
-            }
-            "--ids-out" => a.ids_out = Some(val()?),
-            "--quantize" => a.quantize = Some(val()?.parse()?),
-            "-h" | "--help" => {
-                return Err(include_str!("generate.rs")
-                    .lines()
-                    .skip(2)
-                    .take(19)
-                    .map(|l| l.trim_start_matches("//! "))
-                    .collect::<Vec<_>>()
-                    .join("\n"))
-            }
-            other => return Err(format!("unknown argument {other:?} (see --help)")),
-        }
+    if let Some(t) = a.temperature {
+        s = s.with_temperature(t);
     }
-    if a.model.is_empty() {
-        return Err("--model is required".into());
+    if let Some(k) = a.top_k {
+        s = s.with_top_k(k);
     }
-    if a.prompt.is_none() && a.chat.is_none() {
-        return Err("--prompt or --chat is required".into());
+    if let Some(p) = a.top_p {
+        s = s.with_top_p(p);
     }
-    Ok(a)
+    if let Some(p) = a.min_p {
+        s = s.with_min_p(p);
+    }
+    if let Some(seed) = a.seed {
+        s = s.with_seed(seed);
+    }
+    s.with_penalties(a.repeat_penalty, a.presence_penalty, a.frequency_penalty)
 }
 
 fn prompt(a: &Args) -> Result<Prompt, String> {
@@ -134,40 +128,45 @@ fn prompt(a: &Args) -> Result<Prompt, String> {
 }
 
 /// A loading bar on stderr, fed by the library's progress callback; it clears itself when done.
-fn progress_bar() -> r1_core::ProgressFn {
+fn progress_bar() -> impl Fn(u64, u64) -> bool + Send + Sync + 'static {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    std::sync::Arc::new(move |done, total| {
+    move |done, total| {
         bar.set_length(total);
         bar.set_position(done);
         if done >= total {
             bar.finish_and_clear();
         }
-    })
+        true
+    }
+}
+
+fn load_options(a: &Args) -> Result<LoadOptions, String> {
+    let dtype: DType = a.dtype.parse().map_err(|e: r1_core::Error| e.to_string())?;
+    let quantize: Option<QuantizeTo> = a.quantize.as_deref().map(str::parse).transpose()?;
+    let mut o = LoadOptions::default()
+        .with_dtype(dtype)
+        .with_quantize(quantize)
+        .with_prefill_chunk(a.prefill_chunk)
+        .with_progress(progress_bar());
+    if let Some(n) = a.threads {
+        o = o.with_threads(n);
+    }
+    Ok(o)
 }
 
 fn run(a: &Args) -> Result<(), String> {
-    let engine = Engine::load(
-        &a.model,
-        &LoadOptions {
-            dtype: a.dtype,
-            quantize: a.quantize,
-            progress: Some(progress_bar()),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let prompt = prompt(a)?;
-    let params = GenerateParams {
-        max_tokens: a.max_tokens,
-        sampling: a.sampling.clone(),
-        stop: a.stop.clone(),
-        ..Default::default()
-    };
-    let mut generation = engine.generate(&prompt, &params).map_err(|e| e.to_string())?;
+    let engine = Engine::load(&a.model, &load_options(a)?).map_err(|e| e.to_string())?;
+    let mut params = GenerateParams::default()
+        .with_max_tokens(a.max_tokens)
+        .with_sampling(sampling(a))
+        .with_stop(a.stop.clone());
+    params.top_logprobs = a.top_logprobs;
+    params.max_reasoning_tokens = a.max_reasoning_tokens;
+    let mut generation = engine.generate(&prompt(a)?, &params).map_err(|e| e.to_string())?;
     let color = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     let mut current: Option<Channel> = None;
@@ -197,40 +196,41 @@ fn run(a: &Args) -> Result<(), String> {
     }
     if let Some(f) = finish {
         let u = f.usage;
-        let reason = match f.reason {
-            FinishReason::EndToken => "end token",
-            FinishReason::StopSequence => "stop sequence",
-            FinishReason::MaxTokens => "max tokens",
-            FinishReason::Cancelled => "cancelled",
-            FinishReason::ContextFull => "context full",
-        };
         let _ = writeln!(
             out,
-            "\n\n[usage] prompt {} tokens, reasoning {}, answer {}; prefill {:.1} tok/s, decode {:.1} tok/s; finish: {reason}",
-            u.prompt_tokens, u.reasoning_tokens, u.answer_tokens, u.prefill_tokens_per_s, u.decode_tokens_per_s
+            "\n\n[usage] prompt {} tokens, reasoning {}, answer {}{}; prefill {:.1} tok/s, decode {:.1} tok/s; finish: {}",
+            u.prompt_tokens,
+            u.reasoning_tokens,
+            u.answer_tokens,
+            if u.reasoning_budget_hit { " (thinking budget hit)" } else { "" },
+            u.prefill_tokens_per_s,
+            u.decode_tokens_per_s,
+            f.reason.name()
         );
     }
     if let Some(path) = &a.ids_out {
-        let json =
+        let mut json =
             serde_json::json!({"prompt_ids": generation.prompt_ids(), "generated_ids": generation.generated_ids()});
+        if a.top_logprobs.is_some() {
+            let lp = generation.logprobs();
+            json["logprobs"] = lp.iter().map(|t| t.logprob).collect();
+            json["top_logprobs"] = lp
+                .iter()
+                .map(|t| {
+                    t.top
+                        .iter()
+                        .map(|&(id, l)| serde_json::json!([id, l]))
+                        .collect::<serde_json::Value>()
+                })
+                .collect();
+        }
         std::fs::write(path, json.to_string()).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("generate: {msg}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Some(n) = args.threads {
-        // candle sizes its thread pools from these on first use, which has not happened yet.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-    }
+    let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {

@@ -7,28 +7,21 @@
 //! `--starts-in-reasoning`: the prompt ended with `<think>`. `--chunk-bytes K`: feed the text K
 //! bytes at a time (cut at character boundaries) through the streaming parser.
 
+use clap::Parser;
 use r1_core::{Trace, TraceParser};
 use std::io::Read;
 use std::process::ExitCode;
 
-fn parse_args() -> Result<(bool, Option<usize>), String> {
-    let (mut start, mut chunk) = (false, None);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "--starts-in-reasoning" => start = true,
-            "--chunk-bytes" => {
-                let v = it.next().ok_or("--chunk-bytes needs a value")?;
-                let k: usize = v.parse().map_err(|_| format!("--chunk-bytes {v:?} is not a number"))?;
-                if k == 0 {
-                    return Err("--chunk-bytes must be at least 1".into());
-                }
-                chunk = Some(k);
-            }
-            other => return Err(format!("unknown argument {other:?}")),
-        }
-    }
-    Ok((start, chunk))
+/// Parses model output from stdin into a trace, printed as one JSON object.
+#[derive(Debug, Parser)]
+#[command(name = "parse_trace")]
+struct Args {
+    /// The prompt ended with `<think>`.
+    #[arg(long)]
+    starts_in_reasoning: bool,
+    /// Feed the text this many bytes at a time through the streaming parser.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    chunk_bytes: Option<u64>,
 }
 
 /// Feeds `text` in pieces of about `k` bytes, each ending on a character boundary.
@@ -47,13 +40,8 @@ fn parse_chunked(text: &str, start: bool, k: usize) -> Trace {
 }
 
 fn main() -> ExitCode {
-    let (start, chunk) = match parse_args() {
-        Ok(a) => a,
-        Err(msg) => {
-            eprintln!("parse_trace: {msg}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = Args::parse();
+    let (start, chunk) = (args.starts_in_reasoning, args.chunk_bytes.map(|k| k as usize));
     let mut text = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut text) {
         eprintln!("parse_trace: reading stdin: {e}");
@@ -66,7 +54,7 @@ fn main() -> ExitCode {
     let tool_calls: Vec<serde_json::Value> = trace
         .tool_calls
         .iter()
-        .map(|c| serde_json::json!({"name": c.name, "arguments": c.arguments.as_ref().ok()}))
+        .map(|c| serde_json::json!({"name": c.name, "arguments": serde_json::from_str::<serde_json::Value>(&c.arguments).ok()}))
         .collect();
     let json = serde_json::json!({
         "reasoning": trace.reasoning,

@@ -120,11 +120,7 @@ fn seeded_sampling_is_reproducible() {
 fn stop_sequence_spanning_tokens_is_not_emitted() {
     let e = engine("llama_tiny");
     let p = Prompt::Raw("The capital of France".into());
-    let (_, ids) = run(
-        &e,
-        &p,
-        &greedy(24).with_starts_in_reasoning(false),
-    );
+    let (_, ids) = run(&e, &p, &greedy(24).with_starts_in_reasoning(false));
     // A stop string made of the end of token 3's text and the start of token 4's.
     let tok = e.tokenizer();
     let before = tok.decode(&ids[..3], false).unwrap();
@@ -136,9 +132,7 @@ fn stop_sequence_spanning_tokens_is_not_emitted() {
         Some(i) => through4[..i].to_string(),
         None => unreachable!(),
     };
-    let params = greedy(24)
-        .with_stop(vec![stop.clone()])
-        .with_starts_in_reasoning(false);
+    let params = greedy(24).with_stop(vec![stop.clone()]).with_starts_in_reasoning(false);
     let (events, _) = run(&e, &p, &params);
     assert_eq!(finish(&events).reason, FinishReason::StopSequence, "stop {stop:?}");
     assert_eq!(text(&events), expected);
@@ -154,21 +148,12 @@ fn limits_end_tokens_and_cancellation() {
     // An extra end token: generation stops on it, and its text is not emitted.
     let stop_at = ids[2];
     let first = ids.iter().position(|&t| t == stop_at).unwrap();
-    let (events, got) = run(
-        &e,
-        &p,
-        &greedy(5).with_stop_token_ids(vec![stop_at]),
-    );
+    let (events, got) = run(&e, &p, &greedy(5).with_stop_token_ids(vec![stop_at]));
     assert_eq!(finish(&events).reason, FinishReason::EndToken);
     assert_eq!(got, ids[..=first]);
     // Cancellation from another thread.
     let cancel = CancelHandle::new();
-    let mut g = e
-        .generate(
-            &p,
-            &greedy(1000).with_cancel(cancel.clone()),
-        )
-        .unwrap();
+    let mut g = e.generate(&p, &greedy(1000).with_cancel(cancel.clone())).unwrap();
     let first_event = g.next().unwrap().unwrap();
     assert!(first_event.finish.is_none());
     std::thread::spawn(move || cancel.cancel()).join().unwrap();

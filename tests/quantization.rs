@@ -2,13 +2,13 @@
 //! apart from activation quantization by exporting them to a checkpoint.
 
 mod common;
-use common::*;
-use r1_core::Architecture;
-use r1_core::internals::GgufFile;
-use r1_core::QuantizeTo;
-use r1_core::internals::Weights;
 use candle_core::{DType, Device, Tensor};
+use common::*;
+use r1_core::internals::GgufFile;
 use r1_core::internals::ModelConfig;
+use r1_core::internals::Weights;
+use r1_core::Architecture;
+use r1_core::QuantizeTo;
 use r1_core::{LoadOptions, Model};
 use std::collections::HashMap;
 use std::path::Path;

@@ -6,7 +6,6 @@
 
 mod common;
 use r1_core::{Engine, GenerateParams, Prompt};
-use r1_core::SamplingParams;
 use std::path::{Path, PathBuf};
 
 fn models_dir() -> PathBuf {

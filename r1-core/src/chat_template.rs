@@ -3,8 +3,8 @@
 //! built-in DeepSeek-R1 template for models that ship none.
 
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
 use crate::trace::ToolCall;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One chat message.

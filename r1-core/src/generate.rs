@@ -535,9 +535,7 @@ impl Generation {
             Some(t) => (t, true),
             None => (self.sampler.sample(&logits, &self.history)?, false),
         };
-        let logprobs = self
-            .top_logprobs
-            .map(|k| TokenLogprobs::from_logits(&logits, token, k));
+        let logprobs = self.top_logprobs.map(|k| TokenLogprobs::from_logits(&logits, token, k));
         if let Some(lp) = &logprobs {
             self.logprobs.push(lp.clone());
         }
@@ -680,16 +678,40 @@ fn parser_channel(trace: &Trace) -> Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::LoadOptions;
 
-    /// The handles an application moves across threads are thread-safe and own their data.
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name)
+    }
+
     #[test]
-    fn owned_shareable_types() {
-        fn send_sync_static<T: Send + Sync + 'static>() {}
-        fn send_static<T: Send + 'static>() {}
-        send_sync_static::<Engine>();
-        send_sync_static::<crate::Model>();
-        send_static::<Generation>();
-        send_static::<crate::Session>();
-        send_static::<Cache>();
+    fn an_error_while_streaming_is_yielded_once_and_what_came_before_stays() {
+        let e = Engine::load(fixture("deepseek_v3_tiny"), &LoadOptions::default()).unwrap();
+        let p = Prompt::Chat(vec![Message::user("hi")]);
+        let mut g = e.generate(&p, &GenerateParams::greedy(50)).unwrap();
+        let first: Vec<Event> = (0..4).map(|_| g.next().unwrap().unwrap()).collect();
+        assert!(first.iter().all(|ev| ev.finish.is_none()));
+        let before = g.generated_ids().to_vec();
+        assert!(!before.is_empty());
+        // A cache made for no layers: the next forward pass fails inside the model.
+        g.cache = Cache::new(0, true, 256);
+        let mut errors = 0;
+        for ev in g.by_ref() {
+            if ev.is_err() {
+                errors += 1;
+            }
+        }
+        assert_eq!(errors, 1, "the error is yielded once, then the iterator ends");
+        assert!(g.next().is_none());
+        assert!(g.is_done());
+        assert_eq!(g.error(), Some(ErrorCode::InvalidArgument));
+        assert!(g.generated_ids().starts_with(&before));
+        let text: String = first.iter().map(|ev| ev.text.as_str()).collect();
+        assert!(g.text().starts_with(&text));
+        let trace = g.trace().expect("the trace of what was generated");
+        assert!(trace.truncated, "still inside the reasoning");
+        assert!(text.starts_with(&trace.reasoning) || trace.reasoning.starts_with(&text));
     }
 }

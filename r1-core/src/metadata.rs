@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum MetaValue {
+pub enum MetaValue {
     /// Any unsigned integer type.
     U64(u64),
     /// Any signed integer type.
@@ -74,7 +74,7 @@ impl MetaValue {
 
 /// A model file's metadata, tensor names and configuration tensors.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Metadata {
+pub struct Metadata {
     /// The file it came from (for error messages).
     pub path: PathBuf,
     /// Values by key.

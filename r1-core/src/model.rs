@@ -257,7 +257,10 @@ impl Checkpoint {
         if has_gguf_magic(path) {
             return Ok(Checkpoint::Gguf(path.to_path_buf()));
         }
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         if !config_path(dir).is_file() {
             return Err(Error::BadWeights {
                 path: path.to_path_buf(),
@@ -458,5 +461,43 @@ impl Model {
         };
         let logits = head.forward(&hidden)?.to_dtype(candle_core::DType::F32)?;
         Logits::from_tensor(&logits).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_prefill_stops_between_chunks_and_keeps_the_chunks_it_ran() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_tiny");
+        let model = Model::load(&dir, &LoadOptions::default().with_prefill_chunk(4)).unwrap();
+        let tokens: Vec<u32> = (1..=20).collect();
+        let mut cache = model.new_cache();
+        let asked = Cell::new(0);
+        let stop = || {
+            asked.set(asked.get() + 1);
+            asked.get() == 2
+        };
+        let err = model
+            .run_chunked(&tokens, &mut cache, None, Output::Last, &stop)
+            .unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::Cancelled);
+        assert_eq!(
+            (asked.get(), cache.len()),
+            (2, 8),
+            "asked before chunks 2 and 3; two chunks ran"
+        );
+        // The chunks that ran are valid: finishing the prompt gives the one-pass logits.
+        let rest = model.forward_last(&tokens[8..], &mut cache).unwrap();
+        let whole = model.logits(&tokens).unwrap();
+        let diff: f32 = rest
+            .last()
+            .iter()
+            .zip(whole.last())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-4, "{diff}");
     }
 }

@@ -2,7 +2,7 @@
 //! draw.
 //!
 //! ```
-//! use r1_core::sampling::{Sampler, Stage};
+//! use r1_core::{Sampler, Stage};
 //! let mut s = Sampler::seeded(42).with(Stage::Temperature(0.6)).with(Stage::TopP(0.95));
 //! let token = s.sample(&[0.1, 2.0, 1.5], &[]).unwrap();
 //! assert!(token < 3);

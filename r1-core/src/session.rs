@@ -55,7 +55,9 @@ pub struct Session {
 }
 
 fn busy() -> Error {
-    Error::InvalidArgument("the session is busy: a generation it started is still alive (finish or drop it first)".into())
+    Error::InvalidArgument(
+        "the session is busy: a generation it started is still alive (finish or drop it first)".into(),
+    )
 }
 
 impl Session {

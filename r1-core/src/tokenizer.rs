@@ -177,7 +177,6 @@ impl Tokenizer {
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }
-
 }
 
 /// llama.cpp's pre-tokenizer regexes by `tokenizer.ggml.pre` name (from its `llama-vocab.cpp`),

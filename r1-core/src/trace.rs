@@ -481,11 +481,17 @@ mod tests {
         assert_eq!(t.tool_calls[0].arguments, "{\"city\": \"Paris\"}");
         assert!(t.tool_calls[0].valid_json);
         assert_eq!(t.tool_calls[1].name, "broken");
-        assert_eq!((t.tool_calls[1].arguments.as_str(), t.tool_calls[1].valid_json), ("{\"x\": }", false));
+        assert_eq!(
+            (t.tool_calls[1].arguments.as_str(), t.tool_calls[1].valid_json),
+            ("{\"x\": }", false)
+        );
         assert_eq!(t.errors.len(), 1);
         // V3.1 form.
         let t = Trace::parse("</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>f<｜tool▁sep｜>{\"a\":1}<｜tool▁call▁end｜><｜tool▁calls▁end｜>", true);
-        assert_eq!((t.tool_calls[0].arguments.as_str(), t.tool_calls[0].valid_json), ("{\"a\":1}", true));
+        assert_eq!(
+            (t.tool_calls[0].arguments.as_str(), t.tool_calls[0].valid_json),
+            ("{\"a\":1}", true)
+        );
         // Unterminated.
         let t = Trace::parse(
             "</think><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",

@@ -309,11 +309,7 @@ pub fn check_bf16_weights(dir: &Path) -> Outcome {
     let mut o = Outcome::default();
     let reference = Reference::load(dir);
     let bf16_file = load_with_weights(dir, "model.bf16.safetensors", &LoadOptions::default());
-    let stored_bf16 = Model::load(
-        dir,
-        &LoadOptions::default().with_dtype(r1_core::DType::BF16),
-    )
-    .unwrap();
+    let stored_bf16 = Model::load(dir, &LoadOptions::default().with_dtype(r1_core::DType::BF16)).unwrap();
     for i in 0..reference.n_sequences() {
         let ids = reference.ids(&format!("input_ids.{i}"));
         let want = reference.f32s(&format!("bf16w_logits.{i}"));

@@ -70,7 +70,9 @@ impl Layer for DeepseekLayer {
         layer: usize,
         routing: Option<&mut Vec<LayerRouting>>,
     ) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
         let normed = self.post_attention_layernorm.forward(&h)?;
         let ffn = match &self.mlp {
             FeedForward::Dense(mlp) => mlp.forward(&normed)?,

@@ -55,7 +55,9 @@ impl Layer for LlamaLayer {
         _layer: usize,
         _routing: Option<&mut Vec<LayerRouting>>,
     ) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
+        let h = (x + self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
         Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
 }

@@ -184,7 +184,6 @@ impl GgufFile {
         &self.path
     }
 
-
     /// What the file says about the model, for `config` and `tokenizer`: the metadata, the
     /// tensor names and the rope frequency factors (the one tensor that is configuration).
     pub fn metadata(&self) -> Metadata {
@@ -208,7 +207,6 @@ impl GgufFile {
     pub fn len(&self) -> usize {
         self.mmap.len()
     }
-
 
     /// The bytes of tensor `name`.
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
