@@ -208,6 +208,9 @@ fn run(a: &Args) -> Result<(), String> {
             f.reason.name()
         );
     }
+    if let Some(kib) = peak_rss_kib() {
+        eprintln!("[memory] peak RSS {} MB", kib / 1024);
+    }
     if let Some(path) = &a.ids_out {
         let mut json =
             serde_json::json!({"prompt_ids": generation.prompt_ids(), "generated_ids": generation.generated_ids()});
@@ -227,6 +230,13 @@ fn run(a: &Args) -> Result<(), String> {
         std::fs::write(path, json.to_string()).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
+}
+
+/// Peak resident set size of this process in KiB (Linux's `VmHWM`; `None` elsewhere).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn main() -> ExitCode {

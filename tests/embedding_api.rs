@@ -286,7 +286,7 @@ fn a_load_stopped_from_its_progress_callback_is_cancelled() {
         let calls = Arc::new(AtomicU64::new(0));
         let seen = Arc::clone(&calls);
         let options = LoadOptions::default().with_progress(move |_, _| seen.fetch_add(1, Ordering::Relaxed) < 2);
-        let err = Model::load(&path, &options).err().expect("the load stops");
+        let err = Model::load(&path, &options).expect_err("the load stops");
         assert_eq!(err.code(), ErrorCode::Cancelled, "{err}");
         assert!(err.to_string().contains("progress callback"), "{err}");
         assert_eq!(calls.load(Ordering::Relaxed), 3, "no call after the one that said stop");

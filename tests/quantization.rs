@@ -172,7 +172,7 @@ fn gguf_weights_equal_their_exported_checkpoint() {
     ] {
         let path = models.join(file);
         if !path.is_file() {
-            eprintln!("\n*** SKIPPED {file}: missing (run scripts/fetch-models.sh) ***\n");
+            missing_data(&format!("{} (run scripts/fetch-models.sh)", path.display()));
             continue;
         }
         let g = GgufFile::open(&path).unwrap();

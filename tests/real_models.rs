@@ -2,17 +2,13 @@
 //! greedy tokens, recorded by tests/reference/make_llama_cpp_reference.py.
 //!
 //! When the models are absent (no registry access), each test prints a loud SKIPPED line and
-//! returns; `.ci/run` fetches them first and fails if it cannot.
+//! returns; `.ci/run` fetches them first and sets `R1_REQUIRE_TEST_DATA`, so there they fail.
 
 mod common;
 use r1_core::{Engine, GenerateParams, Prompt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn models_dir() -> PathBuf {
-    std::env::var_os("R1_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/r1/models"))
-}
+use common::models_dir;
 
 fn reference() -> serde_json::Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/llama_cpp_reference.json");
@@ -26,10 +22,7 @@ fn engines() -> Vec<(String, Engine, serde_json::Value)> {
     for (name, entry) in r["models"].as_object().unwrap() {
         let path = models_dir().join(entry["file"].as_str().unwrap());
         if !path.is_file() {
-            eprintln!(
-                "\n*** SKIPPED {name}: {} is missing (run scripts/fetch-models.sh) ***\n",
-                path.display()
-            );
+            common::missing_data(&format!("{name}: {} (run scripts/fetch-models.sh)", path.display()));
             continue;
         }
         let engine = Engine::load(&path, &Default::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -126,4 +119,61 @@ fn greedy_tokens_match_llama_cpp() {
         );
     }
     common::report(o);
+}
+
+/// A raw prompt of at least `n` tokens: common words in a fixed pseudo-random order.
+fn long_prompt(engine: &Engine, n: usize) -> String {
+    let words: Vec<&str> = "the of and to in is that for it as was with be by on not he this are or from at which but have an they you were her all she there would their we him been has when who will more no if out so said what up its about into than them can only other new some could time these two may then do first any my now such like our over man me even most made after also did many before must through back years where much your way well down should because each just those people how too little state good very make world still own see men work long get here between both life being under never day same another know while last might us great old year off come since against go came right used take three".split(' ').collect();
+    let (mut text, mut state) = (String::new(), 1u64);
+    loop {
+        for _ in 0..500 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            text.push_str(words[(state >> 33) as usize % words.len()]);
+            text.push(' ');
+        }
+        if engine.tokenizer().encode(&text, true).unwrap().len() >= n {
+            return text;
+        }
+    }
+}
+
+#[test]
+fn a_long_prompt_runs_in_bounded_memory() {
+    // `engines()` has already reported a missing file.
+    let Some((_, engine, entry)) = engines().into_iter().find(|(name, ..)| name == "smollm2") else {
+        return;
+    };
+    let path = models_dir().join(entry["file"].as_str().unwrap());
+    let prompt = long_prompt(&engine, 5500);
+    drop(engine);
+    let exe = std::env::current_exe().unwrap();
+    let generate = exe.parent().unwrap().parent().unwrap().join("examples/generate");
+    let out = std::process::Command::new(generate)
+        .args([
+            "--model",
+            path.to_str().unwrap(),
+            "--raw",
+            "--greedy",
+            "--max-tokens",
+            "2",
+            "--prompt",
+            &prompt,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let usage = stdout.lines().find(|l| l.starts_with("[usage]")).expect("a usage line");
+    let prompt_tokens: usize = usage.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(prompt_tokens >= 5500, "{usage}");
+    let mb: u64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("[memory] peak RSS "))
+        .and_then(|r| r.trim_end_matches(" MB").parse().ok())
+        .expect("a peak RSS line");
+    eprintln!("{prompt_tokens}-token prompt: peak RSS {mb} MB; {usage}");
+    assert!(mb < 600, "peak RSS {mb} MB for a {prompt_tokens}-token prompt");
 }

@@ -7,7 +7,7 @@ use common::*;
 #[test]
 fn shared_oracle_folders_match_transformers() {
     let Some(dir) = shared_oracle_dir() else {
-        eprintln!("SKIPPED: ../shared/oracle is not present; only the project's own fixtures were checked");
+        missing_data("../shared/oracle (only the project's own fixtures were checked)");
         return;
     };
     let folders = reference_folders(&dir);
@@ -31,7 +31,7 @@ fn shared_oracle_folders_match_transformers() {
 #[test]
 fn shared_oracle_gguf_files_match_transformers() {
     let Some(oracle) = shared_oracle_dir() else {
-        eprintln!("SKIPPED: ../shared/oracle is not present");
+        missing_data("../shared/oracle");
         return;
     };
     let gguf_dir = oracle.parent().unwrap().join("oracle-gguf");

@@ -370,3 +370,19 @@ pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// Reports test data that is missing: a loud SKIPPED line for a user without it, a failure where
+/// the data is required (`.ci/run` sets `R1_REQUIRE_TEST_DATA=1`), so CI never passes by skipping.
+pub fn missing_data(what: &str) {
+    if std::env::var_os("R1_REQUIRE_TEST_DATA").is_some() {
+        panic!("{what} is missing, and R1_REQUIRE_TEST_DATA is set");
+    }
+    eprintln!("\n*** SKIPPED: {what} is missing ***\n");
+}
+
+/// Where `scripts/fetch-models.sh` keeps the real models.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("R1_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cache/r1/models"))
+}

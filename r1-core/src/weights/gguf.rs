@@ -204,7 +204,7 @@ impl GgufFile {
     }
 
     /// The file's size in bytes.
-    pub fn len(&self) -> usize {
+    pub fn file_bytes(&self) -> usize {
         self.mmap.len()
     }
 

@@ -133,7 +133,7 @@ impl Weights {
     pub fn total_bytes(&self) -> u64 {
         match &self.source {
             Source::Safetensors(s) => s.total_bytes(),
-            Source::Gguf(g) => g.len() as u64,
+            Source::Gguf(g) => g.file_bytes() as u64,
         }
     }
 
