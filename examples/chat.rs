@@ -67,11 +67,11 @@ fn reply(session: &mut Session, chat: &[Message], params: &GenerateParams, show:
         let event = event?;
         if show && !event.text.is_empty() {
             if current != Some(event.channel) {
-                let header = match (event.channel, color) {
-                    (Channel::Reasoning, true) => "\x1b[2m[reasoning]\n",
-                    (Channel::Reasoning, false) => "[reasoning]\n",
-                    (Channel::Answer, true) => "\x1b[0m\n[answer]\n",
-                    (Channel::Answer, false) => "\n[answer]\n",
+                let header = match (event.channel == Channel::Reasoning, color) {
+                    (true, true) => "\x1b[2m[reasoning]\n",
+                    (true, false) => "[reasoning]\n",
+                    (false, true) => "\x1b[0m\n[answer]\n",
+                    (false, false) => "\n[answer]\n",
                 };
                 let _ = write!(out, "{header}");
                 current = Some(event.channel);

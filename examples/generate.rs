@@ -175,13 +175,11 @@ fn run(a: &Args) -> Result<(), String> {
         let event = event.map_err(|e| e.to_string())?;
         if !event.text.is_empty() && current != Some(event.channel) {
             // Set the reasoning apart: a header per channel, and dim text on a terminal.
-            let header = match event.channel {
-                Channel::Reasoning => "\n[reasoning]\n",
-                Channel::Answer => "\n[answer]\n",
-            };
-            let style = match (color, event.channel) {
-                (true, Channel::Reasoning) => "\x1b[2m",
-                (true, Channel::Answer) => "\x1b[0m",
+            let reasoning = event.channel == Channel::Reasoning;
+            let header = if reasoning { "\n[reasoning]\n" } else { "\n[answer]\n" };
+            let style = match (color, reasoning) {
+                (true, true) => "\x1b[2m",
+                (true, false) => "\x1b[0m",
                 _ => "",
             };
             let _ = write!(out, "{}{header}{style}", if color { "\x1b[0m" } else { "" });

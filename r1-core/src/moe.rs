@@ -13,6 +13,7 @@ use candle_core::{DType, Tensor};
 
 /// The experts chosen for one token and their weights (after normalization and scaling).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct TokenRouting {
     /// Expert indices, best first.
     pub experts: Vec<usize>,
@@ -22,6 +23,7 @@ pub struct TokenRouting {
 
 /// What one MoE layer decided for every token of one forward call.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct LayerRouting {
     /// Decoder layer index.
     pub layer: usize,

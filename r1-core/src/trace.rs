@@ -24,6 +24,7 @@ const TOOL_SEP: &str = "<｜tool▁sep｜>";
 /// Which part of the output a piece of text belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Channel {
     /// Inside `<think>…</think>`.
     Reasoning,
@@ -155,6 +156,7 @@ fn partial_suffix(text: &str, tag: &str) -> usize {
 
 /// One step of the reasoning.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct Step {
     /// The step's text (trimmed).
     pub text: String,
@@ -188,9 +190,19 @@ impl ToolCall {
 
 /// What the reasoning is cut at, besides paragraph breaks.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct StepConfig {
     /// Words that start a new step when they open a sentence ("Wait", "Alternatively"…).
     pub markers: Vec<String>,
+}
+
+impl StepConfig {
+    /// Steps cut before these markers (and at blank lines).
+    pub fn with_markers(markers: &[&str]) -> Self {
+        StepConfig {
+            markers: markers.iter().map(|m| m.to_string()).collect(),
+        }
+    }
 }
 
 impl Default for StepConfig {
@@ -205,6 +217,7 @@ impl Default for StepConfig {
 
 /// A parsed reasoning trace.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Trace {
     /// The reasoning text, tags removed.
     pub reasoning: String,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 /// The formats a checkpoint can be quantized to while loading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum QuantizeTo {
     /// 8.5 bits per weight (ggml Q8_0): nearly lossless, ~3.8x smaller than f32.
     Q8_0,
