@@ -1,0 +1,155 @@
+//! The C API from C and C++: builds `tests/c/test_api.c`, `examples/c/chat.c` and
+//! `examples/cpp/chat.cpp` with the system compilers against `include/r1.h` and the libr1 this
+//! test was built with, then runs them on a fixture model against transformers' references.
+//! (`scripts/c-memcheck.sh` runs the same programs under valgrind and AddressSanitizer.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// target/<profile>, where libr1.so and libr1.a are.
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    assert!(dir.join("libr1.so").is_file(), "no libr1.so in {}", dir.display());
+    dir
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("r1-c-api-{}-{tag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles `source` with `compiler` and strict warnings; returns the binary.
+fn compile(compiler: &str, std: &str, source: &str, out: &Path) -> PathBuf {
+    let lib = lib_dir();
+    let status = Command::new(compiler)
+        .args([std, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g"])
+        .arg(repo().join(source))
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg("-L")
+        .arg(&lib)
+        .args(["-lr1", "-lpthread", "-lm"])
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(out)
+        .status()
+        .unwrap_or_else(|e| panic!("{compiler}: {e}"));
+    assert!(status.success(), "{compiler} {source} failed");
+    out.to_path_buf()
+}
+
+/// The arguments of test_api for one fixture: its reference logits as raw f32, its first
+/// sequence, and its first chat case's user message and greedy ids.
+fn test_api_args(fixture: &str, dir: &Path) -> Vec<String> {
+    let fx = repo().join("tests/fixtures").join(fixture);
+    let bytes = std::fs::read(fx.join("reference.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let logits = st.tensor("logits.0").unwrap();
+    assert_eq!(logits.dtype(), safetensors::Dtype::F32);
+    let logits_file = dir.join("logits.f32");
+    std::fs::write(&logits_file, logits.data()).unwrap();
+    let ids = st.tensor("input_ids.0").unwrap();
+    let ids: Vec<String> = ids
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()).to_string())
+        .collect();
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("reference.json")).unwrap()).unwrap();
+    let case = &reference["tokenizer"]["chat"][0];
+    let messages = case["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "the first chat case is one user message");
+    let greedy: Vec<String> = case["greedy_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    // A GGUF cut after its first 100 bytes: the magic is there, the rest is not.
+    let truncated = dir.join("truncated.gguf");
+    let gguf = std::fs::read(repo().join("tests/fixtures/gguf/qwen2_tiny.f32.gguf")).unwrap();
+    std::fs::write(&truncated, &gguf[..100]).unwrap();
+    vec![
+        fx.display().to_string(),
+        truncated.display().to_string(),
+        logits_file.display().to_string(),
+        ids.join(","),
+        messages[0]["content"].as_str().unwrap().to_string(),
+        greedy.join(","),
+    ]
+}
+
+#[test]
+fn c_test_program_walks_every_error_path_and_matches_transformers() {
+    let dir = scratch("test_api");
+    let exe = compile("cc", "-std=c99", "tests/c/test_api.c", &dir.join("test_api"));
+    for fixture in ["qwen2_tiny", "deepseek_v3_tiny"] {
+        let out = Command::new(&exe).args(test_api_args(fixture, &dir)).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{fixture}:\n{stdout}\n{stderr}");
+        assert!(stdout.contains(" 0 failures"), "{stdout}");
+        eprintln!("{fixture}: {stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn c_and_cpp_chat_examples_stream_a_chat() {
+    let dir = scratch("chat");
+    let model = repo().join("tests/fixtures/deepseek_v3_tiny");
+    for (compiler, std, source) in [
+        ("cc", "-std=c99", "examples/c/chat.c"),
+        ("c++", "-std=c++17", "examples/cpp/chat.cpp"),
+    ] {
+        let name = Path::new(source).file_stem().unwrap().to_string_lossy().to_string();
+        let exe = compile(compiler, std, source, &dir.join(format!("{name}-{compiler}")));
+        let out = Command::new(&exe)
+            .args(["--greedy", "--max-tokens", "12"])
+            .arg(&model)
+            .args(["Hello!", "And now?"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{source}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(stdout.matches("[usage]").count(), 2, "{source}: {stdout}");
+        assert!(stdout.contains("[reasoning]"), "{source}: {stdout}");
+        // The second turn reuses the first's cache.
+        let second = stdout.split("[usage]").nth(2).unwrap();
+        assert!(!second.contains("(0 cached)"), "{source}: {stdout}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_header_compiles_as_strict_c99_and_cpp() {
+    let dir = scratch("header");
+    let src = dir.join("include_only.c");
+    std::fs::write(
+        &src,
+        "#include \"r1.h\"\nint main(void) { return r1_version()[0] == 0; }\n",
+    )
+    .unwrap();
+    for (compiler, std) in [("cc", "-std=c99"), ("c++", "-std=c++11")] {
+        let status = Command::new(compiler)
+            .args([std, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only"])
+            .args(if compiler == "c++" { vec!["-x", "c++"] } else { vec![] })
+            .arg(&src)
+            .arg("-I")
+            .arg(repo().join("include"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{compiler} {std}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
