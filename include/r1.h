@@ -219,11 +219,12 @@ struct r1_gen_params r1_gen_params_default(void);
 
 // Loads a checkpoint folder, a .safetensors file beside its config.json, or a GGUF file.
 // `params` may be NULL (the defaults). On success `*out` is a model to free with
-// `r1_model_free`. Blocks while loading (the progress callback runs on this thread).
+// `r1_model_free`; `*out` is untouched on failure. Blocks while loading (the progress callback
+// runs on this thread). Any thread may load; the thread count is process-wide.
 enum r1_status r1_model_load(const char *path, const struct r1_load_params *params, struct r1_model **out);
 
-// Frees a model. NULL is fine; never twice. Sessions made from it keep their own reference,
-// so they stay usable.
+// Frees a model. NULL is fine; never twice, never while another thread uses this handle.
+// Sessions made from it keep their own reference, so they stay usable.
 void r1_model_free(struct r1_model *model);
 
 // The vocabulary size (logits per position); 0 for NULL. Thread-safe.
@@ -251,13 +252,15 @@ enum r1_status r1_apply_chat_template(const struct r1_model *model, const struct
 enum r1_status r1_model_logits(const struct r1_model *model, const uint32_t *ids, size_t n_ids, float *out, size_t out_len);
 
 // A new, empty conversation on `model`; free it with `r1_session_free`. The session keeps the
-// model alive.
+// model alive. Thread-safe (the model may be shared).
 enum r1_status r1_session_new(const struct r1_model *model, struct r1_session **out);
 
-// Frees a session. NULL is fine; never twice, never while a call on it runs.
+// Frees a session. NULL is fine; never twice, never while a call on it runs (not even
+// `r1_session_cancel`).
 void r1_session_free(struct r1_session *session);
 
-// Forgets the conversation.
+// Forgets the conversation (the cache's memory is kept for reuse). One thread at a time per
+// session.
 enum r1_status r1_session_reset(struct r1_session *session);
 
 // Stops the session's running generation at its next step (finish reason
@@ -266,25 +269,30 @@ enum r1_status r1_session_cancel(struct r1_session *session);
 
 // Generates the reply to `messages`, the whole conversation so far (OpenAI style): the
 // session renders them with the chat template, reuses its cache for the prefix it already
-// holds, and streams the reply to `on_token` (may be NULL). `params` may be NULL (the
-// defaults); `out` may be NULL. Blocks until the generation ends.
+// holds, and streams the reply to `on_token` (may be NULL), called on this thread. `params`
+// may be NULL (the defaults); `out` may be NULL. Blocks until the generation ends. One thread at
+// a time per session; `r1_session_cancel` from any other thread stops it.
 enum r1_status r1_session_chat(struct r1_session *session, const struct r1_message *messages, size_t n_messages, const struct r1_gen_params *params, r1_token_callback on_token, void *user_data, struct r1_result *out);
 
-// Like `r1_session_chat` for raw text (NUL-terminated UTF-8), no template.
+// Like `r1_session_chat` for raw text (NUL-terminated UTF-8), no template. Blocks until the
+// generation ends; one thread at a time per session.
 enum r1_status r1_session_complete(struct r1_session *session, const char *prompt, const struct r1_gen_params *params, r1_token_callback on_token, void *user_data, struct r1_result *out);
 
-// The last generation's generated token ids, under the length convention of `r1_tokenize`.
+// The last generation's generated token ids, under the length convention of `r1_tokenize`;
+// the caller owns `ids`. One thread at a time per session.
 enum r1_status r1_session_generated_ids(const struct r1_session *session, uint32_t *ids, size_t ids_cap, size_t *n_out);
 
 // The last generation's parsed trace, as a new trace to free with `r1_trace_free`.
-// `R1_ERROR_INVALID_ARGUMENT` if the session has not generated yet.
+// `R1_ERROR_INVALID_ARGUMENT` if the session has not generated yet. One thread at a time per
+// session; the trace itself is independent of the session.
 enum r1_status r1_session_trace(const struct r1_session *session, struct r1_trace **out);
 
 // Parses recorded output (`len` bytes of UTF-8) into a new trace, to free with
 // `r1_trace_free`. Thread-safe.
 enum r1_status r1_trace_parse(const char *text, size_t len, bool starts_in_reasoning, struct r1_trace **out);
 
-// The reasoning text; owned by the trace, NUL-terminated (NULL for a NULL trace).
+// The reasoning text; owned by the trace (valid until `r1_trace_free`), NUL-terminated; NULL
+// for a NULL trace. Traces are immutable: any thread may read them.
 const char *r1_trace_reasoning(const struct r1_trace *trace);
 
 // The answer text; owned by the trace, NUL-terminated (NULL for a NULL trace).
@@ -311,7 +319,8 @@ const char *r1_trace_tool_call_name(const struct r1_trace *trace, size_t i);
 // Tool call `i`'s arguments as JSON text; NULL past the end. Owned by the trace.
 const char *r1_trace_tool_call_arguments(const struct r1_trace *trace, size_t i);
 
-// Frees a trace and its strings. NULL is fine; never twice.
+// Frees a trace and its strings. NULL is fine; never twice, never while another thread reads
+// it.
 void r1_trace_free(struct r1_trace *trace);
 
 #ifdef __cplusplus

@@ -205,7 +205,8 @@ pub extern "C" fn r1_gen_params_default() -> r1_gen_params {
 
 /// Loads a checkpoint folder, a .safetensors file beside its config.json, or a GGUF file.
 /// `params` may be NULL (the defaults). On success `*out` is a model to free with
-/// `r1_model_free`. Blocks while loading (the progress callback runs on this thread).
+/// `r1_model_free`; `*out` is untouched on failure. Blocks while loading (the progress callback
+/// runs on this thread). Any thread may load; the thread count is process-wide.
 #[no_mangle]
 pub unsafe extern "C" fn r1_model_load(
     path: *const c_char,
@@ -224,8 +225,8 @@ pub unsafe extern "C" fn r1_model_load(
     })
 }
 
-/// Frees a model. NULL is fine; never twice. Sessions made from it keep their own reference,
-/// so they stay usable.
+/// Frees a model. NULL is fine; never twice, never while another thread uses this handle.
+/// Sessions made from it keep their own reference, so they stay usable.
 #[no_mangle]
 pub unsafe extern "C" fn r1_model_free(model: *mut r1_model) {
     guard_value((), || {
@@ -355,7 +356,7 @@ pub unsafe extern "C" fn r1_model_logits(
 }
 
 /// A new, empty conversation on `model`; free it with `r1_session_free`. The session keeps the
-/// model alive.
+/// model alive. Thread-safe (the model may be shared).
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_new(model: *const r1_model, out: *mut *mut r1_session) -> r1_status {
     guard(|| {
@@ -373,7 +374,8 @@ pub unsafe extern "C" fn r1_session_new(model: *const r1_model, out: *mut *mut r
     })
 }
 
-/// Frees a session. NULL is fine; never twice, never while a call on it runs.
+/// Frees a session. NULL is fine; never twice, never while a call on it runs (not even
+/// `r1_session_cancel`).
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_free(session: *mut r1_session) {
     guard_value((), || {
@@ -391,7 +393,8 @@ fn lock(s: &r1_session) -> std::sync::MutexGuard<'_, Session> {
     s.session.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Forgets the conversation.
+/// Forgets the conversation (the cache's memory is kept for reuse). One thread at a time per
+/// session.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_reset(session: *mut r1_session) -> r1_status {
     guard(|| Ok(lock(session_ref(session)?).reset()?))
@@ -485,8 +488,9 @@ unsafe fn run(
 
 /// Generates the reply to `messages`, the whole conversation so far (OpenAI style): the
 /// session renders them with the chat template, reuses its cache for the prefix it already
-/// holds, and streams the reply to `on_token` (may be NULL). `params` may be NULL (the
-/// defaults); `out` may be NULL. Blocks until the generation ends.
+/// holds, and streams the reply to `on_token` (may be NULL), called on this thread. `params`
+/// may be NULL (the defaults); `out` may be NULL. Blocks until the generation ends. One thread at
+/// a time per session; `r1_session_cancel` from any other thread stops it.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_chat(
     session: *mut r1_session,
@@ -507,7 +511,8 @@ pub unsafe extern "C" fn r1_session_chat(
     )
 }
 
-/// Like `r1_session_chat` for raw text (NUL-terminated UTF-8), no template.
+/// Like `r1_session_chat` for raw text (NUL-terminated UTF-8), no template. Blocks until the
+/// generation ends; one thread at a time per session.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_complete(
     session: *mut r1_session,
@@ -527,7 +532,8 @@ pub unsafe extern "C" fn r1_session_complete(
     )
 }
 
-/// The last generation's generated token ids, under the length convention of `r1_tokenize`.
+/// The last generation's generated token ids, under the length convention of `r1_tokenize`;
+/// the caller owns `ids`. One thread at a time per session.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_generated_ids(
     session: *const r1_session,
@@ -560,7 +566,8 @@ fn trace_handle(t: &r1_core::Trace) -> *mut r1_trace {
 }
 
 /// The last generation's parsed trace, as a new trace to free with `r1_trace_free`.
-/// `R1_ERROR_INVALID_ARGUMENT` if the session has not generated yet.
+/// `R1_ERROR_INVALID_ARGUMENT` if the session has not generated yet. One thread at a time per
+/// session; the trace itself is independent of the session.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_trace(session: *const r1_session, out: *mut *mut r1_trace) -> r1_status {
     guard(|| {
@@ -604,7 +611,8 @@ fn trace_str(trace: *const r1_trace, f: impl FnOnce(&r1_trace) -> Option<&CStrin
     })
 }
 
-/// The reasoning text; owned by the trace, NUL-terminated (NULL for a NULL trace).
+/// The reasoning text; owned by the trace (valid until `r1_trace_free`), NUL-terminated; NULL
+/// for a NULL trace. Traces are immutable: any thread may read them.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_reasoning(trace: *const r1_trace) -> *const c_char {
     trace_str(trace, |t| Some(&t.reasoning))
@@ -658,7 +666,8 @@ pub unsafe extern "C" fn r1_trace_tool_call_arguments(trace: *const r1_trace, i:
     trace_str(trace, |t| t.tool_arguments.get(i))
 }
 
-/// Frees a trace and its strings. NULL is fine; never twice.
+/// Frees a trace and its strings. NULL is fine; never twice, never while another thread reads
+/// it.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_free(trace: *mut r1_trace) {
     guard_value((), || {

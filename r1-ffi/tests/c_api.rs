@@ -1,7 +1,11 @@
 //! The C API from C and C++: builds `tests/c/test_api.c`, `examples/c/chat.c` and
 //! `examples/cpp/chat.cpp` with the system compilers against `include/r1.h` and the libr1 this
 //! test was built with, then runs them on a fixture model against transformers' references.
-//! (`scripts/c-memcheck.sh` runs the same programs under valgrind and AddressSanitizer.)
+//!
+//! `scripts/c-memcheck.sh` runs the same programs under valgrind and AddressSanitizer through
+//! three variables: `R1_C_LIB_DIR` (a libr1 built for valgrind, without AVX-512),
+//! `R1_C_CFLAGS` (extra compiler flags, e.g. `-fsanitize=address`) and `R1_C_WRAPPER` (a command
+//! the programs run under, e.g. `valgrind --error-exitcode=1 ...`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,12 +14,32 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// target/<profile>, where libr1.so and libr1.a are.
+/// target/<profile>, where libr1.so and libr1.a are (or `R1_C_LIB_DIR`).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    let dir = match std::env::var_os("R1_C_LIB_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => exe.parent().unwrap().parent().unwrap().to_path_buf(),
+    };
     assert!(dir.join("libr1.so").is_file(), "no libr1.so in {}", dir.display());
     dir
+}
+
+/// A command for `exe`, under `R1_C_WRAPPER` when set. cargo's LD_LIBRARY_PATH (which names
+/// target/<profile>) would take precedence over the binary's rpath, so it is replaced.
+fn run(exe: &Path) -> Command {
+    let wrapper = std::env::var("R1_C_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut c = match words.next() {
+        Some(first) => {
+            let mut c = Command::new(first);
+            c.args(words).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    c.env("LD_LIBRARY_PATH", lib_dir());
+    c
 }
 
 fn scratch(tag: &str) -> PathBuf {
@@ -29,6 +53,7 @@ fn compile(compiler: &str, std: &str, source: &str, out: &Path) -> PathBuf {
     let lib = lib_dir();
     let status = Command::new(compiler)
         .args([std, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-g"])
+        .args(std::env::var("R1_C_CFLAGS").unwrap_or_default().split_whitespace())
         .arg(repo().join(source))
         .arg("-I")
         .arg(repo().join("include"))
@@ -90,7 +115,7 @@ fn c_test_program_walks_every_error_path_and_matches_transformers() {
     let dir = scratch("test_api");
     let exe = compile("cc", "-std=c99", "tests/c/test_api.c", &dir.join("test_api"));
     for fixture in ["qwen2_tiny", "deepseek_v3_tiny"] {
-        let out = Command::new(&exe).args(test_api_args(fixture, &dir)).output().unwrap();
+        let out = run(&exe).args(test_api_args(fixture, &dir)).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{fixture}:\n{stdout}\n{stderr}");
@@ -110,7 +135,7 @@ fn c_and_cpp_chat_examples_stream_a_chat() {
     ] {
         let name = Path::new(source).file_stem().unwrap().to_string_lossy().to_string();
         let exe = compile(compiler, std, source, &dir.join(format!("{name}-{compiler}")));
-        let out = Command::new(&exe)
+        let out = run(&exe)
             .args(["--greedy", "--max-tokens", "12"])
             .arg(&model)
             .args(["Hello!", "And now?"])
@@ -151,5 +176,38 @@ fn the_header_compiles_as_strict_c99_and_cpp() {
             .unwrap();
         assert!(status.success(), "{compiler} {std}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_example_in_docs_c_api_md_compiles_and_runs() {
+    let doc = std::fs::read_to_string(repo().join("docs/c-api.md")).unwrap();
+    let start = doc.find("```c\n").expect("a C block") + 5;
+    let code = &doc[start..start + doc[start..].find("```").unwrap()];
+    let dir = scratch("doc");
+    let src = dir.join("doc_example.c");
+    std::fs::write(&src, code).unwrap();
+    let lib = lib_dir();
+    let exe = dir.join("doc_example");
+    let status = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Wpedantic", "-Werror"])
+        .arg(&src)
+        .arg("-I")
+        .arg(repo().join("include"))
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lr1")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = run(&exe)
+        .arg(repo().join("tests/fixtures/llama_tiny"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("answer tokens"));
     let _ = std::fs::remove_dir_all(&dir);
 }

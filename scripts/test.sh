@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite, what CI runs after fmt and clippy: the Rust tests (which also build and
+# run the C API's C and C++ programs and the examples' interfaces), then the C programs under
+# valgrind and AddressSanitizer.
+#
+#   bash scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --workspace --release
+bash scripts/c-memcheck.sh
