@@ -155,8 +155,23 @@ impl GenerateParams {
 
 /// Stops a generation from any thread; the generation ends at its next token, or between two
 /// prefill chunks, with [`FinishReason::Cancelled`].
-#[derive(Debug, Clone, Default)]
-pub struct CancelHandle(Arc<AtomicBool>);
+///
+/// A handle may also carry a poll function ([`CancelHandle::with_poll`]), asked at the same
+/// points: a binding uses it to notice a pending Ctrl-C while the model computes.
+#[derive(Clone, Default)]
+pub struct CancelHandle {
+    flag: Arc<AtomicBool>,
+    poll: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("cancelled", &self.flag.load(Ordering::Relaxed))
+            .field("poll", &self.poll.is_some())
+            .finish()
+    }
+}
 
 impl CancelHandle {
     /// A fresh handle.
@@ -164,19 +179,29 @@ impl CancelHandle {
         Self::default()
     }
 
-    /// Asks the generation to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+    /// A handle that also counts as cancelled whenever `poll` returns true (it is called from
+    /// the generating thread, before each token and between prefill chunks).
+    pub fn with_poll(poll: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        CancelHandle {
+            flag: Arc::default(),
+            poll: Some(Arc::new(poll)),
+        }
     }
 
-    /// Whether [`CancelHandle::cancel`] was called (since the last reset).
+    /// Asks the generation to stop.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelHandle::cancel`] was called (since the last reset), or the poll function
+    /// says so.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed) || self.poll.as_ref().is_some_and(|p| p())
     }
 
     /// Clears a cancellation (a session does so as each generation starts).
     pub(crate) fn reset(&self) {
-        self.0.store(false, Ordering::Relaxed);
+        self.flag.store(false, Ordering::Relaxed);
     }
 }
 
@@ -300,6 +325,7 @@ pub struct Generation {
     usage: Usage,
     decode_time: Duration,
     trace: Option<Trace>,
+    finish_reason: Option<FinishReason>,
     error: Option<ErrorCode>,
     done: bool,
 }
@@ -392,6 +418,7 @@ impl Generation {
             },
             decode_time: Duration::ZERO,
             trace: None,
+            finish_reason: None,
             error: None,
             done: false,
         }
@@ -444,6 +471,11 @@ impl Generation {
     /// after an error (the trace of what was generated until then).
     pub fn trace(&self) -> Option<&Trace> {
         self.trace.as_ref()
+    }
+
+    /// Why the generation ended, once it finished (`None` while running or after an error).
+    pub fn finish_reason(&self) -> Option<FinishReason> {
+        self.finish_reason
     }
 
     /// The code of the error the generation ended with, if it ended with one.
@@ -610,6 +642,7 @@ impl Generation {
         for (ch, text) in segments {
             self.push_event(None, text, ch, None);
         }
+        self.finish_reason = Some(reason);
         let finish = Finish {
             reason,
             usage: self.usage,

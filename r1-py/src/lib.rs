@@ -1,0 +1,503 @@
+//! `r1py._r1`: the compiled half of the r1py wheel. Conversions, error mapping and iterators
+//! over r1-core; the Python half (`python/r1py`) shapes them into the documented API.
+//!
+//! Compute runs with the GIL released (`Python::detach`). A generation polls for signals before
+//! each token and between prefill chunks (through a `CancelHandle` poll), so Ctrl-C stops it
+//! within a token's time and raises `KeyboardInterrupt`, leaving the model usable.
+
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+use r1_core::{
+    CancelHandle, Channel, DType, Engine, Error, GenerateParams, Generation, LoadOptions, Message, Prompt, QuantizeTo,
+    SamplingParams, Session, Trace,
+};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// An r1-core error as the Python exception of its code (classes in `r1py._errors`).
+fn py_err(e: Error) -> PyErr {
+    let name = match e.code().name() {
+        "invalid_argument" => "InvalidArgument",
+        "invalid_utf8" => "InvalidUtf8",
+        "io" => "ModelNotFound",
+        "format" => "FormatError",
+        "unsupported" => "Unsupported",
+        "context_full" => "ContextFull",
+        "cancelled" => "Cancelled",
+        "template" => "TemplateError",
+        _ => "InternalError",
+    };
+    Python::attach(|py| {
+        let class = py.import("r1py._errors").and_then(|m| m.getattr(name));
+        match class.and_then(|c| c.call1((e.to_string(),))) {
+            Ok(exc) => PyErr::from_value(exc),
+            Err(import_failed) => import_failed,
+        }
+    })
+}
+
+fn closed() -> PyErr {
+    py_err(Error::InvalidArgument("this object was closed".into()))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A loaded model (weights shared with its sessions and generations).
+#[pyclass(module = "r1py._r1", name = "Model")]
+struct PyModel {
+    engine: Mutex<Option<Engine>>,
+}
+
+impl PyModel {
+    fn engine(&self) -> PyResult<Engine> {
+        lock(&self.engine).clone().ok_or_else(closed)
+    }
+}
+
+/// Generation settings from keyword arguments; `None` keeps r1's default.
+#[derive(Clone, Default)]
+struct GenArgs {
+    max_tokens: Option<usize>,
+    greedy: Option<bool>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<usize>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Vec<String>>,
+    max_reasoning_tokens: Option<usize>,
+    top_logprobs: Option<usize>,
+    starts_in_reasoning: Option<bool>,
+}
+
+/// One optional entry of the settings dict, converted (a wrong type is a `TypeError` naming it).
+fn item<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<T>> {
+    match d.get_item(key)? {
+        Some(v) if !v.is_none() => match v.extract::<T>() {
+            Ok(x) => Ok(Some(x)),
+            Err(e) => {
+                let e: PyErr = e.into();
+                Err(PyTypeError::new_err(format!("{key}: {e}")))
+            }
+        },
+        _ => Ok(None),
+    }
+}
+
+impl GenArgs {
+    fn from_dict(d: &Bound<'_, PyDict>) -> PyResult<GenArgs> {
+        Ok(GenArgs {
+            max_tokens: item(d, "max_tokens")?,
+            greedy: item(d, "greedy")?,
+            temperature: item(d, "temperature")?,
+            top_p: item(d, "top_p")?,
+            top_k: item(d, "top_k")?,
+            min_p: item(d, "min_p")?,
+            repetition_penalty: item(d, "repetition_penalty")?,
+            presence_penalty: item(d, "presence_penalty")?,
+            frequency_penalty: item(d, "frequency_penalty")?,
+            seed: item(d, "seed")?,
+            stop: item(d, "stop")?,
+            max_reasoning_tokens: item(d, "max_reasoning_tokens")?,
+            top_logprobs: item(d, "top_logprobs")?,
+            starts_in_reasoning: item(d, "starts_in_reasoning")?,
+        })
+    }
+
+    fn params(&self) -> GenerateParams {
+        let mut s = if self.greedy == Some(true) {
+            SamplingParams::greedy()
+        } else {
+            SamplingParams::deepseek_r1()
+        };
+        if let Some(t) = self.temperature {
+            s = s.with_temperature(t);
+        }
+        if let Some(p) = self.top_p {
+            s = s.with_top_p(p);
+        }
+        if let Some(k) = self.top_k {
+            s = s.with_top_k(k);
+        }
+        if let Some(p) = self.min_p {
+            s = s.with_min_p(p);
+        }
+        if let Some(seed) = self.seed {
+            s = s.with_seed(seed);
+        }
+        s = s.with_penalties(
+            self.repetition_penalty.unwrap_or(1.0),
+            self.presence_penalty.unwrap_or(0.0),
+            self.frequency_penalty.unwrap_or(0.0),
+        );
+        let mut p = GenerateParams::default().with_sampling(s);
+        if let Some(n) = self.max_tokens {
+            p = p.with_max_tokens(n);
+        }
+        if let Some(stop) = &self.stop {
+            p = p.with_stop(stop.clone());
+        }
+        p.max_reasoning_tokens = self.max_reasoning_tokens;
+        p.top_logprobs = self.top_logprobs;
+        p.starts_in_reasoning = self.starts_in_reasoning;
+        p
+    }
+}
+
+fn to_messages(msgs: Vec<(String, String)>) -> Vec<Message> {
+    msgs.iter().map(|(r, c)| Message::new(r, c)).collect()
+}
+
+fn prompt(kind: &str, messages: Vec<(String, String)>, text: String, tools: Vec<String>) -> PyResult<Prompt> {
+    Ok(match kind {
+        "chat" if tools.is_empty() => Prompt::Chat(to_messages(messages)),
+        "chat" => Prompt::ChatWithTools(to_messages(messages), tools),
+        "complete" => Prompt::Raw(text),
+        other => return Err(PyTypeError::new_err(format!("unknown prompt kind {other}"))),
+    })
+}
+
+/// A poll for pending signals (Ctrl-C), run from the computing thread: it attaches to the
+/// interpreter for a moment; a raised signal is kept to re-raise and stops the generation.
+fn signal_poll(slot: Arc<Mutex<Option<PyErr>>>) -> CancelHandle {
+    CancelHandle::with_poll(move || {
+        if lock(&slot).is_some() {
+            return true;
+        }
+        match Python::attach(|py| py.check_signals()) {
+            Ok(()) => false,
+            Err(e) => {
+                *lock(&slot) = Some(e);
+                true
+            }
+        }
+    })
+}
+
+#[pymethods]
+impl PyModel {
+    #[new]
+    #[pyo3(signature = (path, dtype=None, threads=None, quantize=None))]
+    fn new(
+        py: Python<'_>,
+        path: String,
+        dtype: Option<String>,
+        threads: Option<usize>,
+        quantize: Option<String>,
+    ) -> PyResult<Self> {
+        let mut options = LoadOptions::default();
+        if let Some(d) = dtype {
+            options = options.with_dtype(d.parse::<DType>().map_err(py_err)?);
+        }
+        if let Some(q) = quantize {
+            let q: QuantizeTo = q.parse().map_err(|e: String| py_err(Error::InvalidArgument(e)))?;
+            options = options.with_quantize(Some(q));
+        }
+        if let Some(t) = threads {
+            options = options.with_threads(t);
+        }
+        let engine = py.detach(|| Engine::load(&path, &options)).map_err(py_err)?;
+        Ok(PyModel {
+            engine: Mutex::new(Some(engine)),
+        })
+    }
+
+    /// Frees this handle's reference to the weights (sessions keep their own).
+    fn close(&self) {
+        *lock(&self.engine) = None;
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.engine).is_none()
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> PyResult<usize> {
+        Ok(self.engine()?.model().vocab_size())
+    }
+
+    #[getter]
+    fn context_length(&self) -> PyResult<usize> {
+        Ok(self.engine()?.model().context_length())
+    }
+
+    #[getter]
+    fn architecture(&self) -> PyResult<&'static str> {
+        Ok(self.engine()?.model().architecture().name())
+    }
+
+    #[pyo3(signature = (text, add_special=true))]
+    fn tokenize(&self, py: Python<'_>, text: String, add_special: bool) -> PyResult<Vec<u32>> {
+        let e = self.engine()?;
+        py.detach(|| e.tokenizer().encode(&text, add_special)).map_err(py_err)
+    }
+
+    fn detokenize(&self, py: Python<'_>, ids: Vec<u32>) -> PyResult<String> {
+        let e = self.engine()?;
+        let vocab = e.model().vocab_size();
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(py_err(Error::InvalidArgument(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ))));
+        }
+        py.detach(|| e.tokenizer().decode(&ids, false)).map_err(py_err)
+    }
+
+    #[pyo3(signature = (messages, add_generation_prompt=true, tools=vec![]))]
+    fn apply_chat_template(
+        &self,
+        messages: Vec<(String, String)>,
+        add_generation_prompt: bool,
+        tools: Vec<String>,
+    ) -> PyResult<String> {
+        let e = self.engine()?;
+        e.apply_chat_template(&to_messages(messages), add_generation_prompt, &tools)
+            .map_err(py_err)
+    }
+
+    /// Logits of every position of `ids` from a fresh cache: float32 `(len(ids), vocab)`.
+    fn logits<'py>(&self, py: Python<'py>, ids: Vec<u32>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.engine()?;
+        let logits = py.detach(|| e.model().logits(&ids)).map_err(py_err)?;
+        let (rows, vocab) = logits.shape();
+        let array = PyArray1::from_vec(py, logits.into_vec());
+        Ok(array.reshape([rows, vocab])?.into_any())
+    }
+
+    /// Starts a one-shot generation on a fresh cache.
+    #[pyo3(signature = (kind, messages, text, tools, args))]
+    fn generate(
+        &self,
+        kind: &str,
+        messages: Vec<(String, String)>,
+        text: String,
+        tools: Vec<String>,
+        args: &Bound<'_, PyDict>,
+    ) -> PyResult<PyGeneration> {
+        let args = GenArgs::from_dict(args)?;
+        let e = self.engine()?;
+        let p = prompt(kind, messages, text, tools)?;
+        PyGeneration::start(|params| e.generate(&p, params), &args)
+    }
+
+    fn session(&self) -> PyResult<PySession> {
+        Ok(PySession {
+            session: Arc::new(Mutex::new(Some(self.engine()?.session()))),
+        })
+    }
+}
+
+/// A conversation whose cache outlives each generation.
+#[pyclass(module = "r1py._r1", name = "Session")]
+struct PySession {
+    session: Arc<Mutex<Option<Session>>>,
+}
+
+#[pymethods]
+impl PySession {
+    #[pyo3(signature = (kind, messages, text, tools, args))]
+    fn generate(
+        &self,
+        kind: &str,
+        messages: Vec<(String, String)>,
+        text: String,
+        tools: Vec<String>,
+        args: &Bound<'_, PyDict>,
+    ) -> PyResult<PyGeneration> {
+        let args = GenArgs::from_dict(args)?;
+        let p = prompt(kind, messages, text, tools)?;
+        let mut guard = lock(&self.session);
+        let session = guard.as_mut().ok_or_else(closed)?;
+        PyGeneration::start(|params| session.generate(&p, params), &args)
+    }
+
+    fn reset(&self) -> PyResult<()> {
+        lock(&self.session).as_mut().ok_or_else(closed)?.reset().map_err(py_err)
+    }
+
+    fn close(&self) {
+        *lock(&self.session) = None;
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        lock(&self.session).is_none()
+    }
+
+    fn cached_ids(&self) -> PyResult<Vec<u32>> {
+        lock(&self.session)
+            .as_ref()
+            .ok_or_else(closed)?
+            .cached_ids()
+            .map_err(py_err)
+    }
+}
+
+/// A running generation. `next_event()` runs one step with the GIL released.
+#[pyclass(module = "r1py._r1", name = "Generation")]
+struct PyGeneration {
+    generation: Mutex<Option<Generation>>,
+    cancel: CancelHandle,
+    interrupt: Arc<Mutex<Option<PyErr>>>,
+    wants_logprobs: bool,
+}
+
+impl PyGeneration {
+    fn start(
+        begin: impl FnOnce(&GenerateParams) -> r1_core::Result<Generation>,
+        args: &GenArgs,
+    ) -> PyResult<PyGeneration> {
+        let interrupt = Arc::new(Mutex::new(None));
+        // One handle: `cancel()` sets its flag, and its poll notices Ctrl-C.
+        let cancel = signal_poll(Arc::clone(&interrupt));
+        let params = args.params().with_cancel(cancel.clone());
+        let generation = begin(&params).map_err(py_err)?;
+        Ok(PyGeneration {
+            generation: Mutex::new(Some(generation)),
+            cancel,
+            interrupt,
+            wants_logprobs: args.top_logprobs.is_some(),
+        })
+    }
+
+    /// Re-raises a signal caught while computing.
+    fn take_interrupt(&self) -> PyResult<()> {
+        match lock(&self.interrupt).take() {
+            Some(e) => {
+                // The generation was stopped by it: drop it so a session gets its cache back.
+                lock(&self.generation).take();
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+fn channel_name(c: Channel) -> &'static str {
+    if c == Channel::Reasoning {
+        "reasoning"
+    } else {
+        "answer"
+    }
+}
+
+#[pymethods]
+impl PyGeneration {
+    /// The next event as `(channel, text, token_id or None)`, or `None` at the end.
+    fn next_event(&self, py: Python<'_>) -> PyResult<Option<(&'static str, String, Option<u32>)>> {
+        let step = py.detach(|| {
+            let mut guard = lock(&self.generation);
+            guard.as_mut().map(|g| g.next())
+        });
+        self.take_interrupt()?;
+        match step {
+            None | Some(None) => Ok(None),
+            Some(Some(Err(e))) => Err(py_err(e)),
+            Some(Some(Ok(ev))) => Ok(Some((channel_name(ev.channel), ev.text, ev.token))),
+        }
+    }
+
+    /// Runs to the end (GIL released, signals polled per token and prefill chunk).
+    fn run(&self, py: Python<'_>) -> PyResult<()> {
+        let failed = py.detach(|| {
+            let mut guard = lock(&self.generation);
+            let Some(g) = guard.as_mut() else { return None };
+            g.by_ref().find_map(|ev| ev.err())
+        });
+        self.take_interrupt()?;
+        match failed {
+            Some(e) => Err(py_err(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the generation at its next step (any thread).
+    fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Everything about the generation so far, as a dict (final once it ended).
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        // Never wait for the lock with the GIL held: a thread computing under the lock attaches
+        // to poll for signals.
+        let guard = loop {
+            match self.generation.try_lock() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => py.detach(std::thread::yield_now),
+            }
+        };
+        let g = guard.as_ref().ok_or_else(closed)?;
+        let d = PyDict::new(py);
+        let usage = g.usage();
+        let u = PyDict::new(py);
+        u.set_item("prompt_tokens", usage.prompt_tokens)?;
+        u.set_item("cached_prompt_tokens", usage.cached_prompt_tokens)?;
+        u.set_item("reasoning_tokens", usage.reasoning_tokens)?;
+        u.set_item("answer_tokens", usage.answer_tokens)?;
+        u.set_item("prefill_tokens_per_s", usage.prefill_tokens_per_s)?;
+        u.set_item("decode_tokens_per_s", usage.decode_tokens_per_s)?;
+        u.set_item("reasoning_budget_hit", usage.reasoning_budget_hit)?;
+        d.set_item("usage", u)?;
+        d.set_item("prompt_ids", g.prompt_ids().to_vec())?;
+        d.set_item("token_ids", g.generated_ids().to_vec())?;
+        d.set_item("done", g.is_done())?;
+        d.set_item("finish_reason", g.finish_reason().map(|r| r.name()))?;
+        d.set_item("trace", g.trace().map(|t| trace_dict(py, t)).transpose()?)?;
+        d.set_item("text", g.text())?;
+        let logprobs = g.logprobs();
+        if self.wants_logprobs {
+            let list = PyList::empty(py);
+            for t in logprobs {
+                let e = PyDict::new(py);
+                e.set_item("token", t.token)?;
+                e.set_item("logprob", t.logprob)?;
+                e.set_item("top", t.top.clone())?;
+                list.append(e)?;
+            }
+            d.set_item("logprobs", list)?;
+        }
+        Ok(d)
+    }
+}
+
+fn trace_dict<'py>(py: Python<'py>, t: &Trace) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("reasoning", &t.reasoning)?;
+    d.set_item("answer", &t.answer)?;
+    d.set_item("truncated", t.truncated)?;
+    d.set_item("steps", t.steps.iter().map(|s| s.text.clone()).collect::<Vec<_>>())?;
+    d.set_item("final_answer", t.final_answer.clone())?;
+    let calls: Vec<(String, String, bool)> = t
+        .tool_calls
+        .iter()
+        .map(|c| (c.name.clone(), c.arguments.clone(), c.valid_json))
+        .collect();
+    d.set_item("tool_calls", calls)?;
+    d.set_item("errors", t.errors.clone())?;
+    Ok(d)
+}
+
+/// Parses recorded output into a trace dict.
+#[pyfunction]
+#[pyo3(signature = (text, starts_in_reasoning=false))]
+fn parse_trace<'py>(py: Python<'py>, text: &str, starts_in_reasoning: bool) -> PyResult<Bound<'py, PyDict>> {
+    trace_dict(py, &Trace::parse(text, starts_in_reasoning))
+}
+
+#[pymodule]
+fn _r1(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyModel>()?;
+    m.add_class::<PySession>()?;
+    m.add_class::<PyGeneration>()?;
+    m.add_function(wrap_pyfunction!(parse_trace, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
