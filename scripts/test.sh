@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite, what CI runs after fmt and clippy: the Rust tests (which also build and
-# run the C API's C and C++ programs and the examples' interfaces), then the C programs under
-# valgrind and AddressSanitizer.
+# run the C API's C and C++ programs and the examples' interfaces), the C programs under
+# valgrind and AddressSanitizer, then the Python wheel's pytest suite.
 #
 #   bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace --release
 bash scripts/c-memcheck.sh
+bash scripts/test-python.sh

@@ -392,8 +392,8 @@ impl Model {
         self.forward(tokens, &mut cache)
     }
 
-    /// Runs `tokens` in chunks; between chunks `stop()` may end the run with
-    /// [`Error::Cancelled`]. The cache keeps the chunks that completed.
+    /// Runs `tokens` in chunks; between chunks, and between the layers of a chunk, `stop()` may
+    /// end the run with [`Error::Cancelled`]. The cache keeps the chunks that completed.
     pub(crate) fn run_chunked(
         &self,
         tokens: &[u32],
@@ -419,24 +419,25 @@ impl Model {
                 Output::Last if last_chunk => Output::Last,
                 _ => Output::None,
             };
-            if let Some(l) = self.run(chunk, cache, routing.as_deref_mut(), want)? {
+            if let Some(l) = self.run(chunk, cache, routing.as_deref_mut(), want, stop)? {
                 parts.push(l);
             }
         }
         Ok((!parts.is_empty()).then(|| Logits::concat(parts, self.vocab_size())))
     }
 
-    /// One forward pass; a failed pass leaves the cache as it was.
+    /// One forward pass; a failed (or stopped) pass leaves the cache as it was.
     fn run(
         &self,
         tokens: &[u32],
         cache: &mut Cache,
         routing: Option<&mut Vec<LayerRouting>>,
         output: Output,
+        stop: &dyn Fn() -> bool,
     ) -> Result<Option<Logits>> {
         crate::threads::mark_started();
         let start = cache.len();
-        let result = self.run_inner(tokens, cache, routing, output);
+        let result = self.run_inner(tokens, cache, routing, output, stop);
         if result.is_err() {
             cache.truncate(start);
         }
@@ -449,10 +450,11 @@ impl Model {
         cache: &mut Cache,
         routing: Option<&mut Vec<LayerRouting>>,
         output: Output,
+        stop: &dyn Fn() -> bool,
     ) -> Result<Option<Logits>> {
         let (hidden, head) = match &self.inner.family {
-            Family::Llama(m) => (m.forward_hidden(tokens, cache, routing)?, m.lm_head()),
-            Family::Deepseek(m) => (m.forward_hidden(tokens, cache, routing)?, m.lm_head()),
+            Family::Llama(m) => (m.forward_hidden(tokens, cache, routing, stop)?, m.lm_head()),
+            Family::Deepseek(m) => (m.forward_hidden(tokens, cache, routing, stop)?, m.lm_head()),
         };
         let hidden = match output {
             Output::None => return Ok(None),
@@ -470,27 +472,30 @@ mod tests {
     use std::cell::Cell;
 
     #[test]
-    fn a_prefill_stops_between_chunks_and_keeps_the_chunks_it_ran() {
+    fn a_prefill_stops_between_chunks_or_layers_and_keeps_the_chunks_it_ran() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_tiny");
         let model = Model::load(&dir, &LoadOptions::default().with_prefill_chunk(4)).unwrap();
         let tokens: Vec<u32> = (1..=20).collect();
         let mut cache = model.new_cache();
         let asked = Cell::new(0);
+        // Asked between the layers of each chunk and before each chunk after the first: the
+        // third ask is inside the second chunk, which is rolled back.
         let stop = || {
             asked.set(asked.get() + 1);
-            asked.get() == 2
+            asked.get() == 3
         };
         let err = model
             .run_chunked(&tokens, &mut cache, None, Output::Last, &stop)
             .unwrap_err();
         assert_eq!(err.code(), crate::ErrorCode::Cancelled);
+        assert_eq!(model.num_layers(), 2);
         assert_eq!(
             (asked.get(), cache.len()),
-            (2, 8),
-            "asked before chunks 2 and 3; two chunks ran"
+            (3, 4),
+            "one whole chunk kept, the stopped one rolled back"
         );
-        // The chunks that ran are valid: finishing the prompt gives the one-pass logits.
-        let rest = model.forward_last(&tokens[8..], &mut cache).unwrap();
+        // The chunk that ran is valid: finishing the prompt gives the one-pass logits.
+        let rest = model.forward_last(&tokens[4..], &mut cache).unwrap();
         let whole = model.logits(&tokens).unwrap();
         let diff: f32 = rest
             .last()

@@ -408,7 +408,7 @@ impl PyGeneration {
     fn run(&self, py: Python<'_>) -> PyResult<()> {
         let failed = py.detach(|| {
             let mut guard = lock(&self.generation);
-            let Some(g) = guard.as_mut() else { return None };
+            let g = guard.as_mut()?;
             g.by_ref().find_map(|ev| ev.err())
         });
         self.take_interrupt()?;

@@ -55,17 +55,25 @@ impl<L: Layer> Decoder<L> {
     }
 
     /// Final hidden states `[len, hidden]` (after the last norm) of `tokens` appended to `cache`.
-    /// On error the cache may hold part of the step: the caller rolls it back.
+    /// A multi-token pass asks `stop` between layers and ends with [`Error::Cancelled`] when it
+    /// says so. On error the cache may hold part of the step: the caller rolls it back.
     pub(crate) fn forward_hidden(
         &self,
         tokens: &[u32],
         cache: &mut Cache,
         mut routing: Option<&mut Vec<LayerRouting>>,
+        stop: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
         check_tokens(tokens, cache)?;
         let offset = cache.len();
         let mut x = self.embed_tokens.forward(tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 && tokens.len() > 1 && stop() {
+                return Err(Error::Cancelled(format!(
+                    "stopped at layer {i} of a {}-token pass",
+                    tokens.len()
+                )));
+            }
             x = layer.forward(&x, offset, cache.layer(i)?, i, routing.as_deref_mut())?;
         }
         cache.advance(tokens.len());
