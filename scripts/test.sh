@@ -6,6 +6,8 @@
 #   bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The C tests link the shared library, which `cargo test` does not build by itself.
+cargo build --release -p r1-ffi
 cargo test --workspace --release
 bash scripts/c-memcheck.sh
 bash scripts/test-python.sh

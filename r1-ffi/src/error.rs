@@ -155,3 +155,38 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message() -> String {
+        unsafe { std::ffi::CStr::from_ptr(last_error_ptr()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_with_its_message() {
+        let status = guard(|| panic!("boom at the boundary"));
+        assert_eq!(status, r1_status::R1_ERROR_PANIC);
+        assert!(message().contains("boom at the boundary"), "{}", message());
+        assert_eq!(guard(|| Ok(())), r1_status::R1_OK);
+        assert_eq!(message(), "", "a success clears the message");
+        assert_eq!(guard_value(7, || panic!("again")), 7);
+    }
+
+    #[test]
+    fn errors_keep_their_code_and_message() {
+        let status = guard(|| Err(Error::ContextFull("300 tokens in 256".into()).into()));
+        assert_eq!(status, r1_status::R1_ERROR_CONTEXT_FULL);
+        assert!(message().contains("300 tokens in 256"));
+        // Every r1-core code has its own status, with the same number.
+        for code in ErrorCode::ALL {
+            assert_eq!(r1_status::of(code) as i32, code.as_i32(), "{code}");
+        }
+        let status = guard(|| Err(Failure::null("path")));
+        assert_eq!(status, r1_status::R1_ERROR_NULL_ARGUMENT);
+        assert_eq!(message(), "`path` is NULL");
+    }
+}

@@ -21,7 +21,11 @@ fn lib_dir() -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => exe.parent().unwrap().parent().unwrap().to_path_buf(),
     };
-    assert!(dir.join("libr1.so").is_file(), "no libr1.so in {}", dir.display());
+    assert!(
+        dir.join("libr1.so").is_file(),
+        "no libr1.so in {}: `cargo build --release -p r1-ffi` first (scripts/test.sh does)",
+        dir.display()
+    );
     dir
 }
 
