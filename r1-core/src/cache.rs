@@ -100,15 +100,56 @@ impl RowBuffer {
     }
 }
 
+/// Token-major rows of plain floats that a step appends to in place and the fused attention
+/// reads where they are (GQA keys and values). `Clone` copies the rows in use.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Rows {
+    data: Vec<f32>,
+    width: usize,
+    reserved: usize,
+}
+
+impl Rows {
+    /// Appends rows (`values.len()` a multiple of `width`).
+    pub(crate) fn append(&mut self, values: &[f32], width: usize) {
+        if self.data.is_empty() {
+            self.width = width;
+            self.data.reserve_exact(self.reserved * width);
+        }
+        self.data.extend_from_slice(values);
+    }
+
+    /// Every row so far, `[len, width]` row-major.
+    pub(crate) fn all(&self) -> &[f32] {
+        &self.data
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.data.truncate(len * self.width);
+    }
+
+    fn reserve(&mut self, rows: usize) {
+        self.reserved = self.reserved.max(rows);
+        if self.width > 0 {
+            let want = rows * self.width;
+            self.data.reserve_exact(want.saturating_sub(self.data.len()));
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.data.capacity() * 4
+    }
+}
+
 /// What one layer caches.
 #[derive(Debug, Clone)]
 pub(crate) enum LayerCache {
     /// Keys and values, each `[tokens, kv_heads * head_dim]`.
     Kv {
         /// Rotated keys.
-        k: RowBuffer,
+        k: Rows,
         /// Values.
-        v: RowBuffer,
+        v: Rows,
     },
     /// MLA: the normalized latent `[tokens, kv_lora_rank]` and rotated rope key `[tokens, qk_rope_head_dim]`.
     Latent {
@@ -141,8 +182,8 @@ impl Cache {
                 }
             } else {
                 LayerCache::Kv {
-                    k: RowBuffer::new(),
-                    v: RowBuffer::new(),
+                    k: Rows::default(),
+                    v: Rows::default(),
                 }
             }
         };
@@ -178,12 +219,16 @@ impl Cache {
     pub fn reserve(&mut self, tokens: usize) {
         let tokens = tokens.min(self.max_len);
         for l in &mut self.layers {
-            let (a, b) = match l {
-                LayerCache::Kv { k, v } => (k, v),
-                LayerCache::Latent { ckv, k_rope } => (ckv, k_rope),
-            };
-            a.reserved = a.reserved.max(tokens);
-            b.reserved = b.reserved.max(tokens);
+            match l {
+                LayerCache::Kv { k, v } => {
+                    k.reserve(tokens);
+                    v.reserve(tokens);
+                }
+                LayerCache::Latent { ckv, k_rope } => {
+                    ckv.reserved = ckv.reserved.max(tokens);
+                    k_rope.reserved = k_rope.reserved.max(tokens);
+                }
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Grouped-query attention (Llama, Qwen2): `kv_heads` key/value heads, each shared by
 //! `heads / kv_heads` consecutive query heads (transformers' `repeat_kv` order).
 
-use super::{causal_mask, masked_softmax};
+use super::fused::{attend, Shape};
 use crate::cache::LayerCache;
 use crate::config::{GqaConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -52,36 +52,25 @@ impl Gqa {
         let q = self.rope.apply(&heads(self.q_proj.forward(x)?, h)?, offset)?;
         let k = self.rope.apply(&heads(self.k_proj.forward(x)?, kvh)?, offset)?;
         let v = self.v_proj.forward(x)?;
-        // The cache is token-major: [tokens, kv_heads * head_dim].
-        let k_all = k_cache.append(&k.transpose(0, 1)?.reshape((len, kvh * d))?)?;
-        let v_all = v_cache.append(&v)?;
-        let total = k_all.dim(0)?;
-        let k_all = k_all.reshape((total, kvh, d))?.transpose(0, 1)?.contiguous()?;
-        let v_all = v_all.reshape((total, kvh, d))?.transpose(0, 1)?.contiguous()?;
-        // Fold each group of query heads into the rows of its key/value head. The scale goes on
-        // the queries (len × d values) rather than on the scores (len × total).
-        let group = h / kvh;
-        let q = (q.contiguous()? * (1.0 / (d as f64).sqrt()))?.reshape((kvh, group * len, d))?;
-        let mask = causal_mask(len, total, x.device())?;
-        let attend = |q: &Tensor, k: &Tensor, v: &Tensor, n: usize| -> Result<Tensor> {
-            let scores = q.matmul(&k.t()?)?.reshape((n * group, len, total))?;
-            let probs = masked_softmax(&scores, 1.0, mask.as_ref())?;
-            Ok(probs.reshape((n, group * len, total))?.matmul(v)?)
+        // Token-major rows, [len, heads, d]: the cache's layout and the fused kernel's.
+        let rows = |t: &Tensor, n: usize| -> Result<Vec<f32>> {
+            Ok(t.transpose(0, 1)?
+                .contiguous()?
+                .reshape(len * n * d)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?)
         };
-        let out = if len == 1 {
-            attend(&q, &k_all, &v_all, kvh)?
-        } else {
-            // A prompt chunk: one key/value head at a time, so the scores held at once are
-            // `group × len × total` floats, not `heads × len × total`.
-            let per_head = (0..kvh)
-                .map(|j| {
-                    let (q, k, v) = (q.narrow(0, j, 1)?, k_all.narrow(0, j, 1)?, v_all.narrow(0, j, 1)?);
-                    attend(&q, &k, &v, 1)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&per_head, 0)?
+        k_cache.append(&rows(&k, kvh)?, kvh * d);
+        v_cache.append(&v.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?, kvh * d);
+        let shape = Shape {
+            heads: h,
+            kv_heads: kvh,
+            head_dim: d,
+            offset,
+            scale: 1.0 / (d as f32).sqrt(),
         };
-        let out = out.reshape((h, len, d))?.transpose(0, 1)?.reshape((len, h * d))?;
+        let out = attend(&rows(&q, h)?, k_cache.all(), v_cache.all(), shape);
+        let out = Tensor::from_vec(out, (len, h * d), x.device())?;
         self.o_proj.forward(&out)
     }
 }

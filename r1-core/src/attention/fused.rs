@@ -1,0 +1,161 @@
+//! Grouped-query attention as one fused pass over the cache, without a score tensor.
+//!
+//! For each query row and head, the scores against every visible key are computed into a short
+//! per-task buffer (one row of at most `context` floats), softmaxed, and the values summed with
+//! those weights, all reading the keys and values where the cache keeps them: token-major rows
+//! of `kv_heads × head_dim` floats. No `[heads, len, context]` tensor is built and no step copies
+//! the history, which is what made long contexts slow and large.
+//!
+//! The tasks (query row, head) run on candle's spinning pool, like r1's matmul kernels.
+
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// The shapes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (each shared by `heads / kv_heads` consecutive query heads).
+    pub kv_heads: usize,
+    /// Dimensions per head.
+    pub head_dim: usize,
+    /// Position of the first query row (the tokens cached before this step).
+    pub offset: usize,
+    /// Score scale (`1 / sqrt(head_dim)`).
+    pub scale: f32,
+}
+
+/// `q [len, heads, d]` against `k`, `v` `[total, kv_heads, d]` (total = offset + len), causal:
+/// query row `i` sees keys `0..=offset + i`. Returns `[len, heads * d]`.
+pub(crate) fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
+    let d = s.head_dim;
+    let len = q.len() / (s.heads * d);
+    let tasks = len * s.heads;
+    let out = Mutex::new(vec![0f32; len * s.heads * d]);
+    candle_core::utils::barrier_pool().execute_chunked(tasks, |range: Range<usize>| {
+        let mut local = vec![0f32; range.len() * d];
+        let mut scores = Vec::new();
+        for (slot, task) in range.clone().enumerate() {
+            let (i, h) = (task / s.heads, task % s.heads);
+            one_row(q, k, v, s, i, h, &mut scores, &mut local[slot * d..(slot + 1) * d]);
+        }
+        // A poisoned lock only means another task panicked; its rows are lost either way.
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        // Task t's output is at t * d: rows are [len, heads, d].
+        out[range.start * d..range.end * d].copy_from_slice(&local);
+    });
+    out.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Query row `i`, head `h`: softmax(q·Kᵀ · scale) · V over the visible keys, into `out [d]`.
+#[allow(clippy::too_many_arguments)]
+fn one_row(q: &[f32], k: &[f32], v: &[f32], s: Shape, i: usize, h: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let d = s.head_dim;
+    let kv = h / (s.heads / s.kv_heads);
+    let row = s.kv_heads * d;
+    let qh = &q[(i * s.heads + h) * d..][..d];
+    let visible = s.offset + i + 1;
+    scores.clear();
+    scores.extend((0..visible).map(|t| dot(qh, &k[t * row + kv * d..][..d]) * s.scale));
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for x in scores.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    out.iter_mut().for_each(|o| *o = 0.0);
+    for (t, &p) in scores.iter().enumerate() {
+        axpy(p, &v[t * row + kv * d..][..d], out);
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+/// `a · b`, with eight accumulators so the compiler keeps it in vector registers.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out += p * x`.
+fn axpy(p: f32, x: &[f32], out: &mut [f32]) {
+    for (o, &xi) in out.iter_mut().zip(x) {
+        *o += p * xi;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook form, in f64: scores, mask, softmax, weighted sum.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
+        let d = s.head_dim;
+        let len = q.len() / (s.heads * d);
+        let row = s.kv_heads * d;
+        let mut out = vec![0f32; len * s.heads * d];
+        for i in 0..len {
+            for h in 0..s.heads {
+                let kv = h / (s.heads / s.kv_heads);
+                let visible = s.offset + i + 1;
+                let scores: Vec<f64> = (0..visible)
+                    .map(|t| {
+                        (0..d)
+                            .map(|j| q[(i * s.heads + h) * d + j] as f64 * k[t * row + kv * d + j] as f64)
+                            .sum::<f64>()
+                            * s.scale as f64
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|x| (x - max).exp()).sum();
+                for j in 0..d {
+                    let o: f64 = (0..visible)
+                        .map(|t| (scores[t] - max).exp() / z * v[t * row + kv * d + j] as f64)
+                        .sum();
+                    out[(i * s.heads + h) * d + j] = o as f32;
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn fused_attention_equals_the_textbook_form() {
+        for (heads, kv_heads, d, offset, len) in
+            [(4, 2, 8, 0, 5), (6, 3, 13, 7, 1), (2, 2, 64, 30, 4), (9, 3, 64, 0, 1)]
+        {
+            let total = offset + len;
+            let s = Shape {
+                heads,
+                kv_heads,
+                head_dim: d,
+                offset,
+                scale: 1.0 / (d as f32).sqrt(),
+            };
+            let q = values(len * heads * d, 1);
+            let k = values(total * kv_heads * d, 2);
+            let v = values(total * kv_heads * d, 3);
+            let got = attend(&q, &k, &v, s);
+            let want = reference(&q, &k, &v, s);
+            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(
+                err < 1e-5,
+                "heads {heads}/{kv_heads} d {d} offset {offset} len {len}: {err}"
+            );
+        }
+    }
+}
