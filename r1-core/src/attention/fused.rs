@@ -26,50 +26,99 @@ pub(crate) struct Shape {
     pub scale: f32,
 }
 
+/// Query rows handled together: each key and value row loaded once serves this many rows times
+/// the group of query heads that share it.
+const ROWS_PER_TASK: usize = 4;
+
 /// `q [len, heads, d]` against `k`, `v` `[total, kv_heads, d]` (total = offset + len), causal:
 /// query row `i` sees keys `0..=offset + i`. Returns `[len, heads * d]`.
 pub(crate) fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
     let d = s.head_dim;
     let len = q.len() / (s.heads * d);
-    let tasks = len * s.heads;
+    let blocks = len.div_ceil(ROWS_PER_TASK);
+    // A task is a block of query rows for one key/value head and the query heads sharing it.
+    let tasks = blocks * s.kv_heads;
+    let group = s.heads / s.kv_heads;
     let out = Mutex::new(vec![0f32; len * s.heads * d]);
     candle_core::utils::barrier_pool().execute_chunked(tasks, |range: Range<usize>| {
-        let mut local = vec![0f32; range.len() * d];
-        let mut scores = Vec::new();
-        for (slot, task) in range.clone().enumerate() {
-            let (i, h) = (task / s.heads, task % s.heads);
-            one_row(q, k, v, s, i, h, &mut scores, &mut local[slot * d..(slot + 1) * d]);
+        let mut tile = Tile::default();
+        let mut done: Vec<(usize, Vec<f32>)> = Vec::new();
+        for task in range {
+            let (block, kv) = (task / s.kv_heads, task % s.kv_heads);
+            let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(len);
+            tile.run(q, k, v, s, rows, kv);
+            done.push((task, std::mem::take(&mut tile.acc)));
         }
         // A poisoned lock only means another task panicked; its rows are lost either way.
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-        // Task t's output is at t * d: rows are [len, heads, d].
-        out[range.start * d..range.end * d].copy_from_slice(&local);
+        for (task, acc) in done {
+            let (block, kv) = (task / s.kv_heads, task % s.kv_heads);
+            let first = block * ROWS_PER_TASK;
+            for (qi, chunk) in acc.chunks_exact(d).enumerate() {
+                let (r, g) = (qi / group, qi % group);
+                let at = ((first + r) * s.heads + kv * group + g) * d;
+                out[at..at + d].copy_from_slice(chunk);
+            }
+        }
     });
     out.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Query row `i`, head `h`: softmax(q·Kᵀ · scale) · V over the visible keys, into `out [d]`.
-#[allow(clippy::too_many_arguments)]
-fn one_row(q: &[f32], k: &[f32], v: &[f32], s: Shape, i: usize, h: usize, scores: &mut Vec<f32>, out: &mut [f32]) {
-    let d = s.head_dim;
-    let kv = h / (s.heads / s.kv_heads);
-    let row = s.kv_heads * d;
-    let qh = &q[(i * s.heads + h) * d..][..d];
-    let visible = s.offset + i + 1;
-    scores.clear();
-    scores.extend((0..visible).map(|t| dot(qh, &k[t * row + kv * d..][..d]) * s.scale));
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in scores.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+/// The working memory of one task: scores `[queries, keys]` and accumulators `[queries, d]`,
+/// queries ordered (row, head in group).
+#[derive(Default)]
+struct Tile {
+    scores: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl Tile {
+    /// softmax(q·Kᵀ · scale) · V for query rows `rows` and the heads of key/value head `kv`.
+    fn run(&mut self, q: &[f32], k: &[f32], v: &[f32], s: Shape, rows: Range<usize>, kv: usize) {
+        let d = s.head_dim;
+        let group = s.heads / s.kv_heads;
+        let row_width = s.kv_heads * d;
+        let nq = rows.len() * group;
+        let keys = s.offset + rows.end; // what the tile's last row sees
+        let query = |qi: usize| {
+            let (r, g) = (rows.start + qi / group, qi % group);
+            &q[(r * s.heads + kv * group + g) * d..][..d]
+        };
+        let visible = |qi: usize| s.offset + rows.start + qi / group + 1;
+        // Scores: each key row is read once for every query of the tile; masked ones stay -inf.
+        self.scores.clear();
+        self.scores.resize(nq * keys, f32::NEG_INFINITY);
+        for t in 0..keys {
+            let kt = &k[t * row_width + kv * d..][..d];
+            for qi in 0..nq {
+                if t < visible(qi) {
+                    self.scores[qi * keys + t] = dot(query(qi), kt) * s.scale;
+                }
+            }
+        }
+        for row in self.scores.chunks_exact_mut(keys) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f32;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        // Values: each value row is read once and added into every query's accumulator.
+        self.acc.clear();
+        self.acc.resize(nq * d, 0.0);
+        for t in 0..keys {
+            let vt = &v[t * row_width + kv * d..][..d];
+            for (qi, acc) in self.acc.chunks_exact_mut(d).enumerate() {
+                let p = self.scores[qi * keys + t];
+                if p != 0.0 {
+                    axpy(p, vt, acc);
+                }
+            }
+        }
     }
-    out.iter_mut().for_each(|o| *o = 0.0);
-    for (t, &p) in scores.iter().enumerate() {
-        axpy(p, &v[t * row + kv * d..][..d], out);
-    }
-    let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
 }
 
 /// `a · b`, with eight accumulators so the compiler keeps it in vector registers.
@@ -135,9 +184,14 @@ mod tests {
 
     #[test]
     fn fused_attention_equals_the_textbook_form() {
-        for (heads, kv_heads, d, offset, len) in
-            [(4, 2, 8, 0, 5), (6, 3, 13, 7, 1), (2, 2, 64, 30, 4), (9, 3, 64, 0, 1)]
-        {
+        for (heads, kv_heads, d, offset, len) in [
+            (4, 2, 8, 0, 5),
+            (6, 3, 13, 7, 1),
+            (2, 2, 64, 30, 4),
+            (9, 3, 64, 0, 1),
+            (9, 3, 64, 5, 11),
+            (12, 2, 128, 3, 9),
+        ] {
             let total = offset + len;
             let s = Shape {
                 heads,
