@@ -7,6 +7,7 @@
 
 use clap::Parser;
 use r1_core::{LoadOptions, Model};
+use r1_examples::peak_rss_kib;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -26,13 +27,6 @@ struct Args {
     /// Compute threads.
     #[arg(long)]
     threads: Option<usize>,
-}
-
-/// Peak resident set size of this process in KiB (Linux `VmHWM`).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn run(args: &Args) -> r1_core::Result<String> {

@@ -10,6 +10,7 @@
 
 use clap::Parser;
 use r1_core::{Channel, DType, Engine, GenerateParams, LoadOptions, Message, Prompt, QuantizeTo, SamplingParams};
+use r1_examples::peak_rss_kib;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -228,13 +229,6 @@ fn run(a: &Args) -> Result<(), String> {
         std::fs::write(path, json.to_string()).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
-}
-
-/// Peak resident set size of this process in KiB (Linux's `VmHWM`; `None` elsewhere).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn main() -> ExitCode {

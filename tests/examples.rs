@@ -3,18 +3,9 @@
 //! writes the logprobs into `--ids-out`.
 
 mod common;
-use common::fixtures_dir;
+use common::{example_binary, fixtures_dir};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-/// An example binary built by `cargo test` beside this test's own binary.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join(name);
-    assert!(path.is_file(), "{} is not built", path.display());
-    path
-}
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("r1-examples-{}-{tag}", std::process::id()));
@@ -26,7 +17,7 @@ fn scratch(tag: &str) -> PathBuf {
 fn chat_json_turns_equal_generate_on_the_same_conversation() {
     let model = fixtures_dir().join("deepseek_v3_tiny");
     let questions = ["What is 2+2?", "And 3+3?", "Thanks!"];
-    let mut child = Command::new(example("chat"))
+    let mut child = Command::new(example_binary("chat"))
         .args(["--model", model.to_str().unwrap(), "--json", "--greedy"])
         .args(["--max-tokens", "10", "--max-reasoning-tokens", "3", "--threads", "2"])
         .stdin(Stdio::piped())
@@ -67,7 +58,7 @@ fn chat_json_turns_equal_generate_on_the_same_conversation() {
         let chat_file = dir.join(format!("chat{k}.json"));
         std::fs::write(&chat_file, serde_json::to_string(&messages).unwrap()).unwrap();
         let ids_file = dir.join(format!("ids{k}.json"));
-        let status = Command::new(example("generate"))
+        let status = Command::new(example_binary("generate"))
             .args([
                 "--model",
                 model.to_str().unwrap(),
@@ -97,7 +88,7 @@ fn generate_writes_top_logprobs() {
     let model = fixtures_dir().join("qwen2_tiny");
     let dir = scratch("logprobs");
     let ids_file = dir.join("ids.json");
-    let status = Command::new(example("generate"))
+    let status = Command::new(example_binary("generate"))
         .args([
             "--model",
             model.to_str().unwrap(),

@@ -148,9 +148,7 @@ fn a_long_prompt_runs_in_bounded_memory() {
     let path = models_dir().join(entry["file"].as_str().unwrap());
     let prompt = long_prompt(&engine, 5500);
     drop(engine);
-    let exe = std::env::current_exe().unwrap();
-    let generate = exe.parent().unwrap().parent().unwrap().join("examples/generate");
-    let out = std::process::Command::new(generate)
+    let out = std::process::Command::new(common::example_binary("generate"))
         .args([
             "--model",
             path.to_str().unwrap(),

@@ -50,11 +50,8 @@ impl RowBuffer {
         self.data.as_ref().map_or(0, |d| d.dim(0).unwrap_or(0))
     }
 
-    /// Grows the buffer to `capacity` rows of `width` (a no-op if it holds that many already).
+    /// Grows the buffer to `capacity` rows of `width`, keeping the rows it holds.
     fn grow(&mut self, capacity: usize, width: usize, like: &Tensor) -> Result<()> {
-        if capacity <= self.capacity() {
-            return Ok(());
-        }
         let grown = Tensor::zeros((capacity, width), like.dtype(), like.device())?;
         if let Some(old) = &self.data {
             if self.len > 0 {

@@ -7,10 +7,9 @@
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateParams, Generation, Prompt};
-use crate::model::{Checkpoint, LoadOptions, Model};
+use crate::model::{LoadOptions, Model, TokenizerSource};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
-use crate::weights::gguf::GgufFile;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,11 +24,10 @@ impl Engine {
     /// Loads a checkpoint (a folder with the model, `tokenizer.json` and its configs, or one
     /// `.safetensors` file in such a folder) or a GGUF file (the tokenizer from its metadata).
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Engine> {
-        let path = path.as_ref();
-        let model = Model::load(path, options)?;
-        let tokenizer = match Checkpoint::identify(path)? {
-            Checkpoint::Gguf(file) => Tokenizer::from_metadata(&GgufFile::open(&file)?.metadata())?,
-            Checkpoint::Folder(dir) => Tokenizer::from_dir(&dir, &model.config().eos_token_ids)?,
+        let (model, source) = Model::load_with_tokenizer_source(path.as_ref(), options)?;
+        let tokenizer = match source {
+            TokenizerSource::Metadata(metadata) => Tokenizer::from_metadata(&metadata)?,
+            TokenizerSource::Folder(dir) => Tokenizer::from_dir(&dir, &model.config().eos_token_ids)?,
         };
         Engine::new(model, tokenizer)
     }

@@ -387,7 +387,11 @@ impl Generation {
         session_cancel: Option<CancelHandle>,
     ) -> Generation {
         cache.reserve(ids.len() + params.max_tokens);
-        let cached = cache.len();
+        let usage = Usage {
+            prompt_tokens: ids.len(),
+            cached_prompt_tokens: cache.len(),
+            ..Usage::default()
+        };
         let mut cancels: Vec<CancelHandle> = params.cancel.iter().cloned().collect();
         cancels.extend(session_cancel);
         Generation {
@@ -411,18 +415,13 @@ impl Generation {
             logprobs: vec![],
             queue: VecDeque::new(),
             text: String::new(),
-            usage: Usage {
-                prompt_tokens: 0,
-                cached_prompt_tokens: cached,
-                ..Usage::default()
-            },
+            usage,
             decode_time: Duration::ZERO,
             trace: None,
             finish_reason: None,
             error: None,
             done: false,
         }
-        .with_prompt_tokens()
     }
 
     /// A one-shot generation on a fresh cache (or a session's, through `home`).
@@ -435,11 +434,6 @@ impl Generation {
     ) -> Result<Generation> {
         let prepared = Self::prepare(&engine, &ids, params)?;
         Ok(Self::begin(engine, prepared, ids, params, cache, home, None))
-    }
-
-    fn with_prompt_tokens(mut self) -> Self {
-        self.usage.prompt_tokens = self.prompt_len;
-        self
     }
 
     /// Generated token ids so far.
@@ -495,13 +489,13 @@ impl Generation {
     /// Runs the model for the next logits: the uncached part of the prompt first (in chunks,
     /// checking for cancellation between them), then the pending token. `None`: cancelled.
     fn next_logits(&mut self) -> Result<Option<Vec<f32>>> {
-        let model = self.engine.model().clone();
+        let model = self.engine.model();
         let logits = match self.pending_token.take() {
             None => {
                 let t = Instant::now();
                 let start = self.cache.len();
-                let cancels = self.cancels.clone();
-                let stop = move || cancels.iter().any(CancelHandle::is_cancelled);
+                let cancels = &self.cancels;
+                let stop = || cancels.iter().any(CancelHandle::is_cancelled);
                 let run = model.run_chunked(&self.history[start..], &mut self.cache, None, Output::Last, &stop);
                 let logits = match run {
                     Err(e) if e.code() == ErrorCode::Cancelled => return Ok(None),

@@ -3,6 +3,7 @@
 use crate::cache::Cache;
 use crate::config::{config_path, Architecture, ModelConfig};
 use crate::error::{Error, Result};
+use crate::metadata::Metadata;
 use crate::models::{deepseek::Deepseek, llama::Llama};
 use crate::moe::LayerRouting;
 use crate::weights::gguf::{has_gguf_magic, GgufFile};
@@ -233,8 +234,16 @@ pub struct Model {
     inner: Arc<Inner>,
 }
 
+/// Where a loaded model's tokenizer is described.
+pub(crate) enum TokenizerSource {
+    /// A GGUF file's metadata (`tokenizer.ggml.*`).
+    Metadata(Metadata),
+    /// A checkpoint folder (`tokenizer.json` and its configs).
+    Folder(PathBuf),
+}
+
 /// What a path holds, judged by content rather than by name.
-pub(crate) enum Checkpoint {
+enum Checkpoint {
     /// A GGUF file (its magic bytes).
     Gguf(PathBuf),
     /// A folder with `config.json` and safetensors, or one `.safetensors` file beside its
@@ -243,7 +252,7 @@ pub(crate) enum Checkpoint {
 }
 
 impl Checkpoint {
-    pub(crate) fn identify(path: &Path) -> Result<Checkpoint> {
+    fn identify(path: &Path) -> Result<Checkpoint> {
         let not_found = |msg: &str| Error::Io {
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::NotFound, msg.to_string()),
@@ -276,6 +285,12 @@ impl Model {
     /// not, or one `.safetensors` file beside its `config.json`) or a GGUF file, told apart by
     /// content.
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
+        Ok(Self::load_with_tokenizer_source(path.as_ref(), options)?.0)
+    }
+
+    /// [`Model::load`], and where the model's tokenizer is: the GGUF header already parsed, or
+    /// the checkpoint folder (so an engine neither identifies nor parses the file again).
+    pub(crate) fn load_with_tokenizer_source(path: &Path, options: &LoadOptions) -> Result<(Model, TokenizerSource)> {
         if let Some(n) = options.threads {
             crate::threads::set_threads(n)?;
         }
@@ -284,24 +299,25 @@ impl Model {
         }
         let dtype = options.dtype.to_candle();
         let device = candle_core::Device::Cpu;
-        let (config, weights) = match Checkpoint::identify(path.as_ref())? {
+        let (config, weights, source) = match Checkpoint::identify(path)? {
             Checkpoint::Gguf(file) => {
                 let file = GgufFile::open(&file)?;
-                let config = ModelConfig::from_metadata(&file.metadata())?;
+                let metadata = file.metadata();
+                let config = ModelConfig::from_metadata(&metadata)?;
                 let weights = Weights::from_gguf(file, dtype, &device)?.with_progress(options.progress.clone());
-                (config, weights)
+                (config, weights, TokenizerSource::Metadata(metadata))
             }
             Checkpoint::Folder(dir) => {
                 let config = ModelConfig::from_file(&config_path(&dir))?;
                 let weights = Weights::open(&dir, config.fp8, dtype, &device)?
                     .with_quantization(options.quantize)
                     .with_progress(options.progress.clone());
-                (config, weights)
+                (config, weights, TokenizerSource::Folder(dir))
             }
         };
         let model = Self::from_weights(config, &weights, options.prefill_chunk)?;
         weights.finish_progress()?;
-        Ok(model)
+        Ok((model, source))
     }
 
     /// Builds the model `config` describes from `weights`.

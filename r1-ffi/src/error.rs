@@ -56,22 +56,25 @@ impl r1_status {
         }
     }
 
-    pub(crate) fn name(self) -> &'static std::ffi::CStr {
-        match self {
-            r1_status::R1_OK => c"R1_OK",
-            r1_status::R1_ERROR_NULL_ARGUMENT => c"R1_ERROR_NULL_ARGUMENT",
-            r1_status::R1_ERROR_INVALID_ARGUMENT => c"R1_ERROR_INVALID_ARGUMENT",
-            r1_status::R1_ERROR_INVALID_UTF8 => c"R1_ERROR_INVALID_UTF8",
-            r1_status::R1_ERROR_IO => c"R1_ERROR_IO",
-            r1_status::R1_ERROR_FORMAT => c"R1_ERROR_FORMAT",
-            r1_status::R1_ERROR_UNSUPPORTED => c"R1_ERROR_UNSUPPORTED",
-            r1_status::R1_ERROR_BUFFER_TOO_SMALL => c"R1_ERROR_BUFFER_TOO_SMALL",
-            r1_status::R1_ERROR_CONTEXT_FULL => c"R1_ERROR_CONTEXT_FULL",
-            r1_status::R1_ERROR_CANCELLED => c"R1_ERROR_CANCELLED",
-            r1_status::R1_ERROR_TEMPLATE => c"R1_ERROR_TEMPLATE",
-            r1_status::R1_ERROR_PANIC => c"R1_ERROR_PANIC",
-            r1_status::R1_ERROR_INTERNAL => c"R1_ERROR_INTERNAL",
-        }
+    /// The name of status number `n` (what `r1_status_name` prints), if it is one.
+    pub(crate) fn name_of(n: i32) -> Option<&'static std::ffi::CStr> {
+        // Indexed by the status numbers, which run 0..=12 without gaps.
+        const NAMES: [&std::ffi::CStr; 13] = [
+            c"R1_OK",
+            c"R1_ERROR_NULL_ARGUMENT",
+            c"R1_ERROR_INVALID_ARGUMENT",
+            c"R1_ERROR_INVALID_UTF8",
+            c"R1_ERROR_IO",
+            c"R1_ERROR_FORMAT",
+            c"R1_ERROR_UNSUPPORTED",
+            c"R1_ERROR_BUFFER_TOO_SMALL",
+            c"R1_ERROR_CONTEXT_FULL",
+            c"R1_ERROR_CANCELLED",
+            c"R1_ERROR_TEMPLATE",
+            c"R1_ERROR_PANIC",
+            c"R1_ERROR_INTERNAL",
+        ];
+        usize::try_from(n).ok().and_then(|i| NAMES.get(i).copied())
     }
 }
 
@@ -185,6 +188,15 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(r1_status::of(code) as i32, code.as_i32(), "{code}");
         }
+        assert_eq!(
+            r1_status::name_of(r1_status::R1_ERROR_CANCELLED as i32).unwrap(),
+            c"R1_ERROR_CANCELLED"
+        );
+        assert_eq!(
+            r1_status::name_of(r1_status::R1_ERROR_INTERNAL as i32).unwrap(),
+            c"R1_ERROR_INTERNAL"
+        );
+        assert!(r1_status::name_of(13).is_none() && r1_status::name_of(-1).is_none());
         let status = guard(|| Err(Failure::null("path")));
         assert_eq!(status, r1_status::R1_ERROR_NULL_ARGUMENT);
         assert_eq!(message(), "`path` is NULL");

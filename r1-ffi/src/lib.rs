@@ -138,25 +138,7 @@ pub extern "C" fn r1_version() -> *const c_char {
 pub extern "C" fn r1_status_name(status: r1_status) -> *const c_char {
     // Read as an integer: a C caller may pass any value.
     let n: i32 = unsafe { raw(&status as *const r1_status) };
-    let known = [
-        r1_status::R1_OK,
-        r1_status::R1_ERROR_NULL_ARGUMENT,
-        r1_status::R1_ERROR_INVALID_ARGUMENT,
-        r1_status::R1_ERROR_INVALID_UTF8,
-        r1_status::R1_ERROR_IO,
-        r1_status::R1_ERROR_FORMAT,
-        r1_status::R1_ERROR_UNSUPPORTED,
-        r1_status::R1_ERROR_BUFFER_TOO_SMALL,
-        r1_status::R1_ERROR_CONTEXT_FULL,
-        r1_status::R1_ERROR_CANCELLED,
-        r1_status::R1_ERROR_TEMPLATE,
-        r1_status::R1_ERROR_PANIC,
-        r1_status::R1_ERROR_INTERNAL,
-    ];
-    known
-        .iter()
-        .find(|s| **s as i32 == n)
-        .map_or(c"R1_UNKNOWN_STATUS".as_ptr(), |s| s.name().as_ptr())
+    r1_status::name_of(n).map_or(c"R1_UNKNOWN_STATUS".as_ptr(), |c| c.as_ptr())
 }
 
 /// This thread's last error message, "" after a success. Owned by r1; valid until this

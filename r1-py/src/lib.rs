@@ -45,6 +45,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Locks a generation's mutex from a thread that holds the GIL, without waiting for it with
+/// the GIL held: a thread computing under that lock attaches to poll for signals.
+fn lock_attached<'a, T>(py: Python<'_>, m: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    loop {
+        match m.try_lock() {
+            Ok(g) => return g,
+            Err(std::sync::TryLockError::Poisoned(p)) => return p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => py.detach(std::thread::yield_now),
+        }
+    }
+}
+
 /// A loaded model (weights shared with its sessions and generations).
 #[pyclass(module = "r1py._r1", name = "Model")]
 struct PyModel {
@@ -289,7 +301,7 @@ impl PyModel {
 
     fn session(&self) -> PyResult<PySession> {
         Ok(PySession {
-            session: Arc::new(Mutex::new(Some(self.engine()?.session()))),
+            session: Mutex::new(Some(self.engine()?.session())),
         })
     }
 }
@@ -297,7 +309,7 @@ impl PyModel {
 /// A conversation whose cache outlives each generation.
 #[pyclass(module = "r1py._r1", name = "Session")]
 struct PySession {
-    session: Arc<Mutex<Option<Session>>>,
+    session: Mutex<Option<Session>>,
 }
 
 #[pymethods]
@@ -368,11 +380,11 @@ impl PyGeneration {
     }
 
     /// Re-raises a signal caught while computing.
-    fn take_interrupt(&self) -> PyResult<()> {
+    fn take_interrupt(&self, py: Python<'_>) -> PyResult<()> {
         match lock(&self.interrupt).take() {
             Some(e) => {
                 // The generation was stopped by it: drop it so a session gets its cache back.
-                lock(&self.generation).take();
+                lock_attached(py, &self.generation).take();
                 Err(e)
             }
             None => Ok(()),
@@ -396,7 +408,7 @@ impl PyGeneration {
             let mut guard = lock(&self.generation);
             guard.as_mut().map(|g| g.next())
         });
-        self.take_interrupt()?;
+        self.take_interrupt(py)?;
         match step {
             None | Some(None) => Ok(None),
             Some(Some(Err(e))) => Err(py_err(e)),
@@ -411,7 +423,7 @@ impl PyGeneration {
             let g = guard.as_mut()?;
             g.by_ref().find_map(|ev| ev.err())
         });
-        self.take_interrupt()?;
+        self.take_interrupt(py)?;
         match failed {
             Some(e) => Err(py_err(e)),
             None => Ok(()),
@@ -425,15 +437,7 @@ impl PyGeneration {
 
     /// Everything about the generation so far, as a dict (final once it ended).
     fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        // Never wait for the lock with the GIL held: a thread computing under the lock attaches
-        // to poll for signals.
-        let guard = loop {
-            match self.generation.try_lock() {
-                Ok(g) => break g,
-                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => py.detach(std::thread::yield_now),
-            }
-        };
+        let guard = lock_attached(py, &self.generation);
         let g = guard.as_ref().ok_or_else(closed)?;
         let d = PyDict::new(py);
         let usage = g.usage();

@@ -22,11 +22,7 @@ pub(crate) fn causal_mask(len: usize, total: usize, device: &Device) -> Result<O
 
 /// `softmax(scores * scale + mask)` over the last dim; `scores [.., len, total]`.
 pub(crate) fn masked_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let scores = if scale == 1.0 {
-        scores.clone()
-    } else {
-        (scores * scale)?
-    };
+    let scores = (scores * scale)?;
     let scores = match mask {
         Some(m) => scores.broadcast_add(m)?,
         None => scores,
