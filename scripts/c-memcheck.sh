@@ -4,16 +4,14 @@
 #
 #   bash scripts/c-memcheck.sh
 #
-# valgrind cannot decode AVX-512, which target-cpu=native enables on this project's machines, so
-# its libr1 is built for x86-64-v3 (AVX2/FMA) into target/memcheck.
+# The build is the portable one (no target-cpu flags): r1 picks its SIMD code at run time, and
+# under valgrind, whose virtual CPU has no AVX-512, it takes the AVX2 paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "c-memcheck: valgrind is not installed" >&2; exit 1; }
 
-echo "== libr1 for valgrind (x86-64-v3) into target/memcheck"
-RUSTFLAGS="-C target-cpu=x86-64-v3" cargo build --release -p r1-ffi --target-dir target/memcheck >&2
 echo "== valgrind"
-R1_C_LIB_DIR="$PWD/target/memcheck/release" \
+cargo build --release -p r1-ffi >&2
 R1_C_WRAPPER="valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite --error-exitcode=1" \
   cargo test --release -p r1-ffi --test c_api -- --test-threads=1 c_
 echo "== AddressSanitizer"

@@ -8,6 +8,7 @@
 //!
 //! The tasks (query row, head) run on candle's spinning pool, like r1's matmul kernels.
 
+use crate::kernels::cpu::vectorized;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -43,12 +44,17 @@ pub(crate) fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
     candle_core::utils::barrier_pool().execute_chunked(tasks, |range: Range<usize>| {
         let mut tile = Tile::default();
         let mut done: Vec<(usize, Vec<f32>)> = Vec::new();
-        for task in range {
-            let (block, kv) = (task / s.kv_heads, task % s.kv_heads);
-            let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(len);
-            tile.run(q, k, v, s, rows, kv);
-            done.push((task, std::mem::take(&mut tile.acc)));
-        }
+        vectorized(
+            #[inline(always)]
+            || {
+                for task in range {
+                    let (block, kv) = (task / s.kv_heads, task % s.kv_heads);
+                    let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(len);
+                    tile.run(q, k, v, s, rows, kv);
+                    done.push((task, std::mem::take(&mut tile.acc)));
+                }
+            },
+        );
         // A poisoned lock only means another task panicked; its rows are lost either way.
         let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
         for (task, acc) in done {
@@ -74,6 +80,8 @@ struct Tile {
 
 impl Tile {
     /// softmax(q·Kᵀ · scale) · V for query rows `rows` and the heads of key/value head `kv`.
+    /// Inlined into [`vectorized`]'s copies, like the two loops below.
+    #[inline(always)]
     fn run(&mut self, q: &[f32], k: &[f32], v: &[f32], s: Shape, rows: Range<usize>, kv: usize) {
         let d = s.head_dim;
         let group = s.heads / s.kv_heads;
@@ -122,6 +130,7 @@ impl Tile {
 }
 
 /// `a · b`, with eight accumulators so the compiler keeps it in vector registers.
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -135,6 +144,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out += p * x`.
+#[inline(always)]
 fn axpy(p: f32, x: &[f32], out: &mut [f32]) {
     for (o, &xi) in out.iter_mut().zip(x) {
         *o += p * xi;

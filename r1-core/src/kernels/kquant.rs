@@ -48,6 +48,14 @@ pub struct Q8KBlock {
 
 /// Quantizes `x` (a multiple of 256 long) to Q8_K blocks.
 pub fn quantize_q8k(x: &[f32], out: &mut Vec<Q8KBlock>) {
+    super::cpu::vectorized(
+        #[inline(always)]
+        || quantize_q8k_blocks(x, out),
+    )
+}
+
+#[inline(always)]
+fn quantize_q8k_blocks(x: &[f32], out: &mut Vec<Q8KBlock>) {
     out.clear();
     for chunk in x.chunks_exact(QK_K) {
         let (mut amax, mut max) = (0f32, 0f32);
@@ -185,15 +193,10 @@ pub fn dequantize_row(format: KFormat, row: &[u8], out: &mut Vec<f32>) {
 /// super-block is unpacked once for all rows.
 pub fn dot_many(format: KFormat, row: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-            unsafe { x86::dot_many(format, row, acts, out) };
-            return;
-        }
+    if super::cpu::level() >= super::cpu::Level::Avx2 {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (what `Level::Avx2` means).
+        unsafe { x86::dot_many(format, row, acts, out) };
+        return;
     }
     for (o, a) in out.iter_mut().zip(acts) {
         *o = dot_scalar(format, row, a);
@@ -202,7 +205,8 @@ pub fn dot_many(format: KFormat, row: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{f16_at, scale_min_k4, KFormat, Q8KBlock};
+    use super::super::cpu::f16_at;
+    use super::{scale_min_k4, KFormat, Q8KBlock};
     use std::arch::x86_64::*;
 
     /// A super-block as eight registers of 32 unsigned bytes, the matching pairs of per-16

@@ -7,6 +7,7 @@
 //! formats and a scalar implementation of every dot product; [`simd`] the AVX2 versions, which
 //! tests compare with the scalar ones.
 
+pub(crate) mod cpu;
 pub(crate) mod kquant;
 pub(crate) mod matmul;
 pub(crate) mod quant;

@@ -69,6 +69,14 @@ fn f16_round(x: f32) -> f32 {
 
 /// Quantizes `x` (a multiple of 32 long) like ggml's `quantize_row_q8_0` / `q8_1`.
 pub fn quantize_q8(x: &[f32], out: &mut Vec<Q8Block>) {
+    super::cpu::vectorized(
+        #[inline(always)]
+        || quantize_q8_blocks(x, out),
+    )
+}
+
+#[inline(always)]
+fn quantize_q8_blocks(x: &[f32], out: &mut Vec<Q8Block>) {
     out.clear();
     for chunk in x.chunks_exact(QK) {
         let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));

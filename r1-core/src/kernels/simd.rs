@@ -7,19 +7,15 @@
 //! Q4_1/Q5_1 is summed separately. The integer part is exact, so results differ from the scalar
 //! reference only by the f32 summation order.
 
+use super::cpu::{level, Level};
 use super::quant::{dot_scalar, Format, Q8Block};
 
 /// `Σ_blocks` dot of a weight row with an activation row, with the fastest code the CPU runs.
 pub fn dot(format: Format, row: &[u8], act: &[Q8Block]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-            return unsafe { x86::dot(format, row, act) };
-        }
+    if level() >= Level::Avx2 {
+        // SAFETY: the CPU supports AVX2, FMA and F16C (what `Level::Avx2` means).
+        return unsafe { x86::dot(format, row, act) };
     }
     dot_scalar(format, row, act)
 }
@@ -34,20 +30,12 @@ pub fn dot_many(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f3
         return out.iter_mut().for_each(|o| *o = f32::NAN);
     }
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
-            if std::is_x86_feature_detected!("avx512vnni") && std::is_x86_feature_detected!("avx512vl") {
-                // SAFETY: the CPU supports AVX2, FMA, F16C, AVX512-VNNI and AVX512-VL (checked).
-                unsafe { x86::dot_many_vnni(format, row, acts, out) };
-            } else {
-                // SAFETY: the CPU supports AVX2, FMA and F16C (checked just above).
-                unsafe { x86::dot_many(format, row, acts, out) };
-            }
-            return;
-        }
+    match level() {
+        // SAFETY: `Level::Avx512` includes AVX2, FMA, F16C, AVX512-VNNI and AVX512-VL.
+        Level::Avx512 => return unsafe { x86::dot_many_vnni(format, row, acts, out) },
+        // SAFETY: `Level::Avx2` means AVX2, FMA and F16C.
+        Level::Avx2 => return unsafe { x86::dot_many(format, row, acts, out) },
+        Level::Baseline => {}
     }
     for (o, a) in out.iter_mut().zip(acts) {
         *o = dot_scalar(format, row, a);
@@ -56,14 +44,9 @@ pub fn dot_many(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f3
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::cpu::f16_at;
     use super::{Format, Q8Block};
-    use half::f16;
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    fn f16_at(b: &[u8], i: usize) -> f32 {
-        f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
-    }
 
     /// 16 bytes of nibbles → 32 bytes: low nibbles (elements 0..16) then high ones (16..32).
     #[inline]

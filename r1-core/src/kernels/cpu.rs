@@ -1,0 +1,123 @@
+//! What the CPU can run, detected once at run time.
+//!
+//! A crate that depends on r1-core is compiled for the baseline of its target (x86-64: SSE2
+//! only), and a wheel must run on any x86-64 CPU, so no hot path may rely on compile-time CPU
+//! features. The hand-written kernels test for what they need; plain loops that the compiler
+//! vectorizes run through [`vectorized`], which compiles them once per SIMD level and picks one.
+
+use std::sync::OnceLock;
+
+/// The SIMD levels r1 has code for, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    /// Whatever the target's baseline is.
+    Baseline,
+    /// AVX2, FMA and F16C (x86-64-v3).
+    Avx2,
+    /// AVX-512 (F, BW, VL, VNNI) with AVX2, FMA and F16C.
+    Avx512,
+}
+
+/// The level r1 runs: the best this CPU has, or lower where the environment variable `R1_SIMD`
+/// (`baseline`, `avx2`, `avx512`) asks for it, to compare paths or rule one out. Read once.
+pub(crate) fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("R1_SIMD").as_deref() {
+            Ok("baseline") => Level::Baseline,
+            Ok("avx2") => Level::Avx2,
+            _ => Level::Avx512,
+        };
+        detect().min(cap)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> Level {
+    use std::arch::is_x86_feature_detected as has;
+    let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+    if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512vnni") {
+        Level::Avx512
+    } else if avx2 {
+        Level::Avx2
+    } else {
+        Level::Baseline
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> Level {
+    Level::Baseline
+}
+
+/// Runs `f` compiled for the best SIMD level the CPU has. `f`'s loops are vectorized for that
+/// level; each call site gets its own copies. Only code inlined into the level's function is
+/// compiled with its features, so `f` must be `#[inline(always)] || ...` and the functions it
+/// calls `#[inline(always)]` (the inliner would otherwise keep a large body apart, compiled for
+/// the baseline).
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: `level` found every feature these functions enable.
+        Level::Avx512 => return unsafe { x86::avx512(f) },
+        Level::Avx2 => return unsafe { x86::avx2(f) },
+        Level::Baseline => {}
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+}
+
+/// The little-endian f16 at byte `i` of `b`, converted by F16C: `half`'s conversion costs a call
+/// and a feature test per value unless the whole crate is compiled with F16C.
+///
+/// # Safety
+/// The CPU must support F16C (inline it only into functions that enable it).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectorized_runs_the_closure_once_at_any_level() {
+        let mut calls = 0;
+        let x: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let sum = vectorized(|| {
+            calls += 1;
+            x.iter().sum::<f32>()
+        });
+        assert_eq!((sum, calls), (4950.0, 1));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn f16_at_matches_half() {
+        if level() == Level::Baseline {
+            return;
+        }
+        for v in [0.0f32, 1.0, -2.5, 65504.0, 1e-7, f32::INFINITY] {
+            let h = half::f16::from_f32(v);
+            // SAFETY: the CPU has F16C (checked above).
+            assert_eq!(unsafe { f16_at(&h.to_le_bytes(), 0) }, h.to_f32());
+        }
+    }
+}
