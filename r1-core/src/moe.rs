@@ -7,6 +7,7 @@
 
 use crate::config::{MoeConfig, ScoringFunc, TopkMethod};
 use crate::error::Result;
+use crate::kernels::experts::{self, Assignment, BlockMlp};
 use crate::layers::mlp::Mlp;
 use crate::weights::Weights;
 use candle_core::{DType, Tensor};
@@ -109,6 +110,9 @@ pub struct Moe {
     e_score_correction_bias: Option<Vec<f32>>,
     experts: Vec<Mlp>,
     shared_experts: Option<Mlp>,
+    /// The routed experts, then the shared one, as block matrices, when every matrix is one:
+    /// the layer then runs as one fused kernel ([`experts::forward`]).
+    fused: Option<Vec<BlockMlp>>,
     cfg: MoeConfig,
 }
 
@@ -142,11 +146,17 @@ impl Moe {
         } else {
             None
         };
+        let fused = experts
+            .iter()
+            .chain(shared_experts.as_ref())
+            .map(Mlp::blocks)
+            .collect::<Option<Vec<_>>>();
         Ok(Moe {
             gate,
             e_score_correction_bias,
             experts,
             shared_experts,
+            fused,
             cfg: cfg.clone(),
         })
     }
@@ -156,6 +166,44 @@ impl Moe {
         let router_logits: Vec<Vec<f32>> = x.to_dtype(DType::F32)?.matmul(&self.gate.t()?)?.to_vec2()?;
         let bias = self.e_score_correction_bias.as_deref();
         let tokens: Vec<TokenRouting> = router_logits.iter().map(|l| route(&self.cfg, l, bias)).collect();
+        let out = match &self.fused {
+            Some(mlps) => self.forward_fused(mlps, x, &tokens)?,
+            None => self.forward_per_expert(x, &tokens)?,
+        };
+        Ok((
+            out,
+            LayerRouting {
+                layer,
+                router_logits,
+                tokens,
+            },
+        ))
+    }
+
+    /// The chosen experts (and the shared one) in two parallel passes over block matrices.
+    fn forward_fused(&self, mlps: &[BlockMlp], x: &Tensor, tokens: &[TokenRouting]) -> Result<Tensor> {
+        let t = tokens.len();
+        let mut work = vec![Assignment::default(); mlps.len()];
+        for (k, r) in tokens.iter().enumerate() {
+            for (&e, &w) in r.experts.iter().zip(&r.weights) {
+                work[e].tokens.push(k);
+                work[e].weights.push(w);
+            }
+        }
+        if self.shared_experts.is_some() {
+            work[mlps.len() - 1] = Assignment {
+                tokens: (0..t).collect(),
+                weights: vec![1.0; t],
+            };
+        }
+        let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let refs: Vec<&BlockMlp> = mlps.iter().collect();
+        let y = experts::forward(&refs, &work, &input, t)?;
+        Ok(Tensor::from_vec(y, x.dims(), x.device())?.to_dtype(x.dtype())?)
+    }
+
+    /// Each chosen expert as its own MLP on the batch of its tokens (any weight storage).
+    fn forward_per_expert(&self, x: &Tensor, tokens: &[TokenRouting]) -> Result<Tensor> {
         let mut out = match &self.shared_experts {
             Some(shared) => shared.forward(x)?,
             None => x.zeros_like()?,
@@ -175,14 +223,7 @@ impl Moe {
             let y = expert.forward(&x.index_select(&rows, 0)?)?.broadcast_mul(&weights)?;
             out = out.index_add(&rows, &y, 0)?;
         }
-        Ok((
-            out,
-            LayerRouting {
-                layer,
-                router_logits,
-                tokens,
-            },
-        ))
+        Ok(out)
     }
 }
 

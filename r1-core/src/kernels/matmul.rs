@@ -36,9 +36,28 @@ impl Kind {
 }
 
 /// The activation rows of one call, quantized for the matrix's kind.
-enum Acts {
+#[derive(Clone)]
+pub(crate) enum Acts {
     Q8(Vec<Vec<Q8Block>>),
     Q8K(Vec<Vec<Q8KBlock>>),
+}
+
+impl Acts {
+    /// The rows `rows` (in that order), e.g. the tokens routed to one expert.
+    pub(crate) fn select(&self, rows: &[usize]) -> Acts {
+        match self {
+            Acts::Q8(a) => Acts::Q8(rows.iter().map(|&r| a[r].clone()).collect()),
+            Acts::Q8K(a) => Acts::Q8K(rows.iter().map(|&r| a[r].clone()).collect()),
+        }
+    }
+
+    /// Number of activation rows.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Acts::Q8(a) => a.len(),
+            Acts::Q8K(a) => a.len(),
+        }
+    }
 }
 
 /// A `[rows, cols]` matrix of ggml blocks (along a row), owned.
@@ -68,6 +87,11 @@ impl QuantMatrix {
         })
     }
 
+    /// The block format.
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
     /// `[rows, cols]`.
     pub fn shape(&self) -> (usize, usize) {
         (self.rows, self.cols)
@@ -86,7 +110,9 @@ impl QuantMatrix {
         }
     }
 
-    fn quantize(&self, x: &[f32]) -> Acts {
+    /// Quantizes the rows of `x` (`[t, cols]`) as this matrix's products need them; matrices of
+    /// the same kind and width can share the result.
+    pub(crate) fn quantize(&self, x: &[f32]) -> Acts {
         let rows = x.chunks_exact(self.cols);
         match self.kind {
             Kind::Legacy(_) => Acts::Q8(
@@ -108,8 +134,8 @@ impl QuantMatrix {
         }
     }
 
-    /// Dots of weight row `r` with every activation row.
-    fn row_dots(&self, r: usize, acts: &Acts, out: &mut [f32]) {
+    /// Dots of weight row `r` with every activation row (`out.len() == acts.len()`).
+    pub(crate) fn row_dots(&self, r: usize, acts: &Acts, out: &mut [f32]) {
         match (self.kind, acts) {
             (Kind::Legacy(f), Acts::Q8(a)) if a.len() == 1 => out[0] = dot(f, self.row(r), &a[0]),
             (Kind::Legacy(f), Acts::Q8(a)) => dot_many(f, self.row(r), a, out),

@@ -8,6 +8,7 @@
 //! tests compare with the scalar ones.
 
 pub(crate) mod cpu;
+pub(crate) mod experts;
 pub(crate) mod kquant;
 pub(crate) mod matmul;
 pub(crate) mod quant;

@@ -47,6 +47,15 @@ impl Linear {
         Ok(Linear { weight, bias })
     }
 
+    /// The weight as an r1 block matrix, when it is one and there is no bias: what the fused
+    /// MoE kernel runs on.
+    pub fn blocks(&self) -> Option<Arc<QuantMatrix>> {
+        match (&self.weight, &self.bias) {
+            (Weight::Blocks(m), None) => Some(m.clone()),
+            _ => None,
+        }
+    }
+
     /// `x [tokens, in]` → `[tokens, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {

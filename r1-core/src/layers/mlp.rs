@@ -2,6 +2,7 @@
 
 use super::linear::Linear;
 use crate::error::Result;
+use crate::kernels::experts::BlockMlp;
 use crate::weights::Weights;
 use candle_core::Tensor;
 
@@ -20,6 +21,15 @@ impl Mlp {
             gate_proj: Linear::load(w, &format!("{prefix}.gate_proj"), hidden, intermediate, bias)?,
             up_proj: Linear::load(w, &format!("{prefix}.up_proj"), hidden, intermediate, bias)?,
             down_proj: Linear::load(w, &format!("{prefix}.down_proj"), intermediate, hidden, bias)?,
+        })
+    }
+
+    /// The three matrices as r1 block matrices, when all are (see [`Linear::blocks`]).
+    pub fn blocks(&self) -> Option<BlockMlp> {
+        Some(BlockMlp {
+            gate: self.gate_proj.blocks()?,
+            up: self.up_proj.blocks()?,
+            down: self.down_proj.blocks()?,
         })
     }
 

@@ -219,6 +219,19 @@ impl GgufFile {
     pub fn release(&self, info: &TensorInfo) {
         release(&self.mmap, info.range);
     }
+
+    /// [`release`](Self::release) for one expert's slice of a stacked `[experts, rows, cols]`
+    /// tensor (the whole pages inside it; a page it shares with a neighbour stays).
+    pub fn release_expert(&self, info: &TensorInfo, expert: usize) {
+        const PAGE: usize = 4096;
+        let experts = info.shape().first().copied().unwrap_or(1).max(1);
+        let per = (info.range.1 - info.range.0) / experts;
+        let start = (info.range.0 + expert * per).next_multiple_of(PAGE);
+        let end = (info.range.0 + (expert + 1) * per) / PAGE * PAGE;
+        if start < end {
+            release(&self.mmap, (start, end));
+        }
+    }
 }
 
 type Parsed = (u32, HashMap<String, MetaValue>, HashMap<String, TensorInfo>);

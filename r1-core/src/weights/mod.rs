@@ -215,16 +215,18 @@ impl Weights {
                 if let Some(format) = kernel_format(info.dtype) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
                     let m = QuantMatrix::new(format, rows, cols, bytes)?;
-                    if expert.is_none() {
-                        g.release(info);
+                    match expert {
+                        None => g.release(info),
+                        Some(e) => g.release_expert(info, e),
                     }
                     return Ok(Matrix::Blocks(Arc::new(m)));
                 }
                 if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
                     let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
-                    if expert.is_none() {
-                        g.release(info);
+                    match expert {
+                        None => g.release(info),
+                        Some(e) => g.release_expert(info, e),
                     }
                     return Ok(Matrix::Quantized(Arc::new(QTensor::new(storage, (rows, cols))?)));
                 }

@@ -1,0 +1,275 @@
+//! A MoE layer's chosen experts as two parallel passes, for experts stored in r1's block formats.
+//!
+//! Run as separate matmuls, each chosen expert costs three thread-pool rounds and quantizes its
+//! input twice, and a decode step of a DeepSeek model waits on hundreds of such rounds. Here the
+//! whole layer takes two:
+//!
+//! 1. gate and up: every row of every chosen expert's `gate` and `up` (shared experts included)
+//!    is one work item, dotted with the tokens routed to that expert, giving
+//!    `h = silu(gate · x) * (up · x)`. Each token's input is quantized once for all experts.
+//! 2. down and sum: every output row is one work item, which adds `weight · down_e · h_e` over
+//!    the experts of each token.
+//!
+//! Experts that no token chose are never read.
+
+use super::matmul::{Acts, QuantMatrix};
+use crate::error::{Error, Result};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+
+/// A gated MLP `down(silu(gate · x) * (up · x))` whose matrices are r1 block matrices.
+#[derive(Debug, Clone)]
+pub(crate) struct BlockMlp {
+    pub gate: Arc<QuantMatrix>,
+    pub up: Arc<QuantMatrix>,
+    pub down: Arc<QuantMatrix>,
+}
+
+impl BlockMlp {
+    /// The intermediate width.
+    fn inter(&self) -> usize {
+        self.gate.shape().0
+    }
+}
+
+/// The tokens one expert runs on, and the weight of its output for each.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Assignment {
+    pub tokens: Vec<usize>,
+    pub weights: Vec<f32>,
+}
+
+/// `Σ_e weight · mlp_e(x_token)` for every token of `x` (`[t, hidden]`), where `work[e]` says
+/// which tokens expert `mlps[e]` runs on. Returns `[t, hidden]`.
+pub(crate) fn forward(mlps: &[&BlockMlp], work: &[Assignment], x: &[f32], t: usize) -> Result<Vec<f32>> {
+    let Some(first) = mlps.first() else {
+        return Err(Error::InvalidArgument("an MoE layer with no experts".into()));
+    };
+    let hidden = first.gate.shape().1;
+    let fits = |m: &BlockMlp| {
+        m.gate.shape() == m.up.shape()
+            && m.gate.shape().1 == hidden
+            && m.down.shape() == (hidden, m.inter())
+            && m.gate.kind() == first.gate.kind()
+            && m.up.kind() == first.up.kind()
+    };
+    if x.len() != t * hidden || work.len() != mlps.len() || !mlps.iter().all(|m| fits(m)) {
+        return Err(Error::InvalidArgument(format!(
+            "experts of width {hidden} on input [{t}, {}] with {} assignments for {} experts",
+            x.len() / hidden.max(1),
+            work.len(),
+            mlps.len()
+        )));
+    }
+    if work
+        .iter()
+        .any(|a| a.tokens.len() != a.weights.len() || a.tokens.iter().any(|&k| k >= t))
+    {
+        return Err(Error::InvalidArgument(
+            "an expert assignment names a token out of range".into(),
+        ));
+    }
+    let used: Vec<usize> = (0..mlps.len()).filter(|&e| !work[e].tokens.is_empty()).collect();
+    let h = gate_up(mlps, work, &used, x);
+    Ok(down_sum(mlps, work, &used, &h, t, hidden))
+}
+
+/// Pass 1: `h[e]` (`[tokens of e, inter_e]`) for every used expert `e`, in `used` order.
+fn gate_up(mlps: &[&BlockMlp], work: &[Assignment], used: &[usize], x: &[f32]) -> Vec<Vec<f32>> {
+    // One quantization of the input for all gate matrices, one for all up matrices (the same
+    // one when their kinds agree, as in every GGUF we know).
+    let gate_acts = mlps[0].gate.quantize(x);
+    let up_acts = (mlps[0].up.kind() != mlps[0].gate.kind()).then(|| mlps[0].up.quantize(x));
+    let per_expert: Vec<(Acts, Option<Acts>)> = used
+        .iter()
+        .map(|&e| {
+            let tokens = &work[e].tokens;
+            (gate_acts.select(tokens), up_acts.as_ref().map(|a| a.select(tokens)))
+        })
+        .collect();
+    // Work items: the rows of the used experts, one after the other.
+    let starts: Vec<usize> = used
+        .iter()
+        .scan(0, |at, &e| {
+            let s = *at;
+            *at += mlps[e].inter();
+            Some(s)
+        })
+        .collect();
+    let total = used.iter().map(|&e| mlps[e].inter()).sum();
+    let h: Vec<Mutex<Vec<f32>>> = used
+        .iter()
+        .map(|&e| Mutex::new(vec![0f32; work[e].tokens.len() * mlps[e].inter()]))
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(total, |items: Range<usize>| {
+        for (u, rows) in segments(&starts, total, items) {
+            let (m, (g_acts, u_acts)) = (mlps[used[u]], &per_expert[u]);
+            let n = g_acts.len();
+            let (mut g, mut v) = (vec![0f32; n], vec![0f32; n]);
+            let mut part = vec![0f32; n * rows.len()];
+            for (i, r) in rows.clone().enumerate() {
+                m.gate.row_dots(r, g_acts, &mut g);
+                m.up.row_dots(r, u_acts.as_ref().unwrap_or(g_acts), &mut v);
+                for k in 0..n {
+                    part[k * rows.len() + i] = silu(g[k]) * v[k];
+                }
+            }
+            // A poisoned lock only means another task panicked; its rows are lost either way.
+            let mut out = h[u].lock().unwrap_or_else(|p| p.into_inner());
+            let inter = m.inter();
+            for k in 0..n {
+                out[k * inter + rows.start..k * inter + rows.end]
+                    .copy_from_slice(&part[k * rows.len()..(k + 1) * rows.len()]);
+            }
+        }
+    });
+    h.into_iter()
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect()
+}
+
+/// Pass 2: `y[token] = Σ_e weight · down_e · h_e[token]`, each task a range of output rows.
+fn down_sum(
+    mlps: &[&BlockMlp],
+    work: &[Assignment],
+    used: &[usize],
+    h: &[Vec<f32>],
+    t: usize,
+    hidden: usize,
+) -> Vec<f32> {
+    let acts: Vec<Acts> = used.iter().zip(h).map(|(&e, h)| mlps[e].down.quantize(h)).collect();
+    let y = Mutex::new(vec![0f32; t * hidden]);
+    candle_core::utils::barrier_pool().execute_chunked(hidden, |rows: Range<usize>| {
+        let width = rows.len();
+        let mut part = vec![0f32; t * width];
+        let mut col = Vec::new();
+        for (i, r) in rows.clone().enumerate() {
+            for (u, &e) in used.iter().enumerate() {
+                col.resize(acts[u].len(), 0.0);
+                mlps[e].down.row_dots(r, &acts[u], &mut col);
+                for ((&tok, &w), v) in work[e].tokens.iter().zip(&work[e].weights).zip(&col) {
+                    part[tok * width + i] += w * v;
+                }
+            }
+        }
+        // A poisoned lock only means another task panicked; its rows are lost either way.
+        let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
+        for tok in 0..t {
+            y[tok * hidden + rows.start..tok * hidden + rows.end]
+                .copy_from_slice(&part[tok * width..(tok + 1) * width]);
+        }
+    });
+    y.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pieces of the flat item range `items` as (segment, rows within it), where segment `u`
+/// covers `starts[u]..starts[u + 1]` (the last ends at `total`).
+fn segments(starts: &[usize], total: usize, items: Range<usize>) -> Vec<(usize, Range<usize>)> {
+    let mut out = Vec::new();
+    for (u, &s) in starts.iter().enumerate() {
+        let end = starts.get(u + 1).copied().unwrap_or(total);
+        let (a, b) = (items.start.max(s), items.end.min(end));
+        if a < b {
+            out.push((u, a - s..b - s));
+        }
+    }
+    out
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::matmul::Kind;
+    use super::super::quant::{Format, QK};
+    use super::*;
+
+    /// A Q8_0 matrix whose weights are small multiples of 1/64 (exact in f32), from `seed`.
+    fn matrix(rows: usize, cols: usize, seed: usize) -> QuantMatrix {
+        let mut bytes = Vec::new();
+        for r in 0..rows {
+            for b in 0..cols / QK {
+                bytes.extend(half::f16::from_f32(1.0 / 64.0).to_le_bytes());
+                bytes.extend((0..QK).map(|j| ((r * 7 + b * 5 + j * 3 + seed * 11) % 21) as u8 - 10));
+            }
+        }
+        QuantMatrix::new(Kind::Legacy(Format::Q8_0), rows, cols, &bytes).unwrap()
+    }
+
+    #[test]
+    fn equals_each_expert_run_as_its_own_matmuls() {
+        let (hidden, t) = (64, 3);
+        let mlps: Vec<BlockMlp> = (0..4)
+            .map(|e| {
+                let inter = if e == 3 { 64 } else { 32 }; // the last plays a wider shared expert
+                BlockMlp {
+                    gate: Arc::new(matrix(inter, hidden, 3 * e)),
+                    up: Arc::new(matrix(inter, hidden, 3 * e + 1)),
+                    down: Arc::new(matrix(hidden, inter, 3 * e + 2)),
+                }
+            })
+            .collect();
+        let work = vec![
+            Assignment {
+                tokens: vec![0, 2],
+                weights: vec![0.7, 0.25],
+            },
+            Assignment::default(), // chosen by no token: never read
+            Assignment {
+                tokens: vec![1, 2],
+                weights: vec![0.4, 0.75],
+            },
+            Assignment {
+                tokens: vec![0, 1, 2],
+                weights: vec![1.0; 3],
+            },
+        ];
+        let x: Vec<f32> = (0..t * hidden)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
+            .collect();
+        let refs: Vec<&BlockMlp> = mlps.iter().collect();
+        let y = forward(&refs, &work, &x, t).unwrap();
+        // The same sum from each expert's three matmuls (tested against dequantized weights in
+        // `matmul`), run one expert and one token at a time: the same quantization of the same
+        // inputs, so only the f32 summation order may differ.
+        for tok in 0..t {
+            let xt = &x[tok * hidden..(tok + 1) * hidden];
+            let mut want = vec![0f64; hidden];
+            for (m, a) in mlps.iter().zip(&work) {
+                let Some(k) = a.tokens.iter().position(|&v| v == tok) else {
+                    continue;
+                };
+                let g = m.gate.matmul(xt, 1).unwrap();
+                let u = m.up.matmul(xt, 1).unwrap();
+                let h: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                for (w, d) in want.iter_mut().zip(m.down.matmul(&h, 1).unwrap()) {
+                    *w += (a.weights[k] * d) as f64;
+                }
+            }
+            let got = &y[tok * hidden..(tok + 1) * hidden];
+            let err: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
+            let norm: f64 = want.iter().map(|w| w * w).sum();
+            assert!(
+                norm > 0.0 && (err / norm).sqrt() <= 1e-5,
+                "token {tok}: {:e}",
+                (err / norm).sqrt()
+            );
+        }
+        let bad = vec![
+            Assignment {
+                tokens: vec![5],
+                weights: vec![1.0]
+            };
+            4
+        ];
+        assert!(forward(&refs, &bad, &x, t).is_err());
+    }
+
+    #[test]
+    fn segments_split_a_range_over_experts() {
+        assert_eq!(segments(&[0, 4, 10], 12, 2..11), vec![(0, 2..4), (1, 0..6), (2, 0..1)]);
+        assert_eq!(segments(&[0, 4], 6, 4..6), vec![(1, 0..2)]);
+    }
+}
