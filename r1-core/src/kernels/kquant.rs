@@ -88,6 +88,29 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// Q4_K's eight 6-bit scales and eight 6-bit mins from its 12 packed bytes, four at a time in
+/// `u32` lanes: bytes 0..4 hold scales 0..4 (low six bits) and bytes 4..8 mins 0..4; bytes
+/// 8..12 hold the low four bits of scales 4..8 (low nibbles) and of mins 4..8 (high nibbles),
+/// whose top two bits are the spare top bits of bytes 0..4 and 4..8. Equal to
+/// [`scale_min_k4`] for every `j` (tested), without a branch or a byte loop.
+#[inline(always)]
+fn scales_mins_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    let scales_hi = (c & LOW4) | (((a >> 6) & LOW2) << 4);
+    let mins_hi = ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4);
+    let join = |lo: u32, hi: u32| {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&lo.to_le_bytes());
+        out[4..].copy_from_slice(&hi.to_le_bytes());
+        out
+    };
+    (join(a & LOW6, scales_hi), join(b & LOW6, mins_hi))
+}
+
 /// Q4_K's 6-bit scale and min of sub-block `j` (ggml's `get_scale_min_k4`).
 fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
@@ -206,7 +229,7 @@ pub fn dot_many(format: KFormat, row: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::cpu::f16_at;
-    use super::{scale_min_k4, KFormat, Q8KBlock};
+    use super::{scales_mins_k4, KFormat, Q8KBlock};
     use std::arch::x86_64::*;
 
     /// A super-block as eight registers of 32 unsigned bytes, the matching pairs of per-16
@@ -221,14 +244,12 @@ mod x86 {
         bsum_weights: __m256i,
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2")]
+    #[inline(always)]
     unsafe fn pair(lo: i32, hi: i32) -> __m256i {
         _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,f16c")]
+    #[inline(always)]
     unsafe fn unpack(format: KFormat, b: &[u8]) -> Unpacked {
         let mask4 = _mm256_set1_epi8(0x0f);
         let mut out = Unpacked {
@@ -242,14 +263,18 @@ mod x86 {
             KFormat::Q4K => {
                 out.d = f16_at(b, 0);
                 out.dmin = f16_at(b, 2);
-                let mut mins = [0i16; 16];
-                for j in 0..8 {
-                    let (sc, m) = scale_min_k4(j, &b[4..16]);
-                    out.scales[j] = _mm256_set1_epi16(sc as i16);
-                    mins[2 * j] = m as i16;
-                    mins[2 * j + 1] = m as i16;
+                let (sc, mins) = scales_mins_k4(&b[4..16]);
+                // The eight scales as i16 in both 128-bit lanes; scales[j] broadcasts scale j
+                // (bytes 2j, 2j + 1) over the register with one shuffle.
+                let sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
+                let sc256 = _mm256_broadcastsi128_si256(sc16);
+                for (j, s) in out.scales.iter_mut().enumerate() {
+                    let pick = _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8));
+                    *s = _mm256_shuffle_epi8(sc256, pick);
                 }
-                out.bsum_weights = _mm256_loadu_si256(mins.as_ptr() as *const __m256i);
+                // Each min once per group of 16: m0 m0 m1 m1 ... m7 m7 as i16.
+                let m8 = _mm_loadl_epi64(mins.as_ptr() as *const __m128i);
+                out.bsum_weights = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
                 for c in 0..4 {
                     let v = _mm256_loadu_si256(b[16 + 32 * c..].as_ptr() as *const __m256i);
                     out.u[2 * c] = _mm256_and_si256(v, mask4);
@@ -296,13 +321,48 @@ mod x86 {
         out
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    unsafe fn hsum_i32(v: __m256i) -> i32 {
-        let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
-        _mm_cvtsi128_si32(s)
+    #[inline(always)]
+    unsafe fn hsum_ps(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// `N` activation rows against one weight row: each super-block is unpacked once for all of
+    /// them, and each row keeps two f32 vector accumulators in registers (the scaled integer
+    /// sums, and the offset terms), reduced to a number only at the end of the row. One copy per
+    /// `N`, so the loops over rows unroll. It and its helpers are `inline(always)` without
+    /// features of their own, so they are compiled inside `dot_many`, with its features.
+    #[inline(always)]
+    unsafe fn tile<const N: usize>(format: KFormat, row: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
+        let mut sums = [_mm256_setzero_ps(); N];
+        let mut offsets = [_mm256_setzero_ps(); N];
+        for (i, b) in row.chunks_exact(format.block_bytes()).enumerate() {
+            let w = unpack(format, b);
+            for t in 0..N {
+                let a = &acts[t][i];
+                let mut sum = _mm256_setzero_si256();
+                for k in 0..8 {
+                    let y = _mm256_loadu_si256(a.qs[32 * k..].as_ptr() as *const __m256i);
+                    let p16 = _mm256_maddubs_epi16(w.u[k], y);
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p16, w.scales[k]));
+                }
+                let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
+                let corr = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, w.bsum_weights));
+                let d = a.d * w.d;
+                sums[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sum), sums[t]);
+                // Q4_K subtracts dmin · Σ_g min_g · bsum_g; Q6_K's stored bytes are q + 32,
+                // undone by -32 · Σ_g sc_g · bsum_g at the block's own scale.
+                let c = match format {
+                    KFormat::Q4K => -a.d * w.dmin,
+                    KFormat::Q6K => d,
+                };
+                offsets[t] = _mm256_fmadd_ps(_mm256_set1_ps(c), corr, offsets[t]);
+            }
+        }
+        for t in 0..N {
+            out[t] = hsum_ps(_mm256_add_ps(sums[t], offsets[t]));
+        }
     }
 
     /// # Safety
@@ -310,25 +370,23 @@ mod x86 {
     /// has as many blocks; `out.len() == acts.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_many(format: KFormat, row: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        out.iter_mut().for_each(|o| *o = 0.0);
-        for (i, b) in row.chunks_exact(format.block_bytes()).enumerate() {
-            let w = unpack(format, b);
-            for (t, a) in acts.iter().enumerate() {
-                let a = &a[i];
-                let mut acc = _mm256_setzero_si256();
-                for k in 0..8 {
-                    let y = _mm256_loadu_si256(a.qs[32 * k..].as_ptr() as *const __m256i);
-                    let p16 = _mm256_maddubs_epi16(w.u[k], y);
-                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p16, w.scales[k]));
-                }
-                let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
-                let corr = _mm256_madd_epi16(bsums, w.bsum_weights);
-                out[t] += match format {
-                    KFormat::Q4K => a.d * (w.d * hsum_i32(acc) as f32 - w.dmin * hsum_i32(corr) as f32),
-                    // u = q + 32: the -32 · Σ_g sc_g · bsum_g correction joins the integer sum.
-                    KFormat::Q6K => a.d * w.d * hsum_i32(_mm256_add_epi32(acc, corr)) as f32,
-                };
+        let (mut acts, mut out) = (acts, out);
+        while !acts.is_empty() {
+            let n = match acts.len() {
+                8.. => 8,
+                4..=7 => 4,
+                2..=3 => 2,
+                _ => 1,
+            };
+            let (a, o) = (&acts[..n], &mut out[..n]);
+            match n {
+                8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
+                4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
+                2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
+                _ => tile::<1>(format, row, [a[0].as_slice()], o),
             }
+            acts = &acts[n..];
+            out = &mut out[n..];
         }
     }
 }
@@ -370,6 +428,18 @@ mod tests {
         s[5] = 0b0100_0000; // top bits 1 → m += 16
         assert_eq!(scale_min_k4(5, &s), (0x0a + 48, 0x03 + 16));
         assert_eq!(scale_min_k4(1, &s), (s[1] & 63, s[5] & 63));
+    }
+
+    #[test]
+    fn packed_scales_and_mins_unpack_like_the_byte_rule() {
+        let mut state = 0x51f1_5eed_u64;
+        for _ in 0..200 {
+            let s: Vec<u8> = (0..12).map(|_| xorshift(&mut state) as u8).collect();
+            let (sc, mins) = scales_mins_k4(&s);
+            for j in 0..8 {
+                assert_eq!((sc[j], mins[j]), scale_min_k4(j, &s), "j {j} of {s:?}");
+            }
+        }
     }
 
     #[test]
