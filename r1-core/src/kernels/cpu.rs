@@ -67,6 +67,26 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// `0..n` cut into the tile sizes of a kernel whose largest tile is `widest` (16 or 8): as many
+/// of the largest as fit, then the rest as tiles of four, two and one.
+pub(crate) fn tiles(n: usize, widest: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let left = n - at;
+        let size = match left {
+            0 => return None,
+            _ if left >= widest => widest,
+            16.. => 16,
+            8.. => 8,
+            4..=7 => 4,
+            2..=3 => 2,
+            _ => 1,
+        };
+        at += size;
+        Some(at - size..at)
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
@@ -96,6 +116,15 @@ pub(crate) unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tiles_cover_the_range_largest_first() {
+        let sizes = |n, w| tiles(n, w).map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(23, 16), [16, 4, 2, 1]);
+        assert_eq!(sizes(23, 8), [8, 8, 4, 2, 1]);
+        assert_eq!(sizes(0, 8), Vec::<usize>::new());
+        assert_eq!(tiles(11, 8).last(), Some(10..11));
+    }
 
     #[test]
     fn vectorized_runs_the_closure_once_at_any_level() {

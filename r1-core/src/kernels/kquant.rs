@@ -370,23 +370,14 @@ mod x86 {
     /// has as many blocks; `out.len() == acts.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_many(format: KFormat, row: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        let (mut acts, mut out) = (acts, out);
-        while !acts.is_empty() {
-            let n = match acts.len() {
-                8.. => 8,
-                4..=7 => 4,
-                2..=3 => 2,
-                _ => 1,
-            };
-            let (a, o) = (&acts[..n], &mut out[..n]);
-            match n {
+        for r in super::super::cpu::tiles(acts.len(), 8) {
+            let (a, o) = (&acts[r.clone()], &mut out[r]);
+            match a.len() {
                 8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
                 4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
                 2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
                 _ => tile::<1>(format, row, [a[0].as_slice()], o),
             }
-            acts = &acts[n..];
-            out = &mut out[n..];
         }
     }
 }

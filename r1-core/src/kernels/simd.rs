@@ -213,25 +213,15 @@ mod x86 {
     ) {
         // Tiles of sixteen (`wide`: AVX-512's 32 vector registers hold the accumulators) or eight,
         // then the remainder as tiles of four, two and one.
-        let (mut acts, mut out) = (acts, out);
-        while !acts.is_empty() {
-            let n = match acts.len() {
-                16.. if wide => 16,
-                8.. => 8,
-                4..=7 => 4,
-                2..=3 => 2,
-                _ => 1,
-            };
-            let (a, o) = (&acts[..n], &mut out[..n]);
-            match n {
+        for r in super::super::cpu::tiles(acts.len(), if wide { 16 } else { 8 }) {
+            let (a, o) = (&acts[r.clone()], &mut out[r]);
+            match a.len() {
                 16 => tile::<16>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
                 8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
                 4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
                 2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
                 _ => tile::<1>(format, row, [a[0].as_slice()], o, dot),
             }
-            acts = &acts[n..];
-            out = &mut out[n..];
         }
     }
 
