@@ -1,52 +1,102 @@
 #!/usr/bin/env bash
-# r1 beside llama.cpp on the same GGUF files, run alternately in one go (the machine drifts by
-# up to 20% between runs; only ratios taken within one run count).
+# r1 beside llama.cpp (and ik_llama.cpp, when built) on the same GGUF files, run alternately in
+# one go: the machine drifts by up to 20% between runs, so only ratios taken within one run count.
 #
 #   bash benches/compare_llama_cpp.sh [ROUNDS] [CONTEXT] [THREADS...]
-#     ROUNDS: rounds per model and thread count (default 3)
+#     ROUNDS: rounds per model and thread count (default 3); the table shows medians
 #     CONTEXT: 0 (default) = prefill 128 tokens, decode 64; N = prefill N tokens, then decode 32 at
 #              a context of N (llama-bench: -p N, and -n 32 -d N)
 #     THREADS: thread counts (default 1 2)
+#   environment:
+#     MODELS: which files (default: smollm2 qwen moe dense)
+#     NATIVE=0: leave out r1 built with target-cpu=native (default: shown beside the portable one)
+#     LLAMA_CPP_BIN: llama.cpp's build/bin (default: built by ../shared/tools/build-llama-cpp.sh)
+#     IK_LLAMA_BIN: ik_llama.cpp's build/bin, for a second peer column (run with -rtr 1)
 #
-# Builds the peer once (../shared/tools/build-llama-cpp.sh, or $LLAMA_CPP_BIN), fetches the models
-# (scripts/fetch-models.sh), and prints a markdown table: prefill (128 tokens) and decode (64
-# tokens) tokens/s, medians over the rounds, and r1 / llama.cpp. r1's load time and peak RSS
-# come from the same runs.
+# r1 is measured as users get it: built with cargo's defaults (`portable`: run-time SIMD dispatch,
+# what a dependent crate and the wheel get), and with target-cpu=native into target/native. The
+# MoE and its dense twin are made by benches/make_moe.sh when missing. The ratio columns are the
+# portable r1 over llama.cpp; r1's load time and peak RSS come from the portable runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 ctx=${2:-0}
 threads=("${@:3}")
 [ ${#threads[@]} -gt 0 ] || threads=(1 2)
+read -r -a which <<<"${MODELS:-smollm2 qwen moe dense}"
 if [ "$ctx" -gt 0 ]; then np=$ctx; ng=32; depth=(-d "$ctx"); else np=128; ng=64; depth=(); fi
 models=$(scripts/fetch-models.sh all)
 bin=${LLAMA_CPP_BIN:-$(bash ../shared/tools/build-llama-cpp.sh)}
+ik=${IK_LLAMA_BIN:-}
 cargo build --release --example bench >&2
 r1=target/release/examples/bench
+if [ "${NATIVE:-1}" != 0 ]; then
+  RUSTFLAGS="-C target-cpu=native" cargo build --release --example bench --target-dir target/native >&2
+fi
+file_of() {
+  case "$1" in
+    smollm2) echo SmolLM2-135M-Instruct.Q4_1.gguf ;;
+    qwen) echo qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ;;
+    moe) echo deepseek-moe.Q4_K_M.gguf ;;
+    dense) echo dense-twin.Q4_K_M.gguf ;;
+    *) echo "compare: unknown model $1" >&2; exit 2 ;;
+  esac
+}
+for m in "${which[@]}"; do
+  if [ ! -f "$models/$(file_of "$m")" ]; then LLAMA_CPP_BIN="$bin" bash benches/make_moe.sh >&2; fi
+done
 
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.1f}")' "$@"; }
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['$2'])" "$1"; }
+# llama-bench's tokens/s for one prefill (-p) or decode (-n, at depth) run.
+peer() {
+  local exe=$1 path=$2 t=$3 kind=$4; shift 4
+  local args=(-m "$path" -t "$t" -r 1 -o json "$@")
+  if [ "$kind" = prefill ]; then args+=(-p "$np" -n 0); else args+=(-p 0 -n "$ng" "${depth[@]}"); fi
+  "$exe/llama-bench" "${args[@]}" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'
+}
 
-echo "context $ctx: prefill $np tokens, decode $ng tokens"
+echo "context $ctx: prefill $np tokens, decode $ng tokens; tokens/s, medians of $rounds"
 echo ""
-echo "| model | file MB | threads | r1 load s | r1 peak RSS MB | prefill r1 | prefill llama.cpp | ratio | decode r1 | decode llama.cpp | ratio |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for file in SmolLM2-135M-Instruct.Q4_1.gguf qwen2.5-coder-0.5b-instruct-q4_k_m.gguf; do
+head="| model | file MB | threads | r1 load s | r1 peak RSS MB | prefill r1 |"
+rule="|---|---|---|---|---|---|"
+[ "${NATIVE:-1}" != 0 ] && { head+=" r1 native |"; rule+="---|"; }
+head+=" llama.cpp | ratio |"; rule+="---|---|"
+[ -n "$ik" ] && { head+=" ik_llama | r1/ik |"; rule+="---|---|"; }
+head+=" decode r1 |"; rule+="---|"
+[ "${NATIVE:-1}" != 0 ] && { head+=" r1 native |"; rule+="---|"; }
+head+=" llama.cpp | ratio |"; rule+="---|---|"
+[ -n "$ik" ] && { head+=" ik_llama | r1/ik |"; rule+="---|---|"; }
+echo "$head"; echo "$rule"
+for m in "${which[@]}"; do
+  file=$(file_of "$m")
   path="$models/$file"
   size_mb=$(( $(stat -c %s "$path") / 1000000 ))
   for t in "${threads[@]}"; do
-    rp=(); rd=(); lp=(); ld=(); loads=(); rss=()
+    rp=(); rd=(); np_=(); nd=(); lp=(); ld=(); ip=(); id=(); loads=(); rss=()
     for _ in $(seq "$rounds"); do
       out=$("$r1" --model "$path" --prompt-tokens "$np" --gen-tokens "$ng" --threads "$t")
-      rp+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["prefill_tokens_per_s"])')")
-      rd+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["decode_tokens_per_s"])')")
-      loads+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["load_s"])')")
-      rss+=("$(echo "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["peak_rss_kib"]/1024)')")
-      lb=$("$bin/llama-bench" -m "$path" -p "$np" -n 0 -t "$t" -r 1 -o json 2>/dev/null)
-      lp+=("$(echo "$lb" | python3 -c 'import json,sys; print([r["avg_ts"] for r in json.load(sys.stdin) if r["n_prompt"]>0][0])')")
-      lb=$("$bin/llama-bench" -m "$path" -p 0 -n "$ng" "${depth[@]}" -t "$t" -r 1 -o json 2>/dev/null)
-      ld+=("$(echo "$lb" | python3 -c 'import json,sys; print([r["avg_ts"] for r in json.load(sys.stdin) if r["n_gen"]>0][0])')")
+      rp+=("$(field "$out" prefill_tokens_per_s)"); rd+=("$(field "$out" decode_tokens_per_s)")
+      loads+=("$(field "$out" load_s)"); rss+=("$(python3 -c "print($(field "$out" peak_rss_kib)/1024)")")
+      if [ "${NATIVE:-1}" != 0 ]; then
+        out=$(target/native/release/examples/bench --model "$path" --prompt-tokens "$np" --gen-tokens "$ng" --threads "$t")
+        np_+=("$(field "$out" prefill_tokens_per_s)"); nd+=("$(field "$out" decode_tokens_per_s)")
+      fi
+      lp+=("$(peer "$bin" "$path" "$t" prefill)"); ld+=("$(peer "$bin" "$path" "$t" decode)")
+      if [ -n "$ik" ]; then
+        ip+=("$(peer "$ik" "$path" "$t" prefill -rtr 1)"); id+=("$(peer "$ik" "$path" "$t" decode -rtr 1)")
+      fi
     done
     mrp=$(median "${rp[@]}"); mlp=$(median "${lp[@]}"); mrd=$(median "${rd[@]}"); mld=$(median "${ld[@]}")
-    echo "| ${file%.gguf} | $size_mb | $t | $(median "${loads[@]}") | $(median "${rss[@]}") | $mrp | $mlp | $(python3 -c "print(f'{$mrp/$mlp:.2f}')") | $mrd | $mld | $(python3 -c "print(f'{$mrd/$mld:.2f}')") |"
+    row="| ${file%.gguf} | $size_mb | $t | $(median "${loads[@]}") | $(median "${rss[@]}") | $mrp |"
+    [ "${NATIVE:-1}" != 0 ] && row+=" $(median "${np_[@]}") |"
+    row+=" $mlp | $(ratio "$mrp" "$mlp") |"
+    [ -n "$ik" ] && { mip=$(median "${ip[@]}"); row+=" $mip | $(ratio "$mrp" "$mip") |"; }
+    row+=" $mrd |"
+    [ "${NATIVE:-1}" != 0 ] && row+=" $(median "${nd[@]}") |"
+    row+=" $mld | $(ratio "$mrd" "$mld") |"
+    [ -n "$ik" ] && { mid=$(median "${id[@]}"); row+=" $mid | $(ratio "$mrd" "$mid") |"; }
+    echo "$row"
   done
 done

@@ -131,7 +131,7 @@ impl Tile {
 
 /// `a · b`, with eight accumulators so the compiler keeps it in vector registers.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
@@ -145,7 +145,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `out += p * x`.
 #[inline(always)]
-fn axpy(p: f32, x: &[f32], out: &mut [f32]) {
+pub(super) fn axpy(p: f32, x: &[f32], out: &mut [f32]) {
     for (o, &xi) in out.iter_mut().zip(x) {
         *o += p * xi;
     }

@@ -11,6 +11,7 @@
 //!   moved into latent space and attends to `c` directly; the output `Σ p·v = (Σ p·c) · W_UVᵀ`.
 //!   This never expands the cache: per step it reads `kv_lora_rank + rope` floats per token.
 
+use super::latent::{self, LatentShape};
 use super::{causal_mask, masked_softmax};
 use crate::cache::LayerCache;
 use crate::config::{yarn_mscale, MlaConfig, ModelConfig, RopeScaling};
@@ -136,6 +137,11 @@ impl Mla {
             .squeeze(0)?;
         let c_all = ckv.append(&c)?;
         let k_r_all = k_rope.append(&k_r)?;
+        if len == 1 {
+            if let Some(out) = self.attend_latent(&q_nope, &q_rope, &c_all, &k_r_all)? {
+                return self.o_proj.forward(&out.reshape((1, h * vd))?);
+            }
+        }
         let total = c_all.dim(0)?;
         // The rope part of the scores is the same in both forms: [h, len, total].
         let rope_scores = q_rope
@@ -150,6 +156,34 @@ impl Mla {
         };
         // [h, len, v] → [len, h * v].
         self.o_proj.forward(&out.transpose(0, 1)?.reshape((len, h * vd))?)
+    }
+
+    /// The absorbed form for one query as r1's fused kernel ([`latent::attend`]), reading the
+    /// cache where it is; `None` where the cache is not plain f32 rows in memory.
+    fn attend_latent(
+        &self,
+        q_nope: &Tensor,
+        q_rope: &Tensor,
+        c_all: &Tensor,
+        k_r_all: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let (h, r) = (self.cfg.num_heads, self.cfg.kv_lora_rank);
+        let w_uk = widen(&self.w_uk, c_all)?;
+        let q_lat = q_nope.matmul(&w_uk)?.flatten_all()?.to_vec1::<f32>()?; // [h, r]
+        let q_rope = q_rope.flatten_all()?.to_vec1::<f32>()?; // [h, rope]
+        let shape = LatentShape {
+            heads: h,
+            rank: r,
+            rope: self.cfg.qk_rope_head_dim,
+            scale: self.softmax_scale as f32,
+        };
+        let out = with_rows(c_all, |c| {
+            with_rows(k_r_all, |k| latent::attend(&q_lat, &q_rope, c, k, shape))
+        });
+        let Some(Some(out)) = out else { return Ok(None) };
+        let out = Tensor::from_vec(out, (h, 1, r), c_all.device())?;
+        let w_uv = widen(&self.w_uv, c_all)?;
+        Ok(Some(out.matmul(&w_uv.transpose(1, 2)?)?.transpose(0, 1)?)) // [1, h, v]
     }
 
     /// Expanded form: `k_nope = c · W_UKᵀ`, `v = c · W_UVᵀ` for every cached token.
@@ -190,6 +224,17 @@ impl Mla {
         let out_latent = probs.reshape((h * len, total))?.matmul(c_all)?.reshape((h, len, r))?;
         Ok(out_latent.matmul(&w_uv.transpose(1, 2)?)?) // [h, len, v]
     }
+}
+
+/// `f` on the elements of `t` where they lie, when `t` is contiguous f32 in CPU memory.
+fn with_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    let data = cpu.as_slice::<f32>().ok()?;
+    Some(f(data.get(start..end)?))
 }
 
 /// A weight in the activations' dtype (bf16 storage is widened per use on the CPU).

@@ -2,6 +2,7 @@
 
 pub(crate) mod fused;
 pub(crate) mod gqa;
+pub(crate) mod latent;
 pub(crate) mod mla;
 
 use crate::error::Result;

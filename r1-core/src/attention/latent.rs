@@ -1,0 +1,181 @@
+//! MLA's absorbed decode as one fused pass over the latent cache.
+//!
+//! With one query token, every head's query is moved into latent space (`q_nope · W_UK`), so
+//! head `h` scores cached token `t` as `q_lat[h] · c[t] + q_rope[h] · k_rope[t]` and its output
+//! is `Σ_t p[h, t] · c[t]` (then `· W_UVᵀ`, outside). All heads read the same rows, so here each
+//! cached row is read once for all heads, with no `[heads, tokens]` score tensor and no pass
+//! per product. The tokens are cut into blocks that run in parallel, each with its own softmax
+//! maximum and sum, merged at the end (the split-K form of online softmax): with 8 heads and
+//! one token there is nothing else to share between threads.
+
+use super::fused::{axpy, dot};
+use crate::kernels::cpu::vectorized;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// The shapes of one absorbed decode step.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LatentShape {
+    /// Query heads.
+    pub heads: usize,
+    /// Latent width (`kv_lora_rank`).
+    pub rank: usize,
+    /// Rope key width (`qk_rope_head_dim`).
+    pub rope: usize,
+    /// Score scale.
+    pub scale: f32,
+}
+
+/// Cached tokens per task: a block's latent rows (here 256 × 512 floats) stay in L2 between the
+/// score pass and the value pass.
+const BLOCK: usize = 256;
+
+/// One block's partial result: per head the block's score maximum, the sum of `exp(s - max)`,
+/// and `Σ exp(s - max) · c[t]`.
+struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+/// `softmax(q_lat · cᵀ + q_rope · k_ropeᵀ) · c` per head: `q_lat [heads, rank]`, `q_rope
+/// [heads, rope]`, `c [total, rank]`, `k_rope [total, rope]` → `[heads, rank]`.
+pub(crate) fn attend(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s: LatentShape) -> Vec<f32> {
+    let total = c.len() / s.rank;
+    let blocks = total.div_ceil(BLOCK);
+    let parts: Mutex<Vec<(usize, Partial)>> = Mutex::new(Vec::with_capacity(blocks));
+    candle_core::utils::barrier_pool().execute_chunked(blocks, |range: Range<usize>| {
+        let mut done = Vec::new();
+        vectorized(
+            #[inline(always)]
+            || {
+                for b in range {
+                    let rows = b * BLOCK..((b + 1) * BLOCK).min(total);
+                    done.push((b, block(q_lat, q_rope, c, k_rope, s, rows)));
+                }
+            },
+        );
+        // A poisoned lock only means another task panicked; its blocks are lost either way.
+        parts.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
+    });
+    let mut parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
+    parts.sort_by_key(|(b, _)| *b);
+    merge(parts.into_iter().map(|(_, p)| p), s)
+}
+
+/// Scores, softmax terms and weighted latent sums of cached tokens `rows`, for every head.
+#[inline(always)]
+fn block(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s: LatentShape, rows: Range<usize>) -> Partial {
+    let (n, r, e) = (rows.len(), s.rank, s.rope);
+    let mut scores = vec![0f32; s.heads * n];
+    for (i, t) in rows.clone().enumerate() {
+        let (ct, kt) = (&c[t * r..(t + 1) * r], &k_rope[t * e..(t + 1) * e]);
+        for h in 0..s.heads {
+            let qh = (&q_lat[h * r..(h + 1) * r], &q_rope[h * e..(h + 1) * e]);
+            scores[h * n + i] = (dot(qh.0, ct) + dot(qh.1, kt)) * s.scale;
+        }
+    }
+    let mut p = Partial {
+        max: vec![f32::NEG_INFINITY; s.heads],
+        sum: vec![0.0; s.heads],
+        acc: vec![0.0; s.heads * r],
+    };
+    for h in 0..s.heads {
+        let row = &mut scores[h * n..(h + 1) * n];
+        p.max[h] = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for x in row.iter_mut() {
+            *x = (*x - p.max[h]).exp();
+            p.sum[h] += *x;
+        }
+    }
+    for (i, t) in rows.enumerate() {
+        let ct = &c[t * r..(t + 1) * r];
+        for h in 0..s.heads {
+            axpy(scores[h * n + i], ct, &mut p.acc[h * r..(h + 1) * r]);
+        }
+    }
+    p
+}
+
+/// The blocks' partial softmaxes as one: each rescaled to the overall maximum, then normalized.
+fn merge(parts: impl Iterator<Item = Partial>, s: LatentShape) -> Vec<f32> {
+    let parts: Vec<Partial> = parts.collect();
+    let r = s.rank;
+    let mut out = vec![0f32; s.heads * r];
+    for h in 0..s.heads {
+        let max = parts.iter().map(|p| p.max[h]).fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        let o = &mut out[h * r..(h + 1) * r];
+        for p in &parts {
+            let w = (p.max[h] - max).exp();
+            sum += w * p.sum[h];
+            axpy(w, &p.acc[h * r..(h + 1) * r], o);
+        }
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The textbook form in f64: all scores, softmax, weighted sum.
+    fn reference(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s: LatentShape) -> Vec<f64> {
+        let (r, e) = (s.rank, s.rope);
+        let total = c.len() / r;
+        let mut out = vec![0f64; s.heads * r];
+        for h in 0..s.heads {
+            let scores: Vec<f64> = (0..total)
+                .map(|t| {
+                    let a: f64 = (0..r).map(|j| q_lat[h * r + j] as f64 * c[t * r + j] as f64).sum();
+                    let b: f64 = (0..e)
+                        .map(|j| q_rope[h * e + j] as f64 * k_rope[t * e + j] as f64)
+                        .sum();
+                    (a + b) * s.scale as f64
+                })
+                .collect();
+            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = w.iter().sum();
+            for t in 0..total {
+                for j in 0..r {
+                    out[h * r + j] += w[t] / sum * c[t * r + j] as f64;
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| {
+                ((i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 16) % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fused_latent_attention_equals_the_textbook_form() {
+        // One block, a partial block, and several blocks with a ragged end.
+        for (heads, rank, rope, total) in [(2, 16, 8, 5), (8, 64, 16, 300), (4, 32, 8, 3 * BLOCK + 17)] {
+            let s = LatentShape {
+                heads,
+                rank,
+                rope,
+                scale: 0.3,
+            };
+            let (ql, qr) = (values(heads * rank, 1), values(heads * rope, 2));
+            let (c, kr) = (values(total * rank, 3), values(total * rope, 4));
+            let got = attend(&ql, &qr, &c, &kr, s);
+            let want = reference(&ql, &qr, &c, &kr, s);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (*g as f64 - w).abs() < 1e-5,
+                    "{heads}x{rank}+{rope}, {total} tokens, [{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
