@@ -36,6 +36,9 @@ const ROWS_PER_TASK: usize = 4;
 pub(crate) fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
     let d = s.head_dim;
     let len = q.len() / (s.heads * d);
+    if len == 1 {
+        return attend_one(q, k, v, s);
+    }
     let blocks = len.div_ceil(ROWS_PER_TASK);
     // A task is a block of query rows for one key/value head and the query heads sharing it.
     let tasks = blocks * s.kv_heads;
@@ -68,6 +71,51 @@ pub(crate) fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
         }
     });
     out.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keys per task of a one-query step: a decode has one query row, so the work is split over
+/// the keys as well as the key/value heads, or two threads would share three heads.
+const KEY_BLOCK: usize = 256;
+
+/// [`attend`] for one query row (a decode step): tasks are (key/value head, block of keys),
+/// merged per head as a split softmax.
+fn attend_one(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
+    let (d, group) = (s.head_dim, s.heads / s.kv_heads);
+    let (keys, row_width) = (s.offset + 1, s.kv_heads * d);
+    let blocks = keys.div_ceil(KEY_BLOCK);
+    let parts: Mutex<Vec<(usize, Partial)>> = Mutex::new(Vec::with_capacity(blocks * s.kv_heads));
+    candle_core::utils::barrier_pool().execute_chunked(blocks * s.kv_heads, |range: Range<usize>| {
+        let mut done = Vec::new();
+        vectorized(
+            #[inline(always)]
+            || {
+                for task in range {
+                    let (kv, b) = (task / blocks, task % blocks);
+                    let first = b * KEY_BLOCK;
+                    let n = KEY_BLOCK.min(keys - first);
+                    let queries = &q[kv * group * d..(kv + 1) * group * d];
+                    let mut scores = vec![0f32; group * n];
+                    for i in 0..n {
+                        let kt = &k[(first + i) * row_width + kv * d..][..d];
+                        for (g, qg) in queries.chunks_exact(d).enumerate() {
+                            scores[g * n + i] = dot(qg, kt) * s.scale;
+                        }
+                    }
+                    let value = |i: usize| &v[(first + i) * row_width + kv * d..][..d];
+                    done.push((task, Partial::new(&mut scores, group, d, value)));
+                }
+            },
+        );
+        // A poisoned lock only means another task panicked; its blocks are lost either way.
+        parts.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
+    });
+    let mut parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
+    parts.sort_by_key(|(task, _)| *task);
+    let parts: Vec<Partial> = parts.into_iter().map(|(_, p)| p).collect();
+    parts
+        .chunks(blocks)
+        .flat_map(|per_head| merge(per_head, group, d))
+        .collect()
 }
 
 /// The working memory of one task: scores `[queries, keys]` and accumulators `[queries, d]`,
@@ -127,6 +175,66 @@ impl Tile {
             }
         }
     }
+}
+
+/// One block of keys' share of a split softmax: per query the block's score maximum, the sum
+/// of `exp(s - max)`, and `Σ exp(s - max) · v[t]`. Blocks of keys then run in parallel, and
+/// [`merge`] rescales them to the overall maximum (the split-K form of online softmax).
+pub(super) struct Partial {
+    max: Vec<f32>,
+    sum: Vec<f32>,
+    acc: Vec<f32>,
+}
+
+impl Partial {
+    /// From the block's `scores [queries, n]` (overwritten with their exponentials) and its
+    /// value rows (`value(i)`, `width` floats each, for key `i` of the block).
+    #[inline(always)]
+    pub(super) fn new<'a>(
+        scores: &mut [f32],
+        queries: usize,
+        width: usize,
+        value: impl Fn(usize) -> &'a [f32],
+    ) -> Self {
+        let n = scores.len() / queries;
+        let mut p = Partial {
+            max: vec![f32::NEG_INFINITY; queries],
+            sum: vec![0.0; queries],
+            acc: vec![0.0; queries * width],
+        };
+        for (h, row) in scores.chunks_exact_mut(n).enumerate() {
+            p.max[h] = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for x in row.iter_mut() {
+                *x = (*x - p.max[h]).exp();
+                p.sum[h] += *x;
+            }
+        }
+        for i in 0..n {
+            let vi = value(i);
+            for (h, acc) in p.acc.chunks_exact_mut(width).enumerate() {
+                axpy(scores[h * n + i], vi, acc);
+            }
+        }
+        p
+    }
+}
+
+/// The blocks' partial softmaxes as one `[queries, width]`: each rescaled to the overall
+/// maximum, summed, and normalized.
+pub(super) fn merge(parts: &[Partial], queries: usize, width: usize) -> Vec<f32> {
+    let mut out = vec![0f32; queries * width];
+    for (h, o) in out.chunks_exact_mut(width).enumerate() {
+        let max = parts.iter().map(|p| p.max[h]).fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for p in parts {
+            let w = (p.max[h] - max).exp();
+            sum += w * p.sum[h];
+            axpy(w, &p.acc[h * width..(h + 1) * width], o);
+        }
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|x| *x *= inv);
+    }
+    out
 }
 
 /// `a · b`, with eight accumulators so the compiler keeps it in vector registers.
@@ -201,6 +309,10 @@ mod tests {
             (9, 3, 64, 0, 1),
             (9, 3, 64, 5, 11),
             (12, 2, 128, 3, 9),
+            // One query over one, exactly one, and several key blocks (ragged).
+            (4, 2, 8, KEY_BLOCK - 1, 1),
+            (4, 2, 8, KEY_BLOCK, 1),
+            (9, 3, 64, 3 * KEY_BLOCK + 40, 1),
         ] {
             let total = offset + len;
             let s = Shape {

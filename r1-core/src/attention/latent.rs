@@ -8,7 +8,7 @@
 //! maximum and sum, merged at the end (the split-K form of online softmax): with 8 heads and
 //! one token there is nothing else to share between threads.
 
-use super::fused::{axpy, dot};
+use super::fused::{dot, merge, Partial};
 use crate::kernels::cpu::vectorized;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -29,14 +29,6 @@ pub(crate) struct LatentShape {
 /// Cached tokens per task: a block's latent rows (here 256 × 512 floats) stay in L2 between the
 /// score pass and the value pass.
 const BLOCK: usize = 256;
-
-/// One block's partial result: per head the block's score maximum, the sum of `exp(s - max)`,
-/// and `Σ exp(s - max) · c[t]`.
-struct Partial {
-    max: Vec<f32>,
-    sum: Vec<f32>,
-    acc: Vec<f32>,
-}
 
 /// `softmax(q_lat · cᵀ + q_rope · k_ropeᵀ) · c` per head: `q_lat [heads, rank]`, `q_rope
 /// [heads, rope]`, `c [total, rank]`, `k_rope [total, rope]` → `[heads, rank]`.
@@ -60,7 +52,8 @@ pub(crate) fn attend(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s
     });
     let mut parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
     parts.sort_by_key(|(b, _)| *b);
-    merge(parts.into_iter().map(|(_, p)| p), s)
+    let parts: Vec<Partial> = parts.into_iter().map(|(_, p)| p).collect();
+    merge(&parts, s.heads, s.rank)
 }
 
 /// Scores, softmax terms and weighted latent sums of cached tokens `rows`, for every head.
@@ -75,46 +68,7 @@ fn block(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s: LatentShap
             scores[h * n + i] = (dot(qh.0, ct) + dot(qh.1, kt)) * s.scale;
         }
     }
-    let mut p = Partial {
-        max: vec![f32::NEG_INFINITY; s.heads],
-        sum: vec![0.0; s.heads],
-        acc: vec![0.0; s.heads * r],
-    };
-    for h in 0..s.heads {
-        let row = &mut scores[h * n..(h + 1) * n];
-        p.max[h] = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        for x in row.iter_mut() {
-            *x = (*x - p.max[h]).exp();
-            p.sum[h] += *x;
-        }
-    }
-    for (i, t) in rows.enumerate() {
-        let ct = &c[t * r..(t + 1) * r];
-        for h in 0..s.heads {
-            axpy(scores[h * n + i], ct, &mut p.acc[h * r..(h + 1) * r]);
-        }
-    }
-    p
-}
-
-/// The blocks' partial softmaxes as one: each rescaled to the overall maximum, then normalized.
-fn merge(parts: impl Iterator<Item = Partial>, s: LatentShape) -> Vec<f32> {
-    let parts: Vec<Partial> = parts.collect();
-    let r = s.rank;
-    let mut out = vec![0f32; s.heads * r];
-    for h in 0..s.heads {
-        let max = parts.iter().map(|p| p.max[h]).fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        let o = &mut out[h * r..(h + 1) * r];
-        for p in &parts {
-            let w = (p.max[h] - max).exp();
-            sum += w * p.sum[h];
-            axpy(w, &p.acc[h * r..(h + 1) * r], o);
-        }
-        let inv = 1.0 / sum;
-        o.iter_mut().for_each(|x| *x *= inv);
-    }
-    out
+    Partial::new(&mut scores, s.heads, r, |i| &c[(rows.start + i) * r..][..r])
 }
 
 #[cfg(test)]
