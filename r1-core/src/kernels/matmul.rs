@@ -72,19 +72,27 @@ pub struct QuantMatrix {
 impl QuantMatrix {
     /// Copies `bytes` (`rows * cols / block_len` blocks) into a matrix.
     pub fn new(kind: Kind, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
-        let need = rows * (cols / kind.block_len()) * kind.block_bytes();
-        if !cols.is_multiple_of(kind.block_len()) || bytes.len() != need {
+        Self::check(kind, rows, cols, bytes.len())?;
+        Self::from_vec(kind, rows, cols, bytes.to_vec())
+    }
+
+    /// A matrix over `data` (`rows * cols / block_len` blocks), taken as it is.
+    pub fn from_vec(kind: Kind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
+        Self::check(kind, rows, cols, data.len())?;
+        Ok(QuantMatrix { kind, rows, cols, data })
+    }
+
+    fn check(kind: Kind, rows: usize, cols: usize, len: usize) -> Result<()> {
+        let need = rows
+            .checked_mul(cols / kind.block_len())
+            .and_then(|b| b.checked_mul(kind.block_bytes()));
+        if !cols.is_multiple_of(kind.block_len()) || need != Some(len) {
             return Err(Error::InvalidArgument(format!(
-                "{kind:?} matrix [{rows}, {cols}] needs {need} bytes, got {}",
-                bytes.len()
+                "{kind:?} matrix [{rows}, {cols}] needs {} bytes, got {len}",
+                need.map_or("more than usize".into(), |n| n.to_string())
             )));
         }
-        Ok(QuantMatrix {
-            kind,
-            rows,
-            cols,
-            data: bytes.to_vec(),
-        })
+        Ok(())
     }
 
     /// The block format.

@@ -220,17 +220,30 @@ impl GgufFile {
         release(&self.mmap, info.range);
     }
 
-    /// [`release`](Self::release) for one expert's slice of a stacked `[experts, rows, cols]`
-    /// tensor (the whole pages inside it; a page it shares with a neighbour stays).
-    pub fn release_expert(&self, info: &TensorInfo, expert: usize) {
+    /// A copy of `bytes` (a slice of this file's mapping), made a few megabytes at a time with
+    /// each piece's pages released once copied: the mapped pages and the copy of a tensor never
+    /// both count in full, so the peak while loading stays near the file's size rather than the
+    /// file plus its largest tensor.
+    pub fn copy_out(&self, bytes: &[u8]) -> Vec<u8> {
+        const PIECE: usize = 8 << 20;
         const PAGE: usize = 4096;
-        let experts = info.shape().first().copied().unwrap_or(1).max(1);
-        let per = (info.range.1 - info.range.0) / experts;
-        let start = (info.range.0 + expert * per).next_multiple_of(PAGE);
-        let end = (info.range.0 + (expert + 1) * per) / PAGE * PAGE;
-        if start < end {
-            release(&self.mmap, (start, end));
+        let base = self.mmap.as_ptr() as usize;
+        let start = (bytes.as_ptr() as usize).wrapping_sub(base);
+        let mapped = start <= self.mmap.len() && bytes.len() <= self.mmap.len() - start;
+        let mut out = Vec::with_capacity(bytes.len());
+        for (i, piece) in bytes.chunks(PIECE).enumerate() {
+            out.extend_from_slice(piece);
+            if mapped {
+                // Whole pages, rounded outward: a page shared with a neighbour is only dropped
+                // from memory, and read again from the file when the neighbour is loaded.
+                let from = (start + i * PIECE) / PAGE * PAGE;
+                let to = (start + i * PIECE + piece.len())
+                    .next_multiple_of(PAGE)
+                    .min(self.mmap.len());
+                release(&self.mmap, (from, to));
+            }
         }
+        out
     }
 }
 

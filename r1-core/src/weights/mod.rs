@@ -214,19 +214,14 @@ impl Weights {
             if let Some((gname, info, expert)) = found {
                 if let Some(format) = kernel_format(info.dtype) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
-                    let m = QuantMatrix::new(format, rows, cols, bytes)?;
-                    match expert {
-                        None => g.release(info),
-                        Some(e) => g.release_expert(info, e),
-                    }
+                    let m = QuantMatrix::from_vec(format, rows, cols, g.copy_out(bytes))?;
                     return Ok(Matrix::Blocks(Arc::new(m)));
                 }
                 if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
                     let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
-                    match expert {
-                        None => g.release(info),
-                        Some(e) => g.release_expert(info, e),
+                    if expert.is_none() {
+                        g.release(info);
                     }
                     return Ok(Matrix::Quantized(Arc::new(QTensor::new(storage, (rows, cols))?)));
                 }
