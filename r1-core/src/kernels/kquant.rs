@@ -446,6 +446,34 @@ mod tests {
     }
 
     #[test]
+    fn every_tile_size_equals_scalar() {
+        // 23 activation rows: tiles of 8, 8, 4, 2 and 1.
+        let mut state = 0x9e37_79b9_7f4a_7c15;
+        for format in [KFormat::Q4K, KFormat::Q6K] {
+            let row = random_row(format, 2, &mut state);
+            let acts: Vec<Vec<Q8KBlock>> = (0..23)
+                .map(|_| {
+                    let x: Vec<f32> = (0..2 * QK_K)
+                        .map(|_| ((xorshift(&mut state) % 2001) as f32 - 1000.0) / 300.0)
+                        .collect();
+                    let mut act = Vec::new();
+                    quantize_q8k(&x, &mut act);
+                    act
+                })
+                .collect();
+            let mut got = vec![0f32; acts.len()];
+            dot_many(format, &row, &acts, &mut got);
+            for (t, (g, a)) in got.iter().zip(&acts).enumerate() {
+                let w = dot_scalar(format, &row, a);
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{format:?} row {t}: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn simd_equals_scalar_and_dequantized() {
         let mut state = 0x2545f4914f6cdd1d;
         for format in [KFormat::Q4K, KFormat::Q6K] {
