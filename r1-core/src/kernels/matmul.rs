@@ -1,10 +1,12 @@
 //! `y = x · Wᵀ` with `W` in a ggml block format: rows split over the thread pool, each
 //! activation row quantized once, each weight block unpacked once per call.
 
+use super::interleaved::Interleaved;
 use super::kquant::{self, KFormat, Q8KBlock, QK_K};
 use super::quant::{self, quantize_q8, Format, Q8Block, QK};
 use super::simd::{dot, dot_many};
 use crate::error::{Error, Result};
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -66,7 +68,10 @@ pub struct QuantMatrix {
     kind: Kind,
     rows: usize,
     cols: usize,
+    /// Row-major blocks; empty once the matrix is interleaved.
     data: Vec<u8>,
+    /// The eight-rows-at-a-time layout, where the CPU and format have one.
+    interleaved: Option<Interleaved>,
 }
 
 impl QuantMatrix {
@@ -79,7 +84,13 @@ impl QuantMatrix {
     /// A matrix over `data` (`rows * cols / block_len` blocks), taken as it is.
     pub fn from_vec(kind: Kind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self> {
         Self::check(kind, rows, cols, data.len())?;
-        Ok(QuantMatrix { kind, rows, cols, data })
+        Ok(QuantMatrix {
+            kind,
+            rows,
+            cols,
+            data,
+            interleaved: None,
+        })
     }
 
     fn check(kind: Kind, rows: usize, cols: usize, len: usize) -> Result<()> {
@@ -105,16 +116,43 @@ impl QuantMatrix {
         (self.rows, self.cols)
     }
 
-    fn row(&self, r: usize) -> &[u8] {
+    /// The matrix of row-major blocks `src` in the interleaved layout ([`Interleaved`]), when
+    /// this CPU has its kernel (AVX-512 VNNI) and the format has one. `release` is told which
+    /// bytes of `src` were packed, as the packing goes.
+    pub(crate) fn interleaved(
+        kind: Kind,
+        rows: usize,
+        cols: usize,
+        src: &[u8],
+        release: impl FnMut(Range<usize>),
+    ) -> Option<Self> {
+        let Kind::Legacy(format) = kind else { return None };
+        if super::cpu::level() < super::cpu::Level::Avx512 || !Interleaved::supports(format) {
+            return None;
+        }
+        Self::check(kind, rows, cols, src.len()).ok()?;
+        Some(QuantMatrix {
+            kind,
+            rows,
+            cols,
+            data: Vec::new(),
+            interleaved: Some(Interleaved::repack(format, rows, cols, src, release)?),
+        })
+    }
+
+    fn row(&self, r: usize) -> Cow<'_, [u8]> {
+        if let Some(m) = &self.interleaved {
+            return Cow::Owned(m.row_bytes(r));
+        }
         let n = self.cols / self.kind.block_len() * self.kind.block_bytes();
-        &self.data[r * n..(r + 1) * n]
+        Cow::Borrowed(&self.data[r * n..(r + 1) * n])
     }
 
     /// Row `r` as f32.
     pub fn dequantize_row(&self, r: usize, out: &mut Vec<f32>) {
         match self.kind {
-            Kind::Legacy(f) => quant::dequantize_row(f, self.row(r), out),
-            Kind::K(f) => kquant::dequantize_row(f, self.row(r), out),
+            Kind::Legacy(f) => quant::dequantize_row(f, &self.row(r), out),
+            Kind::K(f) => kquant::dequantize_row(f, &self.row(r), out),
         }
     }
 
@@ -145,9 +183,9 @@ impl QuantMatrix {
     /// Dots of weight row `r` with every activation row (`out.len() == acts.len()`).
     pub(crate) fn row_dots(&self, r: usize, acts: &Acts, out: &mut [f32]) {
         match (self.kind, acts) {
-            (Kind::Legacy(f), Acts::Q8(a)) if a.len() == 1 => out[0] = dot(f, self.row(r), &a[0]),
-            (Kind::Legacy(f), Acts::Q8(a)) => dot_many(f, self.row(r), a, out),
-            (Kind::K(f), Acts::Q8K(a)) => kquant::dot_many(f, self.row(r), a, out),
+            (Kind::Legacy(f), Acts::Q8(a)) if a.len() == 1 => out[0] = dot(f, &self.row(r), &a[0]),
+            (Kind::Legacy(f), Acts::Q8(a)) => dot_many(f, &self.row(r), a, out),
+            (Kind::K(f), Acts::Q8K(a)) => kquant::dot_many(f, &self.row(r), a, out),
             // `quantize` makes the activations of the matrix's own kind.
             _ => out.iter_mut().for_each(|o| *o = f32::NAN),
         }
@@ -161,6 +199,9 @@ impl QuantMatrix {
                 x.len(),
                 self.cols
             )));
+        }
+        if let Some(m) = &self.interleaved {
+            return Ok(m.matmul(x, t));
         }
         let acts = self.quantize(x);
         // Each task computes a range of output rows for every input row, so a weight row is read

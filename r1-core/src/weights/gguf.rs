@@ -226,24 +226,25 @@ impl GgufFile {
     /// file plus its largest tensor.
     pub fn copy_out(&self, bytes: &[u8]) -> Vec<u8> {
         const PIECE: usize = 8 << 20;
-        const PAGE: usize = 4096;
-        let base = self.mmap.as_ptr() as usize;
-        let start = (bytes.as_ptr() as usize).wrapping_sub(base);
-        let mapped = start <= self.mmap.len() && bytes.len() <= self.mmap.len() - start;
         let mut out = Vec::with_capacity(bytes.len());
-        for (i, piece) in bytes.chunks(PIECE).enumerate() {
+        for piece in bytes.chunks(PIECE) {
             out.extend_from_slice(piece);
-            if mapped {
-                // Whole pages, rounded outward: a page shared with a neighbour is only dropped
-                // from memory, and read again from the file when the neighbour is loaded.
-                let from = (start + i * PIECE) / PAGE * PAGE;
-                let to = (start + i * PIECE + piece.len())
-                    .next_multiple_of(PAGE)
-                    .min(self.mmap.len());
-                release(&self.mmap, (from, to));
-            }
+            self.release_bytes(piece);
         }
         out
+    }
+
+    /// Releases the pages of `bytes`, a slice of this file's mapping (anything else is left
+    /// alone), once their contents were copied elsewhere.
+    pub fn release_bytes(&self, bytes: &[u8]) {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).wrapping_sub(self.mmap.as_ptr() as usize);
+        if start <= self.mmap.len() && bytes.len() <= self.mmap.len() - start {
+            // Whole pages, rounded outward: a page shared with a neighbour is only dropped from
+            // memory, and read again from the file when the neighbour is loaded.
+            let to = (start + bytes.len()).next_multiple_of(PAGE).min(self.mmap.len());
+            release(&self.mmap, (start / PAGE * PAGE, to));
+        }
     }
 }
 

@@ -214,7 +214,27 @@ impl Weights {
             if let Some((gname, info, expert)) = found {
                 if let Some(format) = kernel_format(info.dtype) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
-                    let m = QuantMatrix::from_vec(format, rows, cols, g.copy_out(bytes))?;
+                    // Experts stay row-major: the MoE kernel reads them a row at a time.
+                    let interleaved = match expert {
+                        None => {
+                            // Let the packed pages go every 8 MB, then all of them (the kernel
+                            // maps pages around each fault, so a page let go early can return).
+                            let mut upto = 0;
+                            let m = QuantMatrix::interleaved(format, rows, cols, bytes, |r| {
+                                if r.end - upto >= 8 << 20 {
+                                    g.release_bytes(&bytes[upto..r.end]);
+                                    upto = r.end;
+                                }
+                            });
+                            g.release_bytes(bytes);
+                            m
+                        }
+                        Some(_) => None,
+                    };
+                    let m = match interleaved {
+                        Some(m) => m,
+                        None => QuantMatrix::from_vec(format, rows, cols, g.copy_out(bytes))?,
+                    };
                     return Ok(Matrix::Blocks(Arc::new(m)));
                 }
                 if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {

@@ -1,0 +1,456 @@
+//! Weights repacked at load so that eight rows are computed together (ggml's block formats
+//! Q4_0, Q4_1 and Q8_0, on CPUs with AVX-512 VNNI).
+//!
+//! Computed row by row, each 32-weight block costs a conversion to f32 and a scaling FMA per
+//! token, which is most of the work: the integer dot itself is one instruction. Here the blocks
+//! of eight consecutive rows are stored side by side, four quants of each row in turn, so one
+//! 256-bit register holds four quants of all eight rows: `vpdpbusd` against four activation
+//! quants broadcast to every lane gives eight rows' partial dots at once, and the scaling is done
+//! once for the eight rows (their scales sit in one register). The layout, per group of eight
+//! rows and per block (ik_llama.cpp's `_R8` idea, written from that description):
+//!
+//! - Q4_0 / Q4_1: 128 bytes of nibbles; byte `32j + 4r + i` holds quant `4j + i` of row `r` in its
+//!   low nibble and quant `16 + 4j + i` in its high nibble (`j < 4`); then the eight rows' `d` as
+//!   f16, and for Q4_1 their `m`.
+//! - Q8_0: 256 bytes; byte `32j + 4r + i` is quant `4j + i` of row `r`, plus 128 (`j < 8`): the
+//!   instruction multiplies unsigned by signed bytes. Then the eight `d` as f16.
+//!
+//! The stored quants are unsigned (`u`), so a weight is `d * (u - offset)` (offset 8 for Q4_0,
+//! 128 for Q8_0) or `d * u + m` (Q4_1). The offset is taken out in integers, exactly: `Σ u·a -
+//! offset · Σ a`, with each activation block's quant sum computed once. Rows past the last
+//! multiple of eight are zero rows in the last group. The memory is the file's: the same quants
+//! and f16 scales, reordered.
+
+use super::quant::{quantize_q8, Format, Q8Block, QK};
+use half::f16;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Rows per group.
+const R: usize = 8;
+
+/// A `[rows, cols]` matrix in the interleaved layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Interleaved {
+    format: Format,
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+/// One token's activation row: ggml's Q8 blocks and each block's exact quant sum.
+pub(crate) struct Act {
+    blocks: Vec<Q8Block>,
+    sums: Vec<i32>,
+}
+
+impl Interleaved {
+    /// Whether `format` has an interleaved form.
+    pub(crate) fn supports(format: Format) -> bool {
+        matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q8_0)
+    }
+
+    /// Quant bytes per block of a group (eight rows).
+    fn quant_bytes(format: Format) -> usize {
+        match format {
+            Format::Q8_0 => R * QK,
+            _ => R * QK / 2,
+        }
+    }
+
+    /// Bytes per block of a group: quants, then `d` (and `m`) of the eight rows as f16.
+    fn group_block_bytes(format: Format) -> usize {
+        Self::quant_bytes(format) + if format.has_offset() { 4 * R } else { 2 * R }
+    }
+
+    fn blocks(&self) -> usize {
+        self.cols / QK
+    }
+
+    /// Repacks row-major blocks (`rows` rows of `cols / 32` blocks); `None` for a format
+    /// without an interleaved form.
+    /// `done` is called with each range of `src` the repacking has finished reading (a group's
+    /// rows), so a caller can let those mapped pages go while it packs.
+    pub(crate) fn repack(
+        format: Format,
+        rows: usize,
+        cols: usize,
+        src: &[u8],
+        mut done: impl FnMut(Range<usize>),
+    ) -> Option<Self> {
+        if !Self::supports(format) || !cols.is_multiple_of(QK) {
+            return None;
+        }
+        let (blocks, bb) = (cols / QK, format.block_bytes());
+        if src.len() != rows * blocks * bb {
+            return None;
+        }
+        let gbb = Self::group_block_bytes(format);
+        let groups = rows.div_ceil(R);
+        let mut data = vec![0u8; groups * blocks * gbb];
+        for g in 0..groups {
+            for b in 0..blocks {
+                let out = &mut data[(g * blocks + b) * gbb..][..gbb];
+                for r in 0..R {
+                    let row = g * R + r;
+                    if row >= rows {
+                        continue; // a zero row: zero quants and zero scales
+                    }
+                    let block = &src[(row * blocks + b) * bb..][..bb];
+                    pack_block(format, block, r, out);
+                }
+            }
+            done(g * R * blocks * bb..((g + 1) * R).min(rows) * blocks * bb);
+        }
+        Some(Interleaved {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Row `r` as row-major blocks, as the file stored it.
+    pub(crate) fn row_bytes(&self, r: usize) -> Vec<u8> {
+        let (g, k, gbb) = (r / R, r % R, Self::group_block_bytes(self.format));
+        let mut bytes = Vec::with_capacity(self.blocks() * self.format.block_bytes());
+        for b in 0..self.blocks() {
+            unpack_block(
+                self.format,
+                &self.data[(g * self.blocks() + b) * gbb..][..gbb],
+                k,
+                &mut bytes,
+            );
+        }
+        bytes
+    }
+
+    /// The activation rows of `x` (`[t, cols]`), quantized as the kernel reads them.
+    pub(crate) fn quantize(&self, x: &[f32]) -> Vec<Act> {
+        x.chunks_exact(self.cols)
+            .map(|row| {
+                let mut blocks = Vec::with_capacity(self.blocks());
+                quantize_q8(row, &mut blocks);
+                let sums = blocks.iter().map(|b| b.qs.iter().map(|&q| q as i32).sum()).collect();
+                Act { blocks, sums }
+            })
+            .collect()
+    }
+
+    /// `x [t, cols]` → `[t, rows]`, groups of eight rows split over the thread pool.
+    pub(crate) fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let acts = self.quantize(x);
+        let groups = self.rows.div_ceil(R);
+        let y = Mutex::new(vec![0f32; t * self.rows]);
+        candle_core::utils::barrier_pool().execute_chunked(groups, |range: Range<usize>| {
+            let mut part = vec![0f32; t * R * range.len()];
+            for (i, g) in range.clone().enumerate() {
+                let mut out = vec![0f32; t * R];
+                self.group_dots(g, &acts, &mut out);
+                for tok in 0..t {
+                    part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
+                }
+            }
+            // A poisoned lock only means another task panicked; its rows are lost either way.
+            let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
+            let first = range.start * R;
+            let end = (range.end * R).min(self.rows);
+            for tok in 0..t {
+                y[tok * self.rows + first..tok * self.rows + end]
+                    .copy_from_slice(&part[tok * range.len() * R..][..end - first]);
+            }
+        });
+        y.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]`.
+    fn group_dots(&self, g: usize, acts: &[Act], out: &mut [f32]) {
+        let gbb = Self::group_block_bytes(self.format);
+        let group = &self.data[g * self.blocks() * gbb..][..self.blocks() * gbb];
+        #[cfg(target_arch = "x86_64")]
+        if super::cpu::level() >= super::cpu::Level::Avx512 {
+            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL, AVX2, FMA and F16C; `group` holds
+            // the blocks of every activation row (`quantize` made them from rows of `cols`).
+            return unsafe { x86::group_dots(self.format, group, acts, out) };
+        }
+        group_dots_scalar(self.format, group, acts, out);
+    }
+}
+
+/// The offset the stored unsigned quants carry (see the module comment).
+fn offset(format: Format) -> i32 {
+    match format {
+        Format::Q4_0 => 8,
+        Format::Q8_0 => 128,
+        _ => 0,
+    }
+}
+
+/// Writes row-major `block` as row `r` of an interleaved group block.
+fn pack_block(format: Format, block: &[u8], r: usize, out: &mut [u8]) {
+    let qb = Interleaved::quant_bytes(format);
+    match format {
+        Format::Q4_0 | Format::Q4_1 => {
+            let qs = &block[if format == Format::Q4_0 { 2 } else { 4 }..];
+            // Source byte k holds quant k (low) and quant 16 + k (high): exactly the pair the
+            // layout keeps together, so bytes move as they are.
+            for j in 0..4 {
+                out[32 * j + 4 * r..][..4].copy_from_slice(&qs[4 * j..4 * j + 4]);
+            }
+        }
+        _ => {
+            for j in 0..8 {
+                for i in 0..4 {
+                    out[32 * j + 4 * r + i] = (block[2 + 4 * j + i] as i8 as i32 + 128) as u8;
+                }
+            }
+        }
+    }
+    out[qb + 2 * r..][..2].copy_from_slice(&block[0..2]);
+    if format.has_offset() {
+        out[qb + 2 * R + 2 * r..][..2].copy_from_slice(&block[2..4]);
+    }
+}
+
+/// Appends row `r` of an interleaved group block to `bytes` as a row-major block.
+fn unpack_block(format: Format, block: &[u8], r: usize, bytes: &mut Vec<u8>) {
+    let qb = Interleaved::quant_bytes(format);
+    bytes.extend_from_slice(&block[qb + 2 * r..][..2]);
+    if format.has_offset() {
+        bytes.extend_from_slice(&block[qb + 2 * R + 2 * r..][..2]);
+    }
+    match format {
+        Format::Q4_0 | Format::Q4_1 => {
+            for j in 0..4 {
+                bytes.extend_from_slice(&block[32 * j + 4 * r..][..4]);
+            }
+        }
+        _ => {
+            for j in 0..8 {
+                bytes.extend(
+                    block[32 * j + 4 * r..][..4]
+                        .iter()
+                        .map(|&u| (u as i32 - 128) as i8 as u8),
+                );
+            }
+        }
+    }
+}
+
+/// The stored quant `k` (0..32) of row `r` of a group block, unsigned.
+fn quant(format: Format, block: &[u8], r: usize, k: usize) -> i32 {
+    match format {
+        Format::Q8_0 => block[32 * (k / 4) + 4 * r + k % 4] as i32,
+        _ => {
+            let byte = block[32 * ((k % 16) / 4) + 4 * r + k % 4];
+            (if k < 16 { byte & 0x0f } else { byte >> 4 }) as i32
+        }
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The reference: the same sums in plain Rust, straight from the layout's definition.
+fn group_dots_scalar(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]) {
+    let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
+    for (t, act) in acts.iter().enumerate() {
+        for r in 0..R {
+            let mut sum = 0f32;
+            for (b, block) in group.chunks_exact(gbb).enumerate() {
+                let a = &act.blocks[b];
+                let isum: i32 = (0..QK).map(|k| quant(format, block, r, k) * a.qs[k] as i32).sum();
+                let d = f16_at(block, qb + 2 * r);
+                sum += match format {
+                    Format::Q4_1 => d * a.d * isum as f32 + f16_at(block, qb + 2 * R + 2 * r) * a.s,
+                    _ => d * a.d * (isum - offset(format) * act.sums[b]) as f32,
+                };
+            }
+            out[t * R + r] = sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{offset, Act, Interleaved, R};
+    use crate::kernels::cpu::tiles;
+    use crate::kernels::quant::Format;
+    use std::arch::x86_64::*;
+
+    /// The eight rows' f16 scales at `at` as eight f32 lanes.
+    #[inline(always)]
+    unsafe fn scales(block: &[u8], at: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(block[at..at + 16].as_ptr() as *const __m128i))
+    }
+
+    /// Four activation quants, as one i32 broadcast to every lane.
+    #[inline(always)]
+    unsafe fn four(qs: &[i8], j: usize) -> __m256i {
+        _mm256_set1_epi32(i32::from_le_bytes([
+            qs[4 * j] as u8,
+            qs[4 * j + 1] as u8,
+            qs[4 * j + 2] as u8,
+            qs[4 * j + 3] as u8,
+        ]))
+    }
+
+    /// `N` activation rows against the group's eight rows, one block at a time: the block's
+    /// quants are unpacked once into eight registers, then each row takes eight `vpdpbusd`,
+    /// one integer correction and two FMAs for all eight weight rows. The scaled sums and the
+    /// offset terms accumulate apart, so consecutive blocks do not wait on one FMA chain.
+    #[inline(always)]
+    unsafe fn tile<const N: usize>(format: Format, group: &[u8], acts: [&Act; N], out: &mut [f32]) {
+        let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
+        let off = offset(format);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc_m = [_mm256_setzero_ps(); N];
+        for (b, block) in group.chunks_exact(gbb).enumerate() {
+            let mut w = [_mm256_setzero_si256(); 8];
+            match format {
+                Format::Q8_0 => {
+                    for (j, w) in w.iter_mut().enumerate() {
+                        *w = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
+                    }
+                }
+                _ => {
+                    let low = _mm256_set1_epi8(0x0f);
+                    for j in 0..4 {
+                        let v = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
+                        w[j] = _mm256_and_si256(v, low);
+                        w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    }
+                }
+            }
+            // Register j pairs with activation quants 4j..4j+4: for nibbles, the low halves are
+            // quants 4j.. (j < 4) and the high halves 16 + 4(j - 4).. = 4j.. as well.
+            let d = scales(block, qb);
+            let m = if format.has_offset() {
+                scales(block, qb + 2 * R)
+            } else {
+                _mm256_setzero_ps()
+            };
+            for t in 0..N {
+                let a = &acts[t].blocks[b];
+                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                for j in (0..8).step_by(2) {
+                    s0 = _mm256_dpbusd_epi32(s0, w[j], four(&a.qs, j));
+                    s1 = _mm256_dpbusd_epi32(s1, w[j + 1], four(&a.qs, j + 1));
+                }
+                let mut isum = _mm256_add_epi32(s0, s1);
+                if !format.has_offset() {
+                    isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(off * acts[t].sums[b]));
+                }
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[t]);
+                if format.has_offset() {
+                    acc_m[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc_m[t]);
+                }
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_add_ps(acc[t], acc_m[t]));
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX512-VNNI and AVX512-VL with AVX2, FMA and F16C; every act has a
+    /// block for each of the group's blocks; `out.len() >= 8 * acts.len()`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group_dots(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]) {
+        for r in tiles(acts.len(), 8) {
+            let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
+            match (format, a.len()) {
+                (Format::Q4_0, 8) => tile::<8>(Format::Q4_0, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q4_0, 4) => tile::<4>(Format::Q4_0, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q4_0, 2) => tile::<2>(Format::Q4_0, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q4_0, _) => tile::<1>(Format::Q4_0, group, [&a[0]], o),
+                (Format::Q4_1, 8) => tile::<8>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q4_1, 4) => tile::<4>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q4_1, 2) => tile::<2>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q4_1, _) => tile::<1>(Format::Q4_1, group, [&a[0]], o),
+                (_, 8) => tile::<8>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
+                (_, 4) => tile::<4>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
+                (_, 2) => tile::<2>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
+                (_, _) => tile::<1>(Format::Q8_0, group, [&a[0]], o),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::quant::{dequantize_row as dequantize_row_major, dot_scalar};
+    use super::*;
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// `rows` row-major blocks of random quants with moderate f16 scales (and offsets).
+    fn random_matrix(format: Format, rows: usize, blocks: usize, state: &mut u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..rows * blocks {
+            let mut b: Vec<u8> = (0..format.block_bytes()).map(|_| xorshift(state) as u8).collect();
+            let d = f16::from_f32(((xorshift(state) % 1000) as f32 - 500.0) / 10000.0);
+            b[..2].copy_from_slice(&d.to_le_bytes());
+            if format.has_offset() {
+                let m = f16::from_f32(((xorshift(state) % 1000) as f32 - 500.0) / 5000.0);
+                b[2..4].copy_from_slice(&m.to_le_bytes());
+            }
+            out.extend(b);
+        }
+        out
+    }
+
+    #[test]
+    fn repacked_rows_dequantize_as_before_and_dot_as_the_row_kernels() {
+        let mut state = 0x5eed_1234_u64;
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+            // 19 rows: two full groups and a partial one; 23 tokens: tiles of 8, 8, 4, 2, 1.
+            let (rows, blocks, t) = (19, 3, 23);
+            let src = random_matrix(format, rows, blocks, &mut state);
+            let m = Interleaved::repack(format, rows, blocks * QK, &src, |_| {}).unwrap();
+            let row_bytes = blocks * format.block_bytes();
+            let (mut got, mut want) = (Vec::new(), Vec::new());
+            for r in 0..rows {
+                dequantize_row_major(format, &m.row_bytes(r), &mut got);
+                dequantize_row_major(format, &src[r * row_bytes..(r + 1) * row_bytes], &mut want);
+                assert_eq!(got, want, "{format:?} row {r}");
+            }
+            let x: Vec<f32> = (0..t * blocks * QK)
+                .map(|_| ((xorshift(&mut state) % 2001) as f32 - 1000.0) / 300.0)
+                .collect();
+            let y = m.matmul(&x, t);
+            let acts = m.quantize(&x);
+            for (tok, act) in acts.iter().enumerate() {
+                for r in 0..rows {
+                    let w = dot_scalar(format, &src[r * row_bytes..(r + 1) * row_bytes], &act.blocks);
+                    let g = y[tok * rows + r];
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{format:?} token {tok} row {r}: {g} vs {w}"
+                    );
+                }
+            }
+            // The plain-Rust form of the layout gives the same sums.
+            let gbb = Interleaved::group_block_bytes(format);
+            let mut scalar = vec![0f32; t * R];
+            group_dots_scalar(format, &m.data[..blocks * gbb], &acts, &mut scalar);
+            for tok in 0..t {
+                for r in 0..R {
+                    let g = y[tok * rows + r];
+                    assert!(
+                        (g - scalar[tok * R + r]).abs() <= 1e-5 * g.abs().max(1.0),
+                        "{format:?} scalar form"
+                    );
+                }
+            }
+        }
+        assert!(Interleaved::repack(Format::Q5_0, 8, 32, &[0; 8 * 22], |_| {}).is_none());
+    }
+}
