@@ -1,5 +1,5 @@
-//! Weights repacked at load so that eight rows are computed together (ggml's block formats
-//! Q4_0, Q4_1 and Q8_0, on CPUs with AVX-512 VNNI).
+//! Weights repacked at load so that eight rows are computed together (ggml's legacy block
+//! formats Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, on CPUs with AVX-512 VNNI).
 //!
 //! Computed row by row, each 32-weight block costs a conversion to f32 and a scaling FMA per
 //! token, which is most of the work: the integer dot itself is one instruction. Here the blocks
@@ -12,12 +12,14 @@
 //! - Q4_0 / Q4_1: 128 bytes of nibbles; byte `32j + 4r + i` holds quant `4j + i` of row `r` in its
 //!   low nibble and quant `16 + 4j + i` in its high nibble (`j < 4`); then the eight rows' `d` as
 //!   f16, and for Q4_1 their `m`.
+//! - Q5_0 / Q5_1: the same nibbles, then the eight rows' 32 high bits as little-endian `u32`s
+//!   (expanded to bit 4 of each quant in registers), then `d` (and `m`).
 //! - Q8_0: 256 bytes; byte `32j + 4r + i` is quant `4j + i` of row `r`, plus 128 (`j < 8`): the
 //!   instruction multiplies unsigned by signed bytes. Then the eight `d` as f16.
 //!
 //! The stored quants are unsigned (`u`), so a weight is `d * (u - offset)` (offset 8 for Q4_0,
 //! 128 for Q8_0) or `d * u + m` (Q4_1). The offset is taken out in integers, exactly: `Σ u·a -
-//! offset · Σ a`, with each activation block's quant sum computed once. Rows past the last
+//! offset · Σ a`, with each activation block's quant sum computed once (offset 16 for Q5_0). Rows past the last
 //! multiple of eight are zero rows in the last group. The memory is the file's: the same quants
 //! and f16 scales, reordered.
 
@@ -47,13 +49,17 @@ pub(crate) struct Act {
 impl Interleaved {
     /// Whether `format` has an interleaved form.
     pub(crate) fn supports(format: Format) -> bool {
-        matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q8_0)
+        matches!(
+            format,
+            Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0
+        )
     }
 
     /// Quant bytes per block of a group (eight rows).
     fn quant_bytes(format: Format) -> usize {
         match format {
             Format::Q8_0 => R * QK,
+            Format::Q5_0 | Format::Q5_1 => R * QK / 2 + 4 * R,
             _ => R * QK / 2,
         }
     }
@@ -181,6 +187,7 @@ impl Interleaved {
 fn offset(format: Format) -> i32 {
     match format {
         Format::Q4_0 => 8,
+        Format::Q5_0 => 16,
         Format::Q8_0 => 128,
         _ => 0,
     }
@@ -190,8 +197,12 @@ fn offset(format: Format) -> i32 {
 fn pack_block(format: Format, block: &[u8], r: usize, out: &mut [u8]) {
     let qb = Interleaved::quant_bytes(format);
     match format {
-        Format::Q4_0 | Format::Q4_1 => {
-            let qs = &block[if format == Format::Q4_0 { 2 } else { 4 }..];
+        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 => {
+            let (qh_at, qs_at) = nibble_offsets(format);
+            if let Some(h) = qh_at {
+                out[R * QK / 2 + 4 * r..][..4].copy_from_slice(&block[h..h + 4]);
+            }
+            let qs = &block[qs_at..];
             // Source byte k holds quant k (low) and quant 16 + k (high): exactly the pair the
             // layout keeps together, so bytes move as they are.
             for j in 0..4 {
@@ -212,6 +223,16 @@ fn pack_block(format: Format, block: &[u8], r: usize, out: &mut [u8]) {
     }
 }
 
+/// Where a row-major block keeps its high bits (Q5) and its quants.
+fn nibble_offsets(format: Format) -> (Option<usize>, usize) {
+    match format {
+        Format::Q4_0 | Format::Q8_0 => (None, 2),
+        Format::Q4_1 => (None, 4),
+        Format::Q5_0 => (Some(2), 6),
+        Format::Q5_1 => (Some(4), 8),
+    }
+}
+
 /// Appends row `r` of an interleaved group block to `bytes` as a row-major block.
 fn unpack_block(format: Format, block: &[u8], r: usize, bytes: &mut Vec<u8>) {
     let qb = Interleaved::quant_bytes(format);
@@ -219,8 +240,11 @@ fn unpack_block(format: Format, block: &[u8], r: usize, bytes: &mut Vec<u8>) {
     if format.has_offset() {
         bytes.extend_from_slice(&block[qb + 2 * R + 2 * r..][..2]);
     }
+    if nibble_offsets(format).0.is_some() {
+        bytes.extend_from_slice(&block[R * QK / 2 + 4 * r..][..4]);
+    }
     match format {
-        Format::Q4_0 | Format::Q4_1 => {
+        Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 => {
             for j in 0..4 {
                 bytes.extend_from_slice(&block[32 * j + 4 * r..][..4]);
             }
@@ -243,7 +267,15 @@ fn quant(format: Format, block: &[u8], r: usize, k: usize) -> i32 {
         Format::Q8_0 => block[32 * (k / 4) + 4 * r + k % 4] as i32,
         _ => {
             let byte = block[32 * ((k % 16) / 4) + 4 * r + k % 4];
-            (if k < 16 { byte & 0x0f } else { byte >> 4 }) as i32
+            let nibble = (if k < 16 { byte & 0x0f } else { byte >> 4 }) as i32;
+            let high = match nibble_offsets(format).0 {
+                Some(_) => {
+                    let qh = &block[R * QK / 2 + 4 * r..][..4];
+                    ((u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]) >> k) & 1) as i32
+                }
+                None => 0,
+            };
+            nibble | high << 4
         }
     }
 }
@@ -262,9 +294,10 @@ fn group_dots_scalar(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]
                 let a = &act.blocks[b];
                 let isum: i32 = (0..QK).map(|k| quant(format, block, r, k) * a.qs[k] as i32).sum();
                 let d = f16_at(block, qb + 2 * r);
-                sum += match format {
-                    Format::Q4_1 => d * a.d * isum as f32 + f16_at(block, qb + 2 * R + 2 * r) * a.s,
-                    _ => d * a.d * (isum - offset(format) * act.sums[b]) as f32,
+                sum += if format.has_offset() {
+                    d * a.d * isum as f32 + f16_at(block, qb + 2 * R + 2 * r) * a.s
+                } else {
+                    d * a.d * (isum - offset(format) * act.sums[b]) as f32
                 };
             }
             out[t * R + r] = sum;
@@ -276,13 +309,40 @@ fn group_dots_scalar(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]
 mod x86 {
     use super::{offset, Act, Interleaved, R};
     use crate::kernels::cpu::tiles;
-    use crate::kernels::quant::Format;
+    use crate::kernels::quant::{Format, QK};
     use std::arch::x86_64::*;
 
     /// The eight rows' f16 scales at `at` as eight f32 lanes.
     #[inline(always)]
     unsafe fn scales(block: &[u8], at: usize) -> __m256 {
         _mm256_cvtph_ps(_mm_loadu_si128(block[at..at + 16].as_ptr() as *const __m128i))
+    }
+
+    /// Q5's fifth bits for register `j` (quants 4j..4j+4 of each row, see `tile`): `qh` holds
+    /// the eight rows' 32 high bits as dwords; bit 4j + i of row r's dword becomes 0x10 in byte
+    /// 4r + i. Each dword's byte j / 2 (which holds those four bits) is copied to its four bytes,
+    /// then each byte tests its own bit.
+    #[inline(always)]
+    unsafe fn high_bits(qh: __m256i, j: usize) -> __m256i {
+        let byte = (j / 2) as i32 * 0x0101_0101;
+        let pick = _mm256_add_epi32(
+            _mm256_set1_epi32(byte),
+            _mm256_setr_epi32(
+                0,
+                0x0404_0404,
+                0x0808_0808,
+                0x0c0c_0c0c,
+                0,
+                0x0404_0404,
+                0x0808_0808,
+                0x0c0c_0c0c,
+            ),
+        );
+        let shift = 4 * (j % 2) as u32;
+        let bits = i32::from_le_bytes([1u8 << shift, 2 << shift, 4 << shift, 8 << shift]);
+        let mask = _mm256_set1_epi32(bits);
+        let spread = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), mask);
+        _mm256_and_si256(_mm256_cmpeq_epi8(spread, mask), _mm256_set1_epi8(0x10))
     }
 
     /// Four activation quants, as one i32 broadcast to every lane.
@@ -320,6 +380,12 @@ mod x86 {
                         let v = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
                         w[j] = _mm256_and_si256(v, low);
                         w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    }
+                    if matches!(format, Format::Q5_0 | Format::Q5_1) {
+                        let qh = _mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i);
+                        for (j, w) in w.iter_mut().enumerate() {
+                            *w = _mm256_or_si256(*w, high_bits(qh, j));
+                        }
                     }
                 }
             }
@@ -370,6 +436,14 @@ mod x86 {
                 (Format::Q4_1, 4) => tile::<4>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
                 (Format::Q4_1, 2) => tile::<2>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
                 (Format::Q4_1, _) => tile::<1>(Format::Q4_1, group, [&a[0]], o),
+                (Format::Q5_0, 8) => tile::<8>(Format::Q5_0, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q5_0, 4) => tile::<4>(Format::Q5_0, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q5_0, 2) => tile::<2>(Format::Q5_0, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q5_0, _) => tile::<1>(Format::Q5_0, group, [&a[0]], o),
+                (Format::Q5_1, 8) => tile::<8>(Format::Q5_1, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q5_1, 4) => tile::<4>(Format::Q5_1, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q5_1, 2) => tile::<2>(Format::Q5_1, group, std::array::from_fn(|k| &a[k]), o),
+                (Format::Q5_1, _) => tile::<1>(Format::Q5_1, group, [&a[0]], o),
                 (_, 8) => tile::<8>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
                 (_, 4) => tile::<4>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
                 (_, 2) => tile::<2>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
@@ -410,7 +484,7 @@ mod tests {
     #[test]
     fn repacked_rows_dequantize_as_before_and_dot_as_the_row_kernels() {
         let mut state = 0x5eed_1234_u64;
-        for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0] {
             // 19 rows: two full groups and a partial one; 23 tokens: tiles of 8, 8, 4, 2, 1.
             let (rows, blocks, t) = (19, 3, 23);
             let src = random_matrix(format, rows, blocks, &mut state);
@@ -451,6 +525,6 @@ mod tests {
                 }
             }
         }
-        assert!(Interleaved::repack(Format::Q5_0, 8, 32, &[0; 8 * 22], |_| {}).is_none());
+        assert!(Interleaved::repack(Format::Q5_0, 8, 64, &[0; 8 * 22], |_| {}).is_none());
     }
 }
