@@ -427,27 +427,23 @@ mod x86 {
     pub(super) unsafe fn group_dots(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]) {
         for r in tiles(acts.len(), 8) {
             let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
-            match (format, a.len()) {
-                (Format::Q4_0, 8) => tile::<8>(Format::Q4_0, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q4_0, 4) => tile::<4>(Format::Q4_0, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q4_0, 2) => tile::<2>(Format::Q4_0, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q4_0, _) => tile::<1>(Format::Q4_0, group, [&a[0]], o),
-                (Format::Q4_1, 8) => tile::<8>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q4_1, 4) => tile::<4>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q4_1, 2) => tile::<2>(Format::Q4_1, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q4_1, _) => tile::<1>(Format::Q4_1, group, [&a[0]], o),
-                (Format::Q5_0, 8) => tile::<8>(Format::Q5_0, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q5_0, 4) => tile::<4>(Format::Q5_0, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q5_0, 2) => tile::<2>(Format::Q5_0, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q5_0, _) => tile::<1>(Format::Q5_0, group, [&a[0]], o),
-                (Format::Q5_1, 8) => tile::<8>(Format::Q5_1, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q5_1, 4) => tile::<4>(Format::Q5_1, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q5_1, 2) => tile::<2>(Format::Q5_1, group, std::array::from_fn(|k| &a[k]), o),
-                (Format::Q5_1, _) => tile::<1>(Format::Q5_1, group, [&a[0]], o),
-                (_, 8) => tile::<8>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
-                (_, 4) => tile::<4>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
-                (_, 2) => tile::<2>(Format::Q8_0, group, std::array::from_fn(|k| &a[k]), o),
-                (_, _) => tile::<1>(Format::Q8_0, group, [&a[0]], o),
+            // One copy of the tile per format and size, so the format's branches fold away.
+            macro_rules! tiled {
+                ($f:expr) => {
+                    match a.len() {
+                        8 => tile::<8>($f, group, std::array::from_fn(|k| &a[k]), o),
+                        4 => tile::<4>($f, group, std::array::from_fn(|k| &a[k]), o),
+                        2 => tile::<2>($f, group, std::array::from_fn(|k| &a[k]), o),
+                        _ => tile::<1>($f, group, [&a[0]], o),
+                    }
+                };
+            }
+            match format {
+                Format::Q4_0 => tiled!(Format::Q4_0),
+                Format::Q4_1 => tiled!(Format::Q4_1),
+                Format::Q5_0 => tiled!(Format::Q5_0),
+                Format::Q5_1 => tiled!(Format::Q5_1),
+                Format::Q8_0 => tiled!(Format::Q8_0),
             }
         }
     }
