@@ -112,7 +112,7 @@ fn scales_mins_k4(s: &[u8]) -> ([u8; 8], [u8; 8]) {
 }
 
 /// Q4_K's 6-bit scale and min of sub-block `j` (ggml's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

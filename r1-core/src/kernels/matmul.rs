@@ -2,6 +2,7 @@
 //! activation row quantized once, each weight block unpacked once per call.
 
 use super::interleaved::Interleaved;
+use super::interleaved_q4k::InterleavedQ4K;
 use super::kquant::{self, KFormat, Q8KBlock, QK_K};
 use super::quant::{self, quantize_q8, Format, Q8Block, QK};
 use super::simd::{dot, dot_many};
@@ -71,7 +72,30 @@ pub struct QuantMatrix {
     /// Row-major blocks; empty once the matrix is interleaved.
     data: Vec<u8>,
     /// The eight-rows-at-a-time layout, where the CPU and format have one.
-    interleaved: Option<Interleaved>,
+    interleaved: Option<Packed>,
+}
+
+/// The interleaved layouts.
+#[derive(Debug, Clone)]
+enum Packed {
+    Legacy(Interleaved),
+    Q4K(InterleavedQ4K),
+}
+
+impl Packed {
+    fn row_bytes(&self, r: usize) -> Vec<u8> {
+        match self {
+            Packed::Legacy(m) => m.row_bytes(r),
+            Packed::Q4K(m) => m.row_bytes(r),
+        }
+    }
+
+    fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
+        match self {
+            Packed::Legacy(m) => m.matmul(x, t),
+            Packed::Q4K(m) => m.matmul(x, t),
+        }
+    }
 }
 
 impl QuantMatrix {
@@ -126,17 +150,23 @@ impl QuantMatrix {
         src: &[u8],
         release: impl FnMut(Range<usize>),
     ) -> Option<Self> {
-        let Kind::Legacy(format) = kind else { return None };
-        if super::cpu::level() < super::cpu::Level::Avx512 || !Interleaved::supports(format) {
+        if super::cpu::level() < super::cpu::Level::Avx512 {
             return None;
         }
         Self::check(kind, rows, cols, src.len()).ok()?;
+        let packed = match kind {
+            Kind::Legacy(f) if Interleaved::supports(f) => {
+                Packed::Legacy(Interleaved::repack(f, rows, cols, src, release)?)
+            }
+            Kind::K(KFormat::Q4K) => Packed::Q4K(InterleavedQ4K::repack(rows, cols, src, release)?),
+            _ => return None,
+        };
         Some(QuantMatrix {
             kind,
             rows,
             cols,
             data: Vec::new(),
-            interleaved: Some(Interleaved::repack(format, rows, cols, src, release)?),
+            interleaved: Some(packed),
         })
     }
 

@@ -10,6 +10,7 @@
 pub(crate) mod cpu;
 pub(crate) mod experts;
 pub(crate) mod interleaved;
+pub(crate) mod interleaved_q4k;
 pub(crate) mod kquant;
 pub(crate) mod matmul;
 pub(crate) mod quant;

@@ -214,9 +214,10 @@ impl Weights {
             if let Some((gname, info, expert)) = found {
                 if let Some(format) = kernel_format(info.dtype) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
-                    // Experts stay row-major: the MoE kernel reads them a row at a time.
+                    // Experts (routed and shared) stay row-major: the MoE kernel reads them a
+                    // row at a time.
                     let interleaved = match expert {
-                        None => {
+                        None if !gname.contains("_shexp") => {
                             // Let the packed pages go every 8 MB, then all of them (the kernel
                             // maps pages around each fault, so a page let go early can return).
                             let mut upto = 0;
@@ -229,7 +230,7 @@ impl Weights {
                             g.release_bytes(bytes);
                             m
                         }
-                        Some(_) => None,
+                        _ => None,
                     };
                     let m = match interleaved {
                         Some(m) => m,

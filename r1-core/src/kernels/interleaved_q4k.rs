@@ -1,0 +1,366 @@
+//! Q4_K weights repacked at load into groups of eight rows, the k-quant form of
+//! [`super::interleaved`] (on CPUs with AVX-512 VNNI).
+//!
+//! A Q4_K super-block holds 256 weights of one row as eight sub-blocks of 32, each with a 6-bit
+//! scale and a 6-bit min: weight = `d · sc_s · q - dmin · m_s`. Per group of eight rows and per
+//! super-block the layout is:
+//!
+//! - 1,024 bytes of quants: chunk `c < 4`, then `j < 8`, 32 bytes each, byte `4r + i` holding
+//!   quant `4j + i` of sub-block `2c` (low nibble) and of sub-block `2c + 1` (high nibble) of row
+//!   `r`: the row-major block's byte `32c + 4j + i`, moved as it is;
+//! - the scales as bytes, sub-block-major (`8s + r`): eight rows' scale for sub-block `s` load as
+//!   one register;
+//! - the mins as bytes in pairs (`16p + 2r + k` for sub-block `2p + k`), ready for `vpmaddwd`
+//!   against two activation sub-block sums;
+//! - the rows' `d`, then their `dmin`, as f16.
+//!
+//! 1,184 bytes against the file's 1,152 (the scales are unpacked from 6 bits to 8). In the
+//! kernel, one `vpdpbusd` gives eight rows' dots of four quants with four broadcast activation
+//! quants; each sub-block's integer sums are scaled in integers (`vpmulld` by the eight rows'
+//! scales), and the f32 work is done once per super-block for eight rows.
+
+use super::kquant::{quantize_q8k, scale_min_k4, Q8KBlock, QK_K};
+use half::f16;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Rows per group.
+const R: usize = 8;
+/// Bytes of the file's Q4_K block (one row, 256 weights).
+const ROW_BLOCK: usize = 144;
+/// Bytes per group and super-block.
+const GROUP_BLOCK: usize = 1024 + 64 + 64 + 32;
+const SCALES: usize = 1024;
+const MINS: usize = 1088;
+const D: usize = 1152;
+const DMIN: usize = 1168;
+
+/// A `[rows, cols]` Q4_K matrix in the interleaved layout.
+#[derive(Debug, Clone)]
+pub(crate) struct InterleavedQ4K {
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+}
+
+impl InterleavedQ4K {
+    fn blocks(&self) -> usize {
+        self.cols / QK_K
+    }
+
+    /// Repacks row-major Q4_K blocks; `done` is told each range of `src` it finished reading.
+    pub(crate) fn repack(rows: usize, cols: usize, src: &[u8], mut done: impl FnMut(Range<usize>)) -> Option<Self> {
+        let blocks = cols / QK_K;
+        if !cols.is_multiple_of(QK_K) || src.len() != rows * blocks * ROW_BLOCK {
+            return None;
+        }
+        let groups = rows.div_ceil(R);
+        let mut data = vec![0u8; groups * blocks * GROUP_BLOCK];
+        for g in 0..groups {
+            for b in 0..blocks {
+                let out = &mut data[(g * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
+                for r in 0..R.min(rows - g * R) {
+                    pack(&src[((g * R + r) * blocks + b) * ROW_BLOCK..][..ROW_BLOCK], r, out);
+                }
+            }
+            done(g * R * blocks * ROW_BLOCK..((g + 1) * R).min(rows) * blocks * ROW_BLOCK);
+        }
+        Some(InterleavedQ4K { rows, cols, data })
+    }
+
+    /// Row `r` as the file's row-major blocks.
+    pub(crate) fn row_bytes(&self, r: usize) -> Vec<u8> {
+        let (g, k) = (r / R, r % R);
+        let mut bytes = Vec::with_capacity(self.blocks() * ROW_BLOCK);
+        for b in 0..self.blocks() {
+            unpack(
+                &self.data[(g * self.blocks() + b) * GROUP_BLOCK..][..GROUP_BLOCK],
+                k,
+                &mut bytes,
+            );
+        }
+        bytes
+    }
+
+    /// `x [t, cols]` → `[t, rows]`, groups of eight rows split over the thread pool.
+    pub(crate) fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let acts: Vec<Vec<Q8KBlock>> = x
+            .chunks_exact(self.cols)
+            .map(|row| {
+                let mut q = Vec::with_capacity(self.blocks());
+                quantize_q8k(row, &mut q);
+                q
+            })
+            .collect();
+        let groups = self.rows.div_ceil(R);
+        let y = Mutex::new(vec![0f32; t * self.rows]);
+        candle_core::utils::barrier_pool().execute_chunked(groups, |range: Range<usize>| {
+            let mut part = vec![0f32; t * R * range.len()];
+            let mut out = vec![0f32; t * R];
+            for (i, g) in range.clone().enumerate() {
+                self.group_dots(g, &acts, &mut out);
+                for tok in 0..t {
+                    part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
+                }
+            }
+            // A poisoned lock only means another task panicked; its rows are lost either way.
+            let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
+            let (first, end) = (range.start * R, (range.end * R).min(self.rows));
+            for tok in 0..t {
+                y[tok * self.rows + first..tok * self.rows + end]
+                    .copy_from_slice(&part[tok * range.len() * R..][..end - first]);
+            }
+        });
+        y.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]`.
+    fn group_dots(&self, g: usize, acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        let group = &self.data[g * self.blocks() * GROUP_BLOCK..][..self.blocks() * GROUP_BLOCK];
+        #[cfg(target_arch = "x86_64")]
+        if super::cpu::level() >= super::cpu::Level::Avx512 {
+            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL, AVX2, FMA and F16C; every act has
+            // the group's super-blocks (`matmul` quantized rows of `cols`).
+            return unsafe { x86::group_dots(group, acts, out) };
+        }
+        group_dots_scalar(group, acts, out);
+    }
+}
+
+/// Writes the file's Q4_K block of one row as row `r` of a group block.
+fn pack(block: &[u8], r: usize, out: &mut [u8]) {
+    for c in 0..4 {
+        for j in 0..8 {
+            out[256 * c + 32 * j + 4 * r..][..4].copy_from_slice(&block[16 + 32 * c + 4 * j..][..4]);
+        }
+    }
+    for s in 0..8 {
+        let (sc, m) = scale_min_k4(s, &block[4..16]);
+        out[SCALES + 8 * s + r] = sc;
+        out[MINS + 16 * (s / 2) + 2 * r + s % 2] = m;
+    }
+    out[D + 2 * r..][..2].copy_from_slice(&block[0..2]);
+    out[DMIN + 2 * r..][..2].copy_from_slice(&block[2..4]);
+}
+
+/// Appends row `r` of a group block to `bytes` as the file's Q4_K block.
+fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>) {
+    let sc = |s: usize| group[SCALES + 8 * s + r];
+    let m = |s: usize| group[MINS + 16 * (s / 2) + 2 * r + s % 2];
+    bytes.extend_from_slice(&group[D + 2 * r..][..2]);
+    bytes.extend_from_slice(&group[DMIN + 2 * r..][..2]);
+    // The 6-bit packing that `scale_min_k4` reads: bytes 0..4 scales 0..4 with the top bits of
+    // scales 4..8 above them, bytes 4..8 the same for the mins, bytes 8..12 the low nibbles of
+    // scales 4..8 and mins 4..8.
+    let packed: Vec<u8> = (0..4)
+        .map(|j| sc(j) | (sc(j + 4) >> 4) << 6)
+        .chain((0..4).map(|j| m(j) | (m(j + 4) >> 4) << 6))
+        .chain((0..4).map(|j| (sc(j + 4) & 0x0f) | (m(j + 4) & 0x0f) << 4))
+        .collect();
+    bytes.extend_from_slice(&packed);
+    for c in 0..4 {
+        for j in 0..8 {
+            bytes.extend_from_slice(&group[256 * c + 32 * j + 4 * r..][..4]);
+        }
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// The reference: the same sums in plain Rust, from the layout's definition.
+fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+    for (t, act) in acts.iter().enumerate() {
+        for r in 0..R {
+            let mut sum = 0f32;
+            for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+                let a = &act[b];
+                let (mut isum, mut msum) = (0i32, 0i32);
+                for s in 0..8 {
+                    let (c, high) = (s / 2, s % 2 == 1);
+                    let dot: i32 = (0..32)
+                        .map(|k| {
+                            let byte = blk[256 * c + 32 * (k / 4) + 4 * r + k % 4];
+                            let q = if high { byte >> 4 } else { byte & 0x0f };
+                            q as i32 * a.qs[32 * s + k] as i32
+                        })
+                        .sum();
+                    isum += dot * blk[SCALES + 8 * s + r] as i32;
+                    let bsum = a.bsums[2 * s] as i32 + a.bsums[2 * s + 1] as i32;
+                    msum += blk[MINS + 16 * (s / 2) + 2 * r + s % 2] as i32 * bsum;
+                }
+                sum += a.d * (f16_at(blk, D + 2 * r) * isum as f32 - f16_at(blk, DMIN + 2 * r) * msum as f32);
+            }
+            out[t * R + r] = sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Q8KBlock, D, DMIN, GROUP_BLOCK, MINS, R, SCALES};
+    use crate::kernels::cpu::tiles;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn four(qs: &[i8], at: usize) -> __m256i {
+        _mm256_set1_epi32(i32::from_le_bytes([
+            qs[at] as u8,
+            qs[at + 1] as u8,
+            qs[at + 2] as u8,
+            qs[at + 3] as u8,
+        ]))
+    }
+
+    #[inline(always)]
+    unsafe fn halves(blk: &[u8], at: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(blk[at..at + 16].as_ptr() as *const __m128i))
+    }
+
+    /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
+    /// of two sub-blocks the quants are unpacked once into sixteen registers; each activation row
+    /// then takes sixteen `vpdpbusd`, two integer scalings and adds, and per super-block the
+    /// mins term (four `vpmaddwd`) and two FMAs for all eight rows.
+    #[inline(always)]
+    unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc_m = [_mm256_setzero_ps(); N];
+        let low = _mm256_set1_epi8(0x0f);
+        for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+            let mut isum = [_mm256_setzero_si256(); N];
+            for c in 0..4 {
+                let (mut lo, mut hi) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
+                for j in 0..8 {
+                    let v = _mm256_loadu_si256(blk[256 * c + 32 * j..].as_ptr() as *const __m256i);
+                    lo[j] = _mm256_and_si256(v, low);
+                    hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                }
+                let scale =
+                    |s: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk[SCALES + 8 * s..].as_ptr() as *const __m128i));
+                let (sc_lo, sc_hi) = (scale(2 * c), scale(2 * c + 1));
+                for t in 0..N {
+                    let qs = &acts[t][b].qs;
+                    let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    for j in 0..8 {
+                        s_lo = _mm256_dpbusd_epi32(s_lo, lo[j], four(qs, 64 * c + 4 * j));
+                        s_hi = _mm256_dpbusd_epi32(s_hi, hi[j], four(qs, 64 * c + 32 + 4 * j));
+                    }
+                    let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
+                    isum[t] = _mm256_add_epi32(isum[t], scaled);
+                }
+            }
+            let mins: [__m256i; 4] = std::array::from_fn(|p| {
+                _mm256_cvtepu8_epi16(_mm_loadu_si128(blk[MINS + 16 * p..].as_ptr() as *const __m128i))
+            });
+            let (d, dmin) = (halves(blk, D), halves(blk, DMIN));
+            for t in 0..N {
+                let a = &acts[t][b];
+                // Sub-block sums of the activations (pairs of the block's sums of 16), as i16
+                // pairs (sub-blocks 2p, 2p + 1) broadcast for each p.
+                let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
+                let sums = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
+                let pairs = _mm256_packs_epi32(sums, sums);
+                let mut msum = _mm256_setzero_si256();
+                for (p, idx) in [0, 1, 4, 5].into_iter().enumerate() {
+                    let pair = _mm256_permutevar8x32_epi32(pairs, _mm256_set1_epi32(idx));
+                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], pair));
+                }
+                let ad = _mm256_set1_ps(a.d);
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+                acc_m[t] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(msum), acc_m[t]);
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_sub_ps(acc[t], acc_m[t]));
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX512-VNNI and AVX512-VL with AVX2, FMA and F16C; every act has a
+    /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        for r in tiles(acts.len(), 4) {
+            let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
+            match a.len() {
+                4 => tile::<4>(group, std::array::from_fn(|k| a[k].as_slice()), o),
+                2 => tile::<2>(group, std::array::from_fn(|k| a[k].as_slice()), o),
+                _ => tile::<1>(group, [a[0].as_slice()], o),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kquant::{dot_scalar, KFormat};
+    use super::*;
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn repacked_rows_round_trip_and_dot_as_the_row_kernel() {
+        let mut state = 0x0bad_5eed_u64;
+        // 11 rows: a full group and a partial one; 7 tokens: tiles of 4, 2 and 1.
+        let (rows, blocks, t) = (11, 2, 7);
+        let mut src = Vec::new();
+        for _ in 0..rows * blocks {
+            let mut b: Vec<u8> = (0..ROW_BLOCK).map(|_| xorshift(&mut state) as u8).collect();
+            let d = f16::from_f32(((xorshift(&mut state) % 1000) as f32 + 1.0) / 100000.0);
+            let dmin = f16::from_f32(((xorshift(&mut state) % 1000) as f32 + 1.0) / 100000.0);
+            b[..2].copy_from_slice(&d.to_le_bytes());
+            b[2..4].copy_from_slice(&dmin.to_le_bytes());
+            src.extend(b);
+        }
+        let m = InterleavedQ4K::repack(rows, blocks * QK_K, &src, |_| {}).unwrap();
+        for r in 0..rows {
+            assert_eq!(
+                m.row_bytes(r),
+                src[r * blocks * ROW_BLOCK..(r + 1) * blocks * ROW_BLOCK],
+                "row {r}"
+            );
+        }
+        let x: Vec<f32> = (0..t * blocks * QK_K)
+            .map(|_| ((xorshift(&mut state) % 2001) as f32 - 1000.0) / 300.0)
+            .collect();
+        let y = m.matmul(&x, t);
+        let mut scalar = vec![0f32; t * R];
+        let acts: Vec<Vec<Q8KBlock>> = x
+            .chunks_exact(blocks * QK_K)
+            .map(|row| {
+                let mut q = Vec::new();
+                quantize_q8k(row, &mut q);
+                q
+            })
+            .collect();
+        group_dots_scalar(&m.data[..blocks * GROUP_BLOCK], &acts, &mut scalar);
+        for (tok, act) in acts.iter().enumerate() {
+            for r in 0..rows {
+                let w = dot_scalar(
+                    KFormat::Q4K,
+                    &src[r * blocks * ROW_BLOCK..(r + 1) * blocks * ROW_BLOCK],
+                    act,
+                );
+                let g = y[tok * rows + r];
+                assert!(
+                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                    "token {tok} row {r}: {g} vs {w}"
+                );
+                if r < R {
+                    let s = scalar[tok * R + r];
+                    assert!(
+                        (s - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        "scalar form, token {tok} row {r}: {s} vs {w}"
+                    );
+                }
+            }
+        }
+        assert!(InterleavedQ4K::repack(8, 100, &src, |_| {}).is_none());
+    }
+}
