@@ -8,7 +8,7 @@
 //! maximum and sum, merged at the end (the split-K form of online softmax): with 8 heads and
 //! one token there is nothing else to share between threads.
 
-use super::fused::{dot, merge, Partial};
+use super::fused::{axpy, dot, merge, Partial};
 use crate::kernels::cpu::vectorized;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -71,6 +71,43 @@ fn block(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s: LatentShap
     Partial::new(&mut scores, s.heads, r, |i| &c[(rows.start + i) * r..][..r])
 }
 
+/// Per head `h`, `x[h] · w[h]` for `x [heads, n]` and `w [heads, n, m]` (`transposed`: `w
+/// [heads, m, n]`, so the products are dots with its rows) → `[heads, m]`. The query's move
+/// into latent space (`q_nope · W_UK`) and the output's move out of it (`· W_UVᵀ`): one row
+/// times a small matrix per head, which a GEMM library runs far below speed; heads run in
+/// parallel.
+pub(crate) fn per_head_product(x: &[f32], w: &[f32], heads: usize, n: usize, m: usize, transposed: bool) -> Vec<f32> {
+    let out = Mutex::new(vec![0f32; heads * m]);
+    candle_core::utils::barrier_pool().execute_chunked(heads, |range: Range<usize>| {
+        let mut done = Vec::new();
+        vectorized(
+            #[inline(always)]
+            || {
+                for h in range {
+                    let (xh, wh) = (&x[h * n..(h + 1) * n], &w[h * n * m..(h + 1) * n * m]);
+                    let mut o = vec![0f32; m];
+                    if transposed {
+                        for (o, row) in o.iter_mut().zip(wh.chunks_exact(n)) {
+                            *o = dot(xh, row);
+                        }
+                    } else {
+                        for (&xi, row) in xh.iter().zip(wh.chunks_exact(m)) {
+                            axpy(xi, row, &mut o);
+                        }
+                    }
+                    done.push((h, o));
+                }
+            },
+        );
+        // A poisoned lock only means another task panicked; its heads are lost either way.
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        for (h, o) in done {
+            out[h * m..(h + 1) * m].copy_from_slice(&o);
+        }
+    });
+    out.into_inner().unwrap_or_else(|p| p.into_inner())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +145,22 @@ mod tests {
                 ((i.wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503)) >> 16) % 2001) as f32 / 1000.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn per_head_products_equal_the_sums() {
+        let (heads, n, m) = (3, 5, 7);
+        let (x, w) = (values(heads * n, 5), values(heads * n * m, 6));
+        let plain = per_head_product(&x, &w, heads, n, m, false);
+        let transposed = per_head_product(&x, &w, heads, n, m, true);
+        for h in 0..heads {
+            for j in 0..m {
+                let want: f32 = (0..n).map(|i| x[h * n + i] * w[(h * n + i) * m + j]).sum();
+                assert!((plain[h * m + j] - want).abs() < 1e-5);
+                let want_t: f32 = (0..n).map(|i| x[h * n + i] * w[(h * m + j) * n + i]).sum();
+                assert!((transposed[h * m + j] - want_t).abs() < 1e-5);
+            }
+        }
     }
 
     #[test]

@@ -168,8 +168,12 @@ impl Mla {
         k_r_all: &Tensor,
     ) -> Result<Option<Tensor>> {
         let (h, r) = (self.cfg.num_heads, self.cfg.kv_lora_rank);
-        let w_uk = widen(&self.w_uk, c_all)?;
-        let q_lat = q_nope.matmul(&w_uk)?.flatten_all()?.to_vec1::<f32>()?; // [h, r]
+        let (nope, vd) = (self.cfg.qk_nope_head_dim, self.cfg.v_head_dim);
+        let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
+        let q_nope = q_nope.flatten_all()?.to_vec1::<f32>()?; // [h, nope]
+        let Some(q_lat) = with_rows(&w_uk, |w| latent::per_head_product(&q_nope, w, h, nope, r, false)) else {
+            return Ok(None);
+        }; // [h, r]
         let q_rope = q_rope.flatten_all()?.to_vec1::<f32>()?; // [h, rope]
         let shape = LatentShape {
             heads: h,
@@ -181,9 +185,10 @@ impl Mla {
             with_rows(k_r_all, |k| latent::attend(&q_lat, &q_rope, c, k, shape))
         });
         let Some(Some(out)) = out else { return Ok(None) };
-        let out = Tensor::from_vec(out, (h, 1, r), c_all.device())?;
-        let w_uv = widen(&self.w_uv, c_all)?;
-        Ok(Some(out.matmul(&w_uv.transpose(1, 2)?)?.transpose(0, 1)?)) // [1, h, v]
+        let Some(v) = with_rows(&w_uv, |w| latent::per_head_product(&out, w, h, r, vd, true)) else {
+            return Ok(None);
+        };
+        Ok(Some(Tensor::from_vec(v, (1, h, vd), c_all.device())?)) // [1, h, v]
     }
 
     /// Expanded form: `k_nope = c · W_UKᵀ`, `v = c · W_UVᵀ` for every cached token.

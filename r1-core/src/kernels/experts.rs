@@ -4,10 +4,11 @@
 //! input twice, and a decode step of a DeepSeek model waits on hundreds of such rounds. Here the
 //! whole layer takes two:
 //!
-//! 1. gate and up: every row of every chosen expert's `gate` and `up` (shared experts included)
-//!    is one work item, dotted with the tokens routed to that expert, giving
+//! 1. gate and up: every group of eight rows of every chosen expert's `gate` and `up` (shared
+//!    experts included) is one work item (one interleaved group where the weights are
+//!    interleaved), dotted with the tokens routed to that expert, giving
 //!    `h = silu(gate · x) * (up · x)`. Each token's input is quantized once for all experts.
-//! 2. down and sum: every output row is one work item, which adds `weight · down_e · h_e` over
+//! 2. down and sum: every group of eight output rows is one work item, which adds `weight · down_e · h_e` over
 //!    the experts of each token.
 //!
 //! Experts that no token chose are never read.
@@ -87,36 +88,40 @@ fn gate_up(mlps: &[&BlockMlp], work: &[Assignment], used: &[usize], x: &[f32]) -
             (gate_acts.select(tokens), up_acts.as_ref().map(|a| a.select(tokens)))
         })
         .collect();
-    // Work items: the rows of the used experts, one after the other.
+    // Work items: groups of eight rows of the used experts, one expert after the other.
+    let groups = |e: usize| mlps[e].inter().div_ceil(8);
     let starts: Vec<usize> = used
         .iter()
         .scan(0, |at, &e| {
             let s = *at;
-            *at += mlps[e].inter();
+            *at += groups(e);
             Some(s)
         })
         .collect();
-    let total = used.iter().map(|&e| mlps[e].inter()).sum();
+    let total = used.iter().map(|&e| groups(e)).sum();
     let h: Vec<Mutex<Vec<f32>>> = used
         .iter()
         .map(|&e| Mutex::new(vec![0f32; work[e].tokens.len() * mlps[e].inter()]))
         .collect();
     candle_core::utils::barrier_pool().execute_chunked(total, |items: Range<usize>| {
-        for (u, rows) in segments(&starts, total, items) {
+        for (u, range) in segments(&starts, total, items) {
             let (m, (g_acts, u_acts)) = (mlps[used[u]], &per_expert[u]);
-            let n = g_acts.len();
-            let (mut g, mut v) = (vec![0f32; n], vec![0f32; n]);
+            let (n, inter) = (g_acts.len(), m.inter());
+            let (mut g, mut v) = (vec![0f32; n * 8], vec![0f32; n * 8]);
+            let rows = range.start * 8..(range.end * 8).min(inter);
             let mut part = vec![0f32; n * rows.len()];
-            for (i, r) in rows.clone().enumerate() {
-                m.gate.row_dots(r, g_acts, &mut g);
-                m.up.row_dots(r, u_acts.as_ref().unwrap_or(g_acts), &mut v);
-                for k in 0..n {
-                    part[k * rows.len() + i] = silu(g[k]) * v[k];
+            for first in rows.clone().step_by(8) {
+                m.gate.block_dots(first, g_acts, &mut g);
+                m.up.block_dots(first, u_acts.as_ref().unwrap_or(g_acts), &mut v);
+                for r in first..(first + 8).min(inter) {
+                    for k in 0..n {
+                        let i = k * 8 + r - first;
+                        part[k * rows.len() + r - rows.start] = silu(g[i]) * v[i];
+                    }
                 }
             }
             // A poisoned lock only means another task panicked; its rows are lost either way.
             let mut out = h[u].lock().unwrap_or_else(|p| p.into_inner());
-            let inter = m.inter();
             for k in 0..n {
                 out[k * inter + rows.start..k * inter + rows.end]
                     .copy_from_slice(&part[k * rows.len()..(k + 1) * rows.len()]);
@@ -139,16 +144,20 @@ fn down_sum(
 ) -> Vec<f32> {
     let acts: Vec<Acts> = used.iter().zip(h).map(|(&e, h)| mlps[e].down.quantize(h)).collect();
     let y = Mutex::new(vec![0f32; t * hidden]);
-    candle_core::utils::barrier_pool().execute_chunked(hidden, |rows: Range<usize>| {
+    // Work items: groups of eight output rows.
+    candle_core::utils::barrier_pool().execute_chunked(hidden.div_ceil(8), |groups: Range<usize>| {
+        let rows = groups.start * 8..(groups.end * 8).min(hidden);
         let width = rows.len();
         let mut part = vec![0f32; t * width];
         let mut col = Vec::new();
-        for (i, r) in rows.clone().enumerate() {
+        for first in rows.clone().step_by(8) {
             for (u, &e) in used.iter().enumerate() {
-                col.resize(acts[u].len(), 0.0);
-                mlps[e].down.row_dots(r, &acts[u], &mut col);
-                for ((&tok, &w), v) in work[e].tokens.iter().zip(&work[e].weights).zip(&col) {
-                    part[tok * width + i] += w * v;
+                col.resize(acts[u].len() * 8, 0.0);
+                mlps[e].down.block_dots(first, &acts[u], &mut col);
+                for (k, (&tok, &w)) in work[e].tokens.iter().zip(&work[e].weights).enumerate() {
+                    for r in first..(first + 8).min(hidden) {
+                        part[tok * width + r - rows.start] += w * col[k * 8 + r - first];
+                    }
                 }
             }
         }
@@ -196,6 +205,79 @@ mod tests {
             }
         }
         QuantMatrix::new(Kind::Legacy(Format::Q8_0), rows, cols, &bytes).unwrap()
+    }
+
+    /// A Q4_K matrix of pseudo-random blocks with small scales, interleaved where this CPU
+    /// interleaves Q4_K (as GGUF experts are loaded).
+    fn q4k_matrix(rows: usize, cols: usize, seed: u64) -> QuantMatrix {
+        let mut state = 0x9e37_79b9_7f4a_7c15 ^ seed;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        };
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / 256 {
+            let mut b: Vec<u8> = (0..144).map(|_| next()).collect();
+            b[..2].copy_from_slice(&half::f16::from_f32(0.001).to_le_bytes());
+            b[2..4].copy_from_slice(&half::f16::from_f32(0.002).to_le_bytes());
+            bytes.extend(b);
+        }
+        let kind = Kind::K(super::super::kquant::KFormat::Q4K);
+        QuantMatrix::interleaved(kind, rows, cols, &bytes, |_| {})
+            .unwrap_or_else(|| QuantMatrix::new(kind, rows, cols, &bytes).unwrap())
+    }
+
+    #[test]
+    fn interleaved_q4k_experts_equal_their_own_matmuls() {
+        // Q4_K rows hold whole super-blocks of 256, so both widths are 256 (32 groups of eight).
+        let (hidden, inter, t) = (256, 256, 3);
+        let mlps: Vec<BlockMlp> = (0..2)
+            .map(|e| BlockMlp {
+                gate: Arc::new(q4k_matrix(inter, hidden, 3 * e)),
+                up: Arc::new(q4k_matrix(inter, hidden, 3 * e + 1)),
+                down: Arc::new(q4k_matrix(hidden, inter, 3 * e + 2)),
+            })
+            .collect();
+        let work = vec![
+            Assignment {
+                tokens: vec![0, 1],
+                weights: vec![0.6, 0.3],
+            },
+            Assignment {
+                tokens: vec![1, 2],
+                weights: vec![0.5, 1.0],
+            },
+        ];
+        let x: Vec<f32> = (0..t * hidden)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
+            .collect();
+        let refs: Vec<&BlockMlp> = mlps.iter().collect();
+        let y = forward(&refs, &work, &x, t).unwrap();
+        for tok in 0..t {
+            let xt = &x[tok * hidden..(tok + 1) * hidden];
+            let mut want = vec![0f64; hidden];
+            for (m, a) in mlps.iter().zip(&work) {
+                let Some(k) = a.tokens.iter().position(|&v| v == tok) else {
+                    continue;
+                };
+                let g = m.gate.matmul(xt, 1).unwrap();
+                let u = m.up.matmul(xt, 1).unwrap();
+                let h: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                for (w, d) in want.iter_mut().zip(m.down.matmul(&h, 1).unwrap()) {
+                    *w += (a.weights[k] * d) as f64;
+                }
+            }
+            let got = &y[tok * hidden..(tok + 1) * hidden];
+            let err: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
+            let norm: f64 = want.iter().map(|w| w * w).sum();
+            assert!(
+                norm > 0.0 && (err / norm).sqrt() <= 1e-5,
+                "token {tok}: {:e}",
+                (err / norm).sqrt()
+            );
+        }
     }
 
     #[test]

@@ -114,8 +114,9 @@ impl InterleavedQ4K {
         y.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]`.
-    fn group_dots(&self, g: usize, acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]` (rows past
+    /// the matrix's last are zero).
+    pub(crate) fn group_dots(&self, g: usize, acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
         let group = &self.data[g * self.blocks() * GROUP_BLOCK..][..self.blocks() * GROUP_BLOCK];
         #[cfg(target_arch = "x86_64")]
         if super::cpu::level() >= super::cpu::Level::Avx512 {

@@ -221,6 +221,22 @@ impl QuantMatrix {
         }
     }
 
+    /// Rows `first..first + 8` (those that exist) against every activation row, as
+    /// `out[t * 8 + i]` for row `first + i`: one interleaved group where the matrix has them,
+    /// else row by row. What the MoE kernel asks, so its experts can be interleaved too.
+    pub(crate) fn block_dots(&self, first: usize, acts: &Acts, out: &mut [f32]) {
+        if let (Some(Packed::Q4K(m)), Acts::Q8K(a), 0) = (&self.interleaved, acts, first % 8) {
+            return m.group_dots(first / 8, a, out);
+        }
+        let mut col = vec![0f32; acts.len()];
+        for r in first..(first + 8).min(self.rows) {
+            self.row_dots(r, acts, &mut col);
+            for (k, v) in col.iter().enumerate() {
+                out[k * 8 + r - first] = *v;
+            }
+        }
+    }
+
     /// `x [t, cols]` (row-major) → `[t, rows]`.
     pub fn matmul(&self, x: &[f32], t: usize) -> Result<Vec<f32>> {
         if x.len() != t * self.cols {

@@ -214,10 +214,11 @@ impl Weights {
             if let Some((gname, info, expert)) = found {
                 if let Some(format) = kernel_format(info.dtype) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
-                    // Experts (routed and shared) stay row-major: the MoE kernel reads them a
-                    // row at a time.
+                    // The MoE kernel reads experts (routed and shared) in groups of eight rows,
+                    // interleaved for Q4_K only; other formats stay row-major for it.
+                    let moe = expert.is_some() || gname.contains("_shexp");
                     let interleaved = match expert {
-                        None if !gname.contains("_shexp") => {
+                        _ if !moe || format == Kind::K(KFormat::Q4K) => {
                             // Let the packed pages go every 8 MB, then all of them (the kernel
                             // maps pages around each fault, so a page let go early can return).
                             let mut upto = 0;
