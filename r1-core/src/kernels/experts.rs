@@ -229,6 +229,38 @@ mod tests {
             .unwrap_or_else(|| QuantMatrix::new(kind, rows, cols, &bytes).unwrap())
     }
 
+    /// `forward` against each expert's three matmuls (tested against dequantized weights in
+    /// `matmul`), run one expert and one token at a time: the same quantization of the same
+    /// inputs, so only the f32 summation order may differ.
+    fn check_against_own_matmuls(mlps: &[BlockMlp], work: &[Assignment], x: &[f32], t: usize) {
+        let hidden = mlps[0].gate.shape().1;
+        let refs: Vec<&BlockMlp> = mlps.iter().collect();
+        let y = forward(&refs, work, x, t).unwrap();
+        for tok in 0..t {
+            let xt = &x[tok * hidden..(tok + 1) * hidden];
+            let mut want = vec![0f64; hidden];
+            for (m, a) in mlps.iter().zip(work) {
+                let Some(k) = a.tokens.iter().position(|&v| v == tok) else {
+                    continue;
+                };
+                let g = m.gate.matmul(xt, 1).unwrap();
+                let u = m.up.matmul(xt, 1).unwrap();
+                let h: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+                for (w, d) in want.iter_mut().zip(m.down.matmul(&h, 1).unwrap()) {
+                    *w += (a.weights[k] * d) as f64;
+                }
+            }
+            let got = &y[tok * hidden..(tok + 1) * hidden];
+            let err: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
+            let norm: f64 = want.iter().map(|w| w * w).sum();
+            assert!(
+                norm > 0.0 && (err / norm).sqrt() <= 1e-5,
+                "token {tok}: {:e}",
+                (err / norm).sqrt()
+            );
+        }
+    }
+
     #[test]
     fn interleaved_q4k_experts_equal_their_own_matmuls() {
         // Q4_K rows hold whole super-blocks of 256, so both widths are 256 (32 groups of eight).
@@ -253,31 +285,7 @@ mod tests {
         let x: Vec<f32> = (0..t * hidden)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
             .collect();
-        let refs: Vec<&BlockMlp> = mlps.iter().collect();
-        let y = forward(&refs, &work, &x, t).unwrap();
-        for tok in 0..t {
-            let xt = &x[tok * hidden..(tok + 1) * hidden];
-            let mut want = vec![0f64; hidden];
-            for (m, a) in mlps.iter().zip(&work) {
-                let Some(k) = a.tokens.iter().position(|&v| v == tok) else {
-                    continue;
-                };
-                let g = m.gate.matmul(xt, 1).unwrap();
-                let u = m.up.matmul(xt, 1).unwrap();
-                let h: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-                for (w, d) in want.iter_mut().zip(m.down.matmul(&h, 1).unwrap()) {
-                    *w += (a.weights[k] * d) as f64;
-                }
-            }
-            let got = &y[tok * hidden..(tok + 1) * hidden];
-            let err: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
-            let norm: f64 = want.iter().map(|w| w * w).sum();
-            assert!(
-                norm > 0.0 && (err / norm).sqrt() <= 1e-5,
-                "token {tok}: {:e}",
-                (err / norm).sqrt()
-            );
-        }
+        check_against_own_matmuls(&mlps, &work, &x, t);
     }
 
     #[test]
@@ -312,33 +320,7 @@ mod tests {
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 100.0)
             .collect();
         let refs: Vec<&BlockMlp> = mlps.iter().collect();
-        let y = forward(&refs, &work, &x, t).unwrap();
-        // The same sum from each expert's three matmuls (tested against dequantized weights in
-        // `matmul`), run one expert and one token at a time: the same quantization of the same
-        // inputs, so only the f32 summation order may differ.
-        for tok in 0..t {
-            let xt = &x[tok * hidden..(tok + 1) * hidden];
-            let mut want = vec![0f64; hidden];
-            for (m, a) in mlps.iter().zip(&work) {
-                let Some(k) = a.tokens.iter().position(|&v| v == tok) else {
-                    continue;
-                };
-                let g = m.gate.matmul(xt, 1).unwrap();
-                let u = m.up.matmul(xt, 1).unwrap();
-                let h: Vec<f32> = g.iter().zip(&u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-                for (w, d) in want.iter_mut().zip(m.down.matmul(&h, 1).unwrap()) {
-                    *w += (a.weights[k] * d) as f64;
-                }
-            }
-            let got = &y[tok * hidden..(tok + 1) * hidden];
-            let err: f64 = got.iter().zip(&want).map(|(g, w)| (*g as f64 - w).powi(2)).sum();
-            let norm: f64 = want.iter().map(|w| w * w).sum();
-            assert!(
-                norm > 0.0 && (err / norm).sqrt() <= 1e-5,
-                "token {tok}: {:e}",
-                (err / norm).sqrt()
-            );
-        }
+        check_against_own_matmuls(&mlps, &work, &x, t);
         let bad = vec![
             Assignment {
                 tokens: vec![5],
