@@ -53,7 +53,13 @@ field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['$2'])" "$1
 peer() {
   local exe=$1 path=$2 t=$3 kind=$4; shift 4
   local args=(-m "$path" -t "$t" -r 1 -o json "$@")
-  if [ "$kind" = prefill ]; then args+=(-p "$np" -n 0); else args+=(-p 0 -n "$ng" "${depth[@]}"); fi
+  if [ "$kind" = prefill ]; then
+    args+=(-p "$np" -n 0)
+  elif [ "$exe" = "$ik" ] && [ "$ctx" -gt 0 ]; then
+    args+=(-p 0 -n 0 -gp "$ctx,$ng")  # ik_llama.cpp's llama-bench has -gp (tg at pp) for -d
+  else
+    args+=(-p 0 -n "$ng" "${depth[@]}")
+  fi
   "$exe/llama-bench" "${args[@]}" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'
 }
 
