@@ -62,22 +62,27 @@ fn main() {
         ("Q6_K", Kind::K(KFormat::Q6K), 2304),
     ];
     let rows = 4864;
-    println!("| format | matrix | tokens | ms | G block-dots/s (blocks of 32) |");
-    println!("|---|---|---|---|---|");
+    println!("| format | layout | matrix | tokens | ms | G block-dots/s (blocks of 32) |");
+    println!("|---|---|---|---|---|---|");
     for (name, kind, cols) in kinds {
-        let m = matrix(kind, rows, cols);
-        for t in [1, 128] {
-            let x: Vec<f32> = (0..t * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-            let reps = if t == 1 { 200 } else { 20 };
-            let s = best_of(reps, || {
-                std::hint::black_box(m.matmul(&x, t).expect("shapes match"));
-            });
-            let dots = (rows * cols / 32 * t) as f64;
-            println!(
-                "| {name} | [{rows}, {cols}] | {t} | {:.3} | {:.2} |",
-                s * 1e3,
-                dots / s / 1e9
-            );
+        let rows_layout = matrix(kind, rows, cols);
+        // The eight-row interleaved layout, where this CPU and format have one.
+        let interleaved = QuantMatrix::interleaved(kind, rows, cols, rows_layout.bytes(), |_| {});
+        let layouts = std::iter::once(("rows", &rows_layout)).chain(interleaved.as_ref().map(|m| ("interleaved", m)));
+        for (layout, m) in layouts {
+            for t in [1, 128] {
+                let x: Vec<f32> = (0..t * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+                let reps = if t == 1 { 200 } else { 20 };
+                let s = best_of(reps, || {
+                    std::hint::black_box(m.matmul(&x, t).expect("shapes match"));
+                });
+                let dots = (rows * cols / 32 * t) as f64;
+                println!(
+                    "| {name} | {layout} | [{rows}, {cols}] | {t} | {:.3} | {:.2} |",
+                    s * 1e3,
+                    dots / s / 1e9
+                );
+            }
         }
     }
 }

@@ -19,13 +19,10 @@
 //! quants; each sub-block's integer sums are scaled in integers (`vpmulld` by the eight rows'
 //! scales), and the f32 work is done once per super-block for eight rows.
 
-use super::kquant::{quantize_q8k, scale_min_k4, Q8KBlock, QK_K};
+use super::interleaved_k::{Layout, R};
+use super::kquant::{scale_min_k4, Q8KBlock};
 use half::f16;
-use std::ops::Range;
-use std::sync::Mutex;
 
-/// Rows per group.
-const R: usize = 8;
 /// Bytes of the file's Q4_K block (one row, 256 weights).
 const ROW_BLOCK: usize = 144;
 /// Bytes per group and super-block.
@@ -35,96 +32,29 @@ const MINS: usize = 1088;
 const D: usize = 1152;
 const DMIN: usize = 1168;
 
-/// A `[rows, cols]` Q4_K matrix in the interleaved layout.
+/// The layout's marker, for [`Grouped`].
 #[derive(Debug, Clone)]
-pub(crate) struct InterleavedQ4K {
-    rows: usize,
-    cols: usize,
-    data: Vec<u8>,
-}
+pub(crate) struct Q4K;
 
-impl InterleavedQ4K {
-    fn blocks(&self) -> usize {
-        self.cols / QK_K
+impl Layout for Q4K {
+    const ROW_BLOCK: usize = ROW_BLOCK;
+    const GROUP_BLOCK: usize = GROUP_BLOCK;
+
+    fn pack(block: &[u8], r: usize, out: &mut [u8]) {
+        pack(block, r, out)
     }
 
-    /// Repacks row-major Q4_K blocks; `done` is told each range of `src` it finished reading.
-    pub(crate) fn repack(rows: usize, cols: usize, src: &[u8], mut done: impl FnMut(Range<usize>)) -> Option<Self> {
-        let blocks = cols / QK_K;
-        if !cols.is_multiple_of(QK_K) || src.len() != rows * blocks * ROW_BLOCK {
-            return None;
-        }
-        let groups = rows.div_ceil(R);
-        let mut data = vec![0u8; groups * blocks * GROUP_BLOCK];
-        for g in 0..groups {
-            for b in 0..blocks {
-                let out = &mut data[(g * blocks + b) * GROUP_BLOCK..][..GROUP_BLOCK];
-                for r in 0..R.min(rows - g * R) {
-                    pack(&src[((g * R + r) * blocks + b) * ROW_BLOCK..][..ROW_BLOCK], r, out);
-                }
-            }
-            done(g * R * blocks * ROW_BLOCK..((g + 1) * R).min(rows) * blocks * ROW_BLOCK);
-        }
-        Some(InterleavedQ4K { rows, cols, data })
+    fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>) {
+        unpack(group, r, bytes)
     }
 
-    /// Row `r` as the file's row-major blocks.
-    pub(crate) fn row_bytes(&self, r: usize) -> Vec<u8> {
-        let (g, k) = (r / R, r % R);
-        let mut bytes = Vec::with_capacity(self.blocks() * ROW_BLOCK);
-        for b in 0..self.blocks() {
-            unpack(
-                &self.data[(g * self.blocks() + b) * GROUP_BLOCK..][..GROUP_BLOCK],
-                k,
-                &mut bytes,
-            );
-        }
-        bytes
+    fn dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        group_dots_scalar(group, acts, out)
     }
 
-    /// `x [t, cols]` → `[t, rows]`, groups of eight rows split over the thread pool.
-    pub(crate) fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let acts: Vec<Vec<Q8KBlock>> = x
-            .chunks_exact(self.cols)
-            .map(|row| {
-                let mut q = Vec::with_capacity(self.blocks());
-                quantize_q8k(row, &mut q);
-                q
-            })
-            .collect();
-        let groups = self.rows.div_ceil(R);
-        let y = Mutex::new(vec![0f32; t * self.rows]);
-        candle_core::utils::barrier_pool().execute_chunked(groups, |range: Range<usize>| {
-            let mut part = vec![0f32; t * R * range.len()];
-            let mut out = vec![0f32; t * R];
-            for (i, g) in range.clone().enumerate() {
-                self.group_dots(g, &acts, &mut out);
-                for tok in 0..t {
-                    part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
-                }
-            }
-            // A poisoned lock only means another task panicked; its rows are lost either way.
-            let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
-            let (first, end) = (range.start * R, (range.end * R).min(self.rows));
-            for tok in 0..t {
-                y[tok * self.rows + first..tok * self.rows + end]
-                    .copy_from_slice(&part[tok * range.len() * R..][..end - first]);
-            }
-        });
-        y.into_inner().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]` (rows past
-    /// the matrix's last are zero).
-    pub(crate) fn group_dots(&self, g: usize, acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        let group = &self.data[g * self.blocks() * GROUP_BLOCK..][..self.blocks() * GROUP_BLOCK];
-        #[cfg(target_arch = "x86_64")]
-        if super::cpu::level() >= super::cpu::Level::Avx512 {
-            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL, AVX2, FMA and F16C; every act has
-            // the group's super-blocks (`matmul` quantized rows of `cols`).
-            return unsafe { x86::group_dots(group, acts, out) };
-        }
-        group_dots_scalar(group, acts, out);
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dots_vnni(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        x86::group_dots(group, acts, out)
     }
 }
 
@@ -295,7 +225,8 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::kquant::{dot_scalar, KFormat};
+    use super::super::interleaved_k::check_layout;
+    use super::super::kquant::KFormat;
     use super::*;
 
     fn xorshift(state: &mut u64) -> u64 {
@@ -308,8 +239,8 @@ mod tests {
     #[test]
     fn repacked_rows_round_trip_and_dot_as_the_row_kernel() {
         let mut state = 0x0bad_5eed_u64;
-        // 11 rows: a full group and a partial one; 7 tokens: tiles of 4, 2 and 1.
-        let (rows, blocks, t) = (11, 2, 7);
+        // 11 rows: a full group and a partial one.
+        let (rows, blocks) = (11, 2);
         let mut src = Vec::new();
         for _ in 0..rows * blocks {
             let mut b: Vec<u8> = (0..ROW_BLOCK).map(|_| xorshift(&mut state) as u8).collect();
@@ -319,49 +250,6 @@ mod tests {
             b[2..4].copy_from_slice(&dmin.to_le_bytes());
             src.extend(b);
         }
-        let m = InterleavedQ4K::repack(rows, blocks * QK_K, &src, |_| {}).unwrap();
-        for r in 0..rows {
-            assert_eq!(
-                m.row_bytes(r),
-                src[r * blocks * ROW_BLOCK..(r + 1) * blocks * ROW_BLOCK],
-                "row {r}"
-            );
-        }
-        let x: Vec<f32> = (0..t * blocks * QK_K)
-            .map(|_| ((xorshift(&mut state) % 2001) as f32 - 1000.0) / 300.0)
-            .collect();
-        let y = m.matmul(&x, t);
-        let mut scalar = vec![0f32; t * R];
-        let acts: Vec<Vec<Q8KBlock>> = x
-            .chunks_exact(blocks * QK_K)
-            .map(|row| {
-                let mut q = Vec::new();
-                quantize_q8k(row, &mut q);
-                q
-            })
-            .collect();
-        group_dots_scalar(&m.data[..blocks * GROUP_BLOCK], &acts, &mut scalar);
-        for (tok, act) in acts.iter().enumerate() {
-            for r in 0..rows {
-                let w = dot_scalar(
-                    KFormat::Q4K,
-                    &src[r * blocks * ROW_BLOCK..(r + 1) * blocks * ROW_BLOCK],
-                    act,
-                );
-                let g = y[tok * rows + r];
-                assert!(
-                    (g - w).abs() <= 1e-4 * w.abs().max(1.0),
-                    "token {tok} row {r}: {g} vs {w}"
-                );
-                if r < R {
-                    let s = scalar[tok * R + r];
-                    assert!(
-                        (s - w).abs() <= 1e-4 * w.abs().max(1.0),
-                        "scalar form, token {tok} row {r}: {s} vs {w}"
-                    );
-                }
-            }
-        }
-        assert!(InterleavedQ4K::repack(8, 100, &src, |_| {}).is_none());
+        check_layout::<Q4K>(KFormat::Q4K, &src, rows, blocks);
     }
 }

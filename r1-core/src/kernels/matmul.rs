@@ -2,7 +2,9 @@
 //! activation row quantized once, each weight block unpacked once per call.
 
 use super::interleaved::Interleaved;
-use super::interleaved_q4k::InterleavedQ4K;
+use super::interleaved_k::Grouped;
+use super::interleaved_q4k::Q4K;
+use super::interleaved_q6k::Q6K;
 use super::kquant::{self, KFormat, Q8KBlock, QK_K};
 use super::quant::{self, quantize_q8, Format, Q8Block, QK};
 use super::simd::{dot, dot_many};
@@ -79,7 +81,8 @@ pub struct QuantMatrix {
 #[derive(Debug, Clone)]
 enum Packed {
     Legacy(Interleaved),
-    Q4K(InterleavedQ4K),
+    Q4K(Grouped<Q4K>),
+    Q6K(Grouped<Q6K>),
 }
 
 impl Packed {
@@ -87,6 +90,7 @@ impl Packed {
         match self {
             Packed::Legacy(m) => m.row_bytes(r),
             Packed::Q4K(m) => m.row_bytes(r),
+            Packed::Q6K(m) => m.row_bytes(r),
         }
     }
 
@@ -94,6 +98,7 @@ impl Packed {
         match self {
             Packed::Legacy(m) => m.matmul(x, t),
             Packed::Q4K(m) => m.matmul(x, t),
+            Packed::Q6K(m) => m.matmul(x, t),
         }
     }
 }
@@ -130,6 +135,12 @@ impl QuantMatrix {
         Ok(())
     }
 
+    /// The row-major blocks (empty once interleaved).
+    #[cfg_attr(not(feature = "internals"), allow(dead_code))]
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+
     /// The block format.
     pub(crate) fn kind(&self) -> Kind {
         self.kind
@@ -143,7 +154,7 @@ impl QuantMatrix {
     /// The matrix of row-major blocks `src` in the interleaved layout ([`Interleaved`]), when
     /// this CPU has its kernel (AVX-512 VNNI) and the format has one. `release` is told which
     /// bytes of `src` were packed, as the packing goes.
-    pub(crate) fn interleaved(
+    pub fn interleaved(
         kind: Kind,
         rows: usize,
         cols: usize,
@@ -158,7 +169,8 @@ impl QuantMatrix {
             Kind::Legacy(f) if Interleaved::supports(f) => {
                 Packed::Legacy(Interleaved::repack(f, rows, cols, src, release)?)
             }
-            Kind::K(KFormat::Q4K) => Packed::Q4K(InterleavedQ4K::repack(rows, cols, src, release)?),
+            Kind::K(KFormat::Q4K) => Packed::Q4K(Grouped::repack(rows, cols, src, release)?),
+            Kind::K(KFormat::Q6K) => Packed::Q6K(Grouped::repack(rows, cols, src, release)?),
             _ => return None,
         };
         Some(QuantMatrix {
@@ -225,8 +237,10 @@ impl QuantMatrix {
     /// `out[t * 8 + i]` for row `first + i`: one interleaved group where the matrix has them,
     /// else row by row. What the MoE kernel asks, so its experts can be interleaved too.
     pub(crate) fn block_dots(&self, first: usize, acts: &Acts, out: &mut [f32]) {
-        if let (Some(Packed::Q4K(m)), Acts::Q8K(a), 0) = (&self.interleaved, acts, first % 8) {
-            return m.group_dots(first / 8, a, out);
+        match (&self.interleaved, acts, first % 8) {
+            (Some(Packed::Q4K(m)), Acts::Q8K(a), 0) => return m.group_dots(first / 8, a, out),
+            (Some(Packed::Q6K(m)), Acts::Q8K(a), 0) => return m.group_dots(first / 8, a, out),
+            _ => {}
         }
         let mut col = vec![0f32; acts.len()];
         for r in first..(first + 8).min(self.rows) {

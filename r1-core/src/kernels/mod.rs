@@ -10,7 +10,9 @@
 pub(crate) mod cpu;
 pub(crate) mod experts;
 pub(crate) mod interleaved;
+pub(crate) mod interleaved_k;
 pub(crate) mod interleaved_q4k;
+pub(crate) mod interleaved_q6k;
 pub(crate) mod kquant;
 pub(crate) mod matmul;
 pub(crate) mod quant;

@@ -215,7 +215,8 @@ impl Weights {
                 if let Some(format) = kernel_format(info.dtype) {
                     let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
                     // The MoE kernel reads experts (routed and shared) in groups of eight rows,
-                    // interleaved for Q4_K only; other formats stay row-major for it.
+                    // interleaved for Q4_K only; other formats stay row-major for it (Q6_K's
+                    // interleaved form is 30% larger than the file's).
                     let moe = expert.is_some() || gname.contains("_shexp");
                     let interleaved = match expert {
                         _ if !moe || format == Kind::K(KFormat::Q4K) => {

@@ -1,0 +1,181 @@
+//! What the interleaved k-quant layouts share ([`super::interleaved_q4k`],
+//! [`super::interleaved_q6k`]): groups of eight rows, one group block per super-block of 256
+//! weights, activations in Q8_K, groups split over the thread pool. A layout says how one
+//! row's block is packed into a group block and back, and how a group is dotted.
+
+use super::kquant::{quantize_q8k, Q8KBlock, QK_K};
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::Mutex;
+
+/// Rows per group.
+pub(crate) const R: usize = 8;
+
+/// One k-quant format's interleaved layout.
+pub(crate) trait Layout {
+    /// Bytes of the file's block (one row, 256 weights).
+    const ROW_BLOCK: usize;
+    /// Bytes of a group block (eight rows, 256 weights each).
+    const GROUP_BLOCK: usize;
+    /// Writes the file's block of one row as row `r` of a group block.
+    fn pack(block: &[u8], r: usize, out: &mut [u8]);
+    /// Appends row `r` of a group block to `bytes` as the file's block.
+    fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>);
+    /// The eight rows of `group` (its blocks, in order) against every activation row,
+    /// `out[t * 8 + r]`, in plain Rust: the reference.
+    fn dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]);
+    /// [`dots_scalar`](Layout::dots_scalar) with AVX-512 VNNI.
+    ///
+    /// # Safety
+    /// The CPU must support AVX512-VNNI/VL, AVX2, FMA and F16C; every act has a block for each
+    /// of the group's; `out.len() >= 8 * acts.len()`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dots_vnni(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]);
+}
+
+/// A `[rows, cols]` k-quant matrix in layout `L`.
+#[derive(Debug, Clone)]
+pub(crate) struct Grouped<L> {
+    rows: usize,
+    cols: usize,
+    data: Vec<u8>,
+    layout: PhantomData<fn() -> L>,
+}
+
+impl<L: Layout> Grouped<L> {
+    fn blocks(&self) -> usize {
+        self.cols / QK_K
+    }
+
+    /// Repacks the file's row-major blocks; `done` is told each range of `src` it finished
+    /// reading (a group's rows), so the caller can let those mapped pages go.
+    pub(crate) fn repack(rows: usize, cols: usize, src: &[u8], mut done: impl FnMut(Range<usize>)) -> Option<Self> {
+        let blocks = cols / QK_K;
+        if !cols.is_multiple_of(QK_K) || src.len() != rows * blocks * L::ROW_BLOCK {
+            return None;
+        }
+        let (groups, row_bytes) = (rows.div_ceil(R), blocks * L::ROW_BLOCK);
+        let mut data = vec![0u8; groups * blocks * L::GROUP_BLOCK];
+        for g in 0..groups {
+            for b in 0..blocks {
+                let out = &mut data[(g * blocks + b) * L::GROUP_BLOCK..][..L::GROUP_BLOCK];
+                for r in 0..R.min(rows - g * R) {
+                    L::pack(
+                        &src[(g * R + r) * row_bytes + b * L::ROW_BLOCK..][..L::ROW_BLOCK],
+                        r,
+                        out,
+                    );
+                }
+            }
+            done(g * R * row_bytes..((g + 1) * R).min(rows) * row_bytes);
+        }
+        Some(Grouped {
+            rows,
+            cols,
+            data,
+            layout: PhantomData,
+        })
+    }
+
+    /// The blocks of group `g`.
+    pub(crate) fn group(&self, g: usize) -> &[u8] {
+        &self.data[g * self.blocks() * L::GROUP_BLOCK..][..self.blocks() * L::GROUP_BLOCK]
+    }
+
+    /// Row `r` as the file's row-major blocks.
+    pub(crate) fn row_bytes(&self, r: usize) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.blocks() * L::ROW_BLOCK);
+        for block in self.group(r / R).chunks_exact(L::GROUP_BLOCK) {
+            L::unpack(block, r % R, &mut bytes);
+        }
+        bytes
+    }
+
+    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]` (rows past
+    /// the matrix's last are zero).
+    pub(crate) fn group_dots(&self, g: usize, acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        let group = self.group(g);
+        if acts.iter().any(|a| a.len() < self.blocks()) || out.len() < R * acts.len() {
+            return out.iter_mut().for_each(|o| *o = f32::NAN);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::cpu::level() >= super::cpu::Level::Avx512 {
+            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL, AVX2, FMA and F16C; the acts and
+            // `out` were checked just above.
+            return unsafe { L::dots_vnni(group, acts, out) };
+        }
+        L::dots_scalar(group, acts, out);
+    }
+
+    /// `x [t, cols]` → `[t, rows]`, groups of eight rows split over the thread pool.
+    pub(crate) fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
+        let acts: Vec<Vec<Q8KBlock>> = x
+            .chunks_exact(self.cols)
+            .map(|row| {
+                let mut q = Vec::with_capacity(self.blocks());
+                quantize_q8k(row, &mut q);
+                q
+            })
+            .collect();
+        let y = Mutex::new(vec![0f32; t * self.rows]);
+        candle_core::utils::barrier_pool().execute_chunked(self.rows.div_ceil(R), |range: Range<usize>| {
+            let mut part = vec![0f32; t * R * range.len()];
+            let mut out = vec![0f32; t * R];
+            for (i, g) in range.clone().enumerate() {
+                self.group_dots(g, &acts, &mut out);
+                for tok in 0..t {
+                    part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
+                }
+            }
+            // A poisoned lock only means another task panicked; its rows are lost either way.
+            let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
+            let (first, end) = (range.start * R, (range.end * R).min(self.rows));
+            for tok in 0..t {
+                y[tok * self.rows + first..tok * self.rows + end]
+                    .copy_from_slice(&part[tok * range.len() * R..][..end - first]);
+            }
+        });
+        y.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The checks every layout's test runs on the file's blocks `src` (`rows` rows of `blocks`
+/// super-blocks of `format`): each row comes back byte for byte, and the matmul (both kernels)
+/// equals the file's own row kernel.
+#[cfg(test)]
+pub(crate) fn check_layout<L: Layout>(format: super::kquant::KFormat, src: &[u8], rows: usize, blocks: usize) {
+    use super::kquant::dot_scalar;
+    let m = Grouped::<L>::repack(rows, blocks * QK_K, src, |_| {}).unwrap();
+    let row = |r: usize| &src[r * blocks * L::ROW_BLOCK..(r + 1) * blocks * L::ROW_BLOCK];
+    for r in 0..rows {
+        assert_eq!(m.row_bytes(r), row(r), "row {r}");
+    }
+    let t = 7; // tiles of 4, 2 and 1
+    let x: Vec<f32> = (0..t * blocks * QK_K)
+        .map(|i| ((i * 7919 % 2001) as f32 - 1000.0) / 300.0)
+        .collect();
+    let y = m.matmul(&x, t);
+    let acts: Vec<Vec<Q8KBlock>> = x
+        .chunks_exact(blocks * QK_K)
+        .map(|row| {
+            let mut q = Vec::new();
+            quantize_q8k(row, &mut q);
+            q
+        })
+        .collect();
+    let mut scalar = vec![0f32; t * R];
+    L::dots_scalar(m.group(0), &acts, &mut scalar);
+    for (tok, act) in acts.iter().enumerate() {
+        for r in 0..rows {
+            let want = dot_scalar(format, row(r), act);
+            let close = |v: f32| (v - want).abs() <= 1e-4 * want.abs().max(1.0);
+            assert!(
+                close(y[tok * rows + r]),
+                "token {tok} row {r}: {} vs {want}",
+                y[tok * rows + r]
+            );
+            assert!(r >= R || close(scalar[tok * R + r]), "plain form, token {tok} row {r}");
+        }
+    }
+    assert!(Grouped::<L>::repack(rows, 100, src, |_| {}).is_none());
+}

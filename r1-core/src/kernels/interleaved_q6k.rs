@@ -1,0 +1,219 @@
+//! Q6_K weights repacked at load into groups of eight rows (see [`super::interleaved`]), on CPUs
+//! with AVX-512 VNNI: the LM head of most Q4_K_M files, and some of their `ffn_down` matrices.
+//!
+//! A Q6_K super-block holds 256 weights of one row as 6-bit quants `q` (stored as `q + 32`) in
+//! sixteen groups of 16, each group with a signed 8-bit scale: weight = `d · sc_g · (u - 32)`.
+//! Per group of eight rows and per super-block the layout is:
+//!
+//! - 2,048 bytes of quants, one byte each (`u`, 0..64): chunk `k < 8` (weights `32k..32k + 32`),
+//!   then `j < 8`, 32 bytes each, byte `4r + i` holding weight `32k + 4j + i` of row `r`;
+//! - the scales in pairs, `16k + 2r + h` for group `2k + h`, ready both for `vpmaddwd` against the
+//!   activations' group sums (the `-32` term) and, split, for scaling each group's dot;
+//! - the rows' `d` as f16.
+//!
+//! 2,192 bytes against the file's 1,680: the quants are stored a byte each rather than split into
+//! four and two bits, which keeps the kernel to loads and `vpdpbusd` (30% more memory for these
+//! matrices).
+
+use super::interleaved_k::{Layout, R};
+use super::kquant::{decode, KFormat, Q8KBlock};
+use half::f16;
+
+/// Bytes of the file's Q6_K block (one row, 256 weights).
+const ROW_BLOCK: usize = 210;
+const SCALES: usize = 2048;
+const D: usize = 2048 + 128;
+/// Bytes per group and super-block.
+const GROUP_BLOCK: usize = D + 16;
+
+/// The layout's marker, for [`Grouped`].
+#[derive(Debug, Clone)]
+pub(crate) struct Q6K;
+
+impl Layout for Q6K {
+    const ROW_BLOCK: usize = ROW_BLOCK;
+    const GROUP_BLOCK: usize = GROUP_BLOCK;
+
+    fn pack(block: &[u8], r: usize, out: &mut [u8]) {
+        pack(block, r, out)
+    }
+
+    fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>) {
+        unpack(group, r, bytes)
+    }
+
+    fn dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        group_dots_scalar(group, acts, out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dots_vnni(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        x86::group_dots(group, acts, out)
+    }
+}
+
+/// Byte of weight `e` (0..256) of row `r` in a group block's quants.
+fn at(e: usize, r: usize) -> usize {
+    32 * (e / 4) + 4 * r + e % 4
+}
+
+/// Writes the file's Q6_K block of one row as row `r` of a group block.
+fn pack(block: &[u8], r: usize, out: &mut [u8]) {
+    let w = decode(KFormat::Q6K, block);
+    for (e, q) in w.q.iter().enumerate() {
+        out[at(e, r)] = (q + 32) as u8;
+    }
+    for g in 0..16 {
+        out[SCALES + 16 * (g / 2) + 2 * r + g % 2] = block[192 + g];
+    }
+    out[D + 2 * r..][..2].copy_from_slice(&block[208..210]);
+}
+
+/// Appends row `r` of a group block to `bytes` as the file's Q6_K block: four low bits of
+/// weights `l` and `l + 64` share a byte of `ql` (and `l + 32`, `l + 96`), their two high bits a
+/// byte of `qh`, in each half of 128 weights.
+fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>) {
+    let u = |e: usize| group[at(e, r)];
+    let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+    for h in 0..2 {
+        for l in 0..32 {
+            let e = 128 * h + l;
+            ql[64 * h + l] = (u(e) & 0x0f) | (u(e + 64) & 0x0f) << 4;
+            ql[64 * h + 32 + l] = (u(e + 32) & 0x0f) | (u(e + 96) & 0x0f) << 4;
+            qh[32 * h + l] = (u(e) >> 4) | (u(e + 32) >> 4) << 2 | (u(e + 64) >> 4) << 4 | (u(e + 96) >> 4) << 6;
+        }
+    }
+    bytes.extend_from_slice(&ql);
+    bytes.extend_from_slice(&qh);
+    bytes.extend((0..16).map(|g| group[SCALES + 16 * (g / 2) + 2 * r + g % 2]));
+    bytes.extend_from_slice(&group[D + 2 * r..][..2]);
+}
+
+/// The reference: the same sums in plain Rust, from the layout's definition.
+fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+    for (t, act) in acts.iter().enumerate() {
+        for r in 0..R {
+            let mut sum = 0f32;
+            for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+                let a = &act[b];
+                let mut isum = 0i32;
+                for g in 0..16 {
+                    let dot: i32 = (16 * g..16 * g + 16)
+                        .map(|e| (blk[at(e, r)] as i32 - 32) * a.qs[e] as i32)
+                        .sum();
+                    isum += dot * blk[SCALES + 16 * (g / 2) + 2 * r + g % 2] as i8 as i32;
+                }
+                sum += a.d * f16::from_le_bytes([blk[D + 2 * r], blk[D + 2 * r + 1]]).to_f32() * isum as f32;
+            }
+            out[t * R + r] = sum;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{Q8KBlock, D, GROUP_BLOCK, R, SCALES};
+    use crate::kernels::cpu::tiles;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn four(qs: &[i8], at: usize) -> __m256i {
+        _mm256_set1_epi32(i32::from_le_bytes([
+            qs[at] as u8,
+            qs[at + 1] as u8,
+            qs[at + 2] as u8,
+            qs[at + 3] as u8,
+        ]))
+    }
+
+    /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
+    /// of two groups of 16 the quants load into eight registers; each activation row takes eight
+    /// `vpdpbusd`, two integer scalings, and one `vpmaddwd` of the chunk's scale pairs with its
+    /// group sums (the `-32` of the stored quants, taken out in integers at the end).
+    #[inline(always)]
+    unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
+        let mut acc = [_mm256_setzero_ps(); N];
+        for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+            let mut isum = [_mm256_setzero_si256(); N];
+            let mut corr = [_mm256_setzero_si256(); N];
+            let bsums: [__m256i; N] =
+                std::array::from_fn(|t| _mm256_loadu_si256(acts[t][b].bsums.as_ptr() as *const __m256i));
+            for k in 0..8 {
+                let mut w = [_mm256_setzero_si256(); 8];
+                for (j, w) in w.iter_mut().enumerate() {
+                    *w = _mm256_loadu_si256(blk[256 * k + 32 * j..].as_ptr() as *const __m256i);
+                }
+                // Dword r: (scale of group 2k, scale of group 2k + 1) of row r, as i16.
+                let pairs = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[SCALES + 16 * k..].as_ptr() as *const __m128i));
+                let sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16);
+                let sc_hi = _mm256_srai_epi32(pairs, 16);
+                for t in 0..N {
+                    let qs = &acts[t][b].qs;
+                    let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    for j in 0..4 {
+                        s_lo = _mm256_dpbusd_epi32(s_lo, w[j], four(qs, 32 * k + 4 * j));
+                        s_hi = _mm256_dpbusd_epi32(s_hi, w[4 + j], four(qs, 32 * k + 16 + 4 * j));
+                    }
+                    let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
+                    isum[t] = _mm256_add_epi32(isum[t], scaled);
+                    // The activations' sums of groups 2k and 2k + 1, as an i16 pair in every dword.
+                    let group_sums = _mm256_permutevar8x32_epi32(bsums[t], _mm256_set1_epi32(k as i32));
+                    corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(pairs, group_sums));
+                }
+            }
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[D..D + 16].as_ptr() as *const __m128i));
+            for t in 0..N {
+                let total = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(corr[t], 5));
+                let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[t][b].d));
+                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[t]);
+            }
+        }
+        for t in 0..N {
+            _mm256_storeu_ps(out[t * R..].as_mut_ptr(), acc[t]);
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX512-VNNI and AVX512-VL with AVX2, FMA and F16C; every act has a
+    /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
+        for r in tiles(acts.len(), 4) {
+            let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
+            match a.len() {
+                4 => tile::<4>(group, std::array::from_fn(|k| a[k].as_slice()), o),
+                2 => tile::<2>(group, std::array::from_fn(|k| a[k].as_slice()), o),
+                _ => tile::<1>(group, [a[0].as_slice()], o),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::interleaved_k::check_layout;
+    use super::super::kquant::KFormat;
+    use super::*;
+
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    #[test]
+    fn repacked_rows_round_trip_and_dot_as_the_row_kernel() {
+        let mut state = 0x6a09_e667_u64;
+        // 11 rows: a full group and a partial one.
+        let (rows, blocks) = (11, 2);
+        let mut src = Vec::new();
+        for _ in 0..rows * blocks {
+            let mut b: Vec<u8> = (0..ROW_BLOCK).map(|_| xorshift(&mut state) as u8).collect();
+            let d = f16::from_f32(((xorshift(&mut state) % 1000) as f32 + 1.0) / 100000.0);
+            b[208..210].copy_from_slice(&d.to_le_bytes());
+            src.extend(b);
+        }
+        check_layout::<Q6K>(KFormat::Q6K, &src, rows, blocks);
+    }
+}
