@@ -29,7 +29,31 @@ use std::ops::Range;
 use std::sync::Mutex;
 
 /// Rows per group.
-const R: usize = 8;
+pub(crate) const R: usize = 8;
+
+/// `[t, rows]` from `group_dots(g, out)`, which writes group `g`'s eight rows for every token
+/// as `out[t * 8 + r]`: the groups are split over the thread pool and their rows put in place
+/// (rows past `rows` in the last group dropped). Every interleaved layout's matmul.
+pub(crate) fn over_groups(rows: usize, t: usize, group_dots: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let y = Mutex::new(vec![0f32; t * rows]);
+    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(R), |range: Range<usize>| {
+        let mut part = vec![0f32; t * R * range.len()];
+        let mut out = vec![0f32; t * R];
+        for (i, g) in range.clone().enumerate() {
+            group_dots(g, &mut out);
+            for tok in 0..t {
+                part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
+            }
+        }
+        // A poisoned lock only means another task panicked; its rows are lost either way.
+        let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
+        let (first, end) = (range.start * R, (range.end * R).min(rows));
+        for tok in 0..t {
+            y[tok * rows + first..tok * rows + end].copy_from_slice(&part[tok * range.len() * R..][..end - first]);
+        }
+    });
+    y.into_inner().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A `[rows, cols]` matrix in the interleaved layout.
 #[derive(Debug, Clone)]
@@ -146,27 +170,7 @@ impl Interleaved {
     /// `x [t, cols]` → `[t, rows]`, groups of eight rows split over the thread pool.
     pub(crate) fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
         let acts = self.quantize(x);
-        let groups = self.rows.div_ceil(R);
-        let y = Mutex::new(vec![0f32; t * self.rows]);
-        candle_core::utils::barrier_pool().execute_chunked(groups, |range: Range<usize>| {
-            let mut part = vec![0f32; t * R * range.len()];
-            for (i, g) in range.clone().enumerate() {
-                let mut out = vec![0f32; t * R];
-                self.group_dots(g, &acts, &mut out);
-                for tok in 0..t {
-                    part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
-                }
-            }
-            // A poisoned lock only means another task panicked; its rows are lost either way.
-            let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
-            let first = range.start * R;
-            let end = (range.end * R).min(self.rows);
-            for tok in 0..t {
-                y[tok * self.rows + first..tok * self.rows + end]
-                    .copy_from_slice(&part[tok * range.len() * R..][..end - first]);
-            }
-        });
-        y.into_inner().unwrap_or_else(|p| p.into_inner())
+        over_groups(self.rows, t, |g, out| self.group_dots(g, &acts, out))
     }
 
     /// The eight rows of group `g` against every activation row: `out[t * 8 + r]`.

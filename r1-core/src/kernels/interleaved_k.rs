@@ -3,13 +3,29 @@
 //! weights, activations in Q8_K, groups split over the thread pool. A layout says how one
 //! row's block is packed into a group block and back, and how a group is dotted.
 
+use super::interleaved::over_groups;
+pub(crate) use super::interleaved::R;
 use super::kquant::{quantize_q8k, Q8KBlock, QK_K};
 use std::marker::PhantomData;
 use std::ops::Range;
-use std::sync::Mutex;
 
-/// Rows per group.
-pub(crate) const R: usize = 8;
+/// `$tile::<N>(group, acts, out)` over `$acts` in tiles of four, two and one rows: the
+/// dispatch both k-quant layouts' VNNI kernels run (their tiles are const-generic over `N`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! tiles_of_four {
+    ($tile:ident, $group:expr, $acts:expr, $out:expr) => {
+        for r in $crate::kernels::cpu::tiles($acts.len(), 4) {
+            let (a, o) = (&$acts[r.clone()], &mut $out[r.start * R..r.end * R]);
+            match a.len() {
+                4 => $tile::<4>($group, std::array::from_fn(|k| a[k].as_slice()), o),
+                2 => $tile::<2>($group, std::array::from_fn(|k| a[k].as_slice()), o),
+                _ => $tile::<1>($group, [a[0].as_slice()], o),
+            }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use tiles_of_four;
 
 /// One k-quant format's interleaved layout.
 pub(crate) trait Layout {
@@ -117,25 +133,7 @@ impl<L: Layout> Grouped<L> {
                 q
             })
             .collect();
-        let y = Mutex::new(vec![0f32; t * self.rows]);
-        candle_core::utils::barrier_pool().execute_chunked(self.rows.div_ceil(R), |range: Range<usize>| {
-            let mut part = vec![0f32; t * R * range.len()];
-            let mut out = vec![0f32; t * R];
-            for (i, g) in range.clone().enumerate() {
-                self.group_dots(g, &acts, &mut out);
-                for tok in 0..t {
-                    part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
-                }
-            }
-            // A poisoned lock only means another task panicked; its rows are lost either way.
-            let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
-            let (first, end) = (range.start * R, (range.end * R).min(self.rows));
-            for tok in 0..t {
-                y[tok * self.rows + first..tok * self.rows + end]
-                    .copy_from_slice(&part[tok * range.len() * R..][..end - first]);
-            }
-        });
-        y.into_inner().unwrap_or_else(|p| p.into_inner())
+        over_groups(self.rows, t, |g, out| self.group_dots(g, &acts, out))
     }
 }
 

@@ -113,7 +113,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, GROUP_BLOCK, R, SCALES};
-    use crate::kernels::cpu::tiles;
+    use crate::kernels::interleaved_k::tiles_of_four;
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -178,14 +178,7 @@ mod x86 {
     /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        for r in tiles(acts.len(), 4) {
-            let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
-            match a.len() {
-                4 => tile::<4>(group, std::array::from_fn(|k| a[k].as_slice()), o),
-                2 => tile::<2>(group, std::array::from_fn(|k| a[k].as_slice()), o),
-                _ => tile::<1>(group, [a[0].as_slice()], o),
-            }
-        }
+        tiles_of_four!(tile, group, acts, out);
     }
 }
 
