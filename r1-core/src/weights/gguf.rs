@@ -20,8 +20,9 @@ pub struct TensorInfo {
     pub dims: Vec<usize>,
     /// The ggml type.
     pub dtype: GgmlDType,
-    /// Byte range in the file.
-    pub range: (usize, usize),
+    /// Byte range in the file, checked against the file when it was parsed (private, so that
+    /// no caller can hand the mapping a range of its own).
+    range: (usize, usize),
 }
 
 impl TensorInfo {
@@ -48,6 +49,29 @@ pub struct GgufFile {
     pub(crate) tensors: HashMap<String, TensorInfo>,
 }
 
+/// The reader's bounds on what a file may ask it to allocate. Every count in a GGUF file is
+/// also bounded by the bytes left (each item takes at least its smallest encoding), but a
+/// count alone never sizes an allocation: a 10 GB file could otherwise ask for 10^9 entries.
+pub(crate) mod limits {
+    /// Tensors in one file (DeepSeek-V3 with its experts stacked has about 1,100).
+    pub const TENSORS: u64 = 1 << 20;
+    /// Metadata key/value pairs.
+    pub const KEYS: u64 = 1 << 16;
+    /// Bytes of one string (chat templates are tens of kilobytes).
+    pub const STRING_BYTES: u64 = 1 << 24;
+    /// Array items in the whole file, all arrays together (vocabularies, merges and token types
+    /// of a 256k-token vocabulary are about a million).
+    pub const ARRAY_ITEMS: u64 = 1 << 24;
+    /// Arrays inside arrays.
+    pub const ARRAY_NESTING: usize = 2;
+    /// Largest `general.alignment`.
+    pub const ALIGNMENT: u64 = 1 << 20;
+    /// Dimensions of a tensor (ggml's `GGML_MAX_DIMS`).
+    pub const DIMS: usize = 4;
+    /// Largest dimension (ggml stores them as `int64_t`).
+    pub const DIM: u64 = i64::MAX as u64;
+}
+
 /// ggml type id → candle type, or the type's name for the error message.
 fn ggml_type(id: u32) -> std::result::Result<GgmlDType, String> {
     Ok(match id {
@@ -71,14 +95,46 @@ fn ggml_type(id: u32) -> std::result::Result<GgmlDType, String> {
     })
 }
 
-/// A bounds-checked reader over the mapping.
+/// Metadata value type ids (GGUF's `gguf_type`).
+mod value_type {
+    pub const U32: u32 = 4;
+    pub const STRING: u32 = 8;
+    pub const ARRAY: u32 = 9;
+}
+
+/// The fewest bytes a metadata value of type `ty` takes in the file: what bounds an array's
+/// count by the bytes left.
+fn min_encoded_size(ty: u32) -> usize {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        value_type::STRING => 8,
+        value_type::ARRAY => 12,
+        _ => 8,
+    }
+}
+
+/// A bounds-checked reader over the mapping, with the file's allocation budget.
 struct Cursor<'a> {
     data: &'a [u8],
     pos: usize,
+    /// Array items the rest of the file may still hold ([`limits::ARRAY_ITEMS`]).
+    array_items_left: u64,
 }
 
+type Parse<T> = std::result::Result<T, String>;
+
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+    fn new(data: &'a [u8]) -> Self {
+        Cursor {
+            data,
+            pos: 0,
+            array_items_left: limits::ARRAY_ITEMS,
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Parse<&'a [u8]> {
         let end = self
             .pos
             .checked_add(n)
@@ -94,40 +150,44 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
-    fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+    fn array<const N: usize>(&mut self) -> Parse<[u8; N]> {
         let mut a = [0u8; N];
         a.copy_from_slice(self.take(N)?);
         Ok(a)
     }
 
-    fn u32(&mut self) -> std::result::Result<u32, String> {
+    fn u32(&mut self) -> Parse<u32> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> std::result::Result<u64, String> {
+    fn u64(&mut self) -> Parse<u64> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    /// A count that must fit in what is left of the file (each item at least `min_size` bytes).
-    fn count(&mut self, min_size: usize) -> std::result::Result<usize, String> {
+    /// A count of `what`, at most `max`, whose items (each at least `min_size` bytes) fit in
+    /// what is left of the file.
+    fn count(&mut self, what: &str, min_size: usize, max: u64) -> Parse<usize> {
+        let at = self.pos;
         let n = self.u64()?;
+        if n > max {
+            return Err(format!("{what} count {n} at byte {at} is over the limit of {max}"));
+        }
         let left = (self.data.len() - self.pos) as u64;
         if n.saturating_mul(min_size as u64) > left {
             return Err(format!(
-                "count {n} at byte {} exceeds the file size (corrupt file?)",
-                self.pos - 8
+                "{what} count {n} at byte {at} needs more than the {left} bytes left in the file (corrupt file?)"
             ));
         }
         Ok(n as usize)
     }
 
-    fn string(&mut self) -> std::result::Result<String, String> {
-        let n = self.count(1)?;
+    fn string(&mut self) -> Parse<String> {
+        let n = self.count("string byte", 1, limits::STRING_BYTES)?;
         let at = self.pos;
         String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("string at byte {at} is not UTF-8"))
     }
 
-    fn value(&mut self, ty: u32, depth: usize) -> std::result::Result<MetaValue, String> {
+    fn value(&mut self, ty: u32, depth: usize) -> Parse<MetaValue> {
         Ok(match ty {
             0 => MetaValue::U64(self.array::<1>()?[0] as u64),
             1 => MetaValue::I64(self.array::<1>()?[0] as i8 as i64),
@@ -136,12 +196,25 @@ impl<'a> Cursor<'a> {
             4 => MetaValue::U64(self.u32()? as u64),
             5 => MetaValue::I64(i32::from_le_bytes(self.array()?) as i64),
             6 => MetaValue::F64(f32::from_le_bytes(self.array()?) as f64),
-            7 => MetaValue::Bool(self.array::<1>()?[0] != 0),
-            8 => MetaValue::Str(self.string()?),
-            9 if depth < 4 => {
+            7 => match self.array::<1>()?[0] {
+                b @ (0 | 1) => MetaValue::Bool(b == 1),
+                b => return Err(format!("bool of value {b} at byte {}", self.pos - 1)),
+            },
+            value_type::STRING => MetaValue::Str(self.string()?),
+            value_type::ARRAY if depth >= limits::ARRAY_NESTING => {
+                return Err(format!(
+                    "arrays nested deeper than {} at byte {}",
+                    limits::ARRAY_NESTING,
+                    self.pos
+                ))
+            }
+            value_type::ARRAY => {
                 let item_ty = self.u32()?;
-                let n = self.count(1)?;
-                let mut items = Vec::with_capacity(n);
+                let n = self.count("array item", min_encoded_size(item_ty), self.array_items_left)?;
+                self.array_items_left -= n as u64;
+                // Grown as items are read, never sized by the count: what the count promises
+                // is only checked against the bytes left, and each item may still fail.
+                let mut items = Vec::with_capacity(n.min(4096));
                 for _ in 0..n {
                     items.push(self.value(item_ty, depth + 1)?);
                 }
@@ -157,14 +230,19 @@ impl<'a> Cursor<'a> {
 
 impl GgufFile {
     /// Maps and parses `path`.
+    ///
+    /// The mapping is shared and read-only: the file must not be truncated or rewritten while
+    /// a model loads from it (a truncated mapping faults with SIGBUS, as in every mmap-based
+    /// loader). A file changed before it is opened is caught here, by these checks.
     pub fn open(path: &Path) -> Result<Self> {
         let io_err = |source| Error::Io {
             path: path.to_path_buf(),
             source,
         };
         let file = File::open(path).map_err(io_err)?;
-        // SAFETY: read-only mapping; model files must not change while loaded (as for every
-        // mmap-based loader).
+        // SAFETY: a shared read-only mapping of a file, which r1 never writes. The memory stays
+        // valid for the map's lifetime; its contents are the file's, which is why the file must
+        // not change while loaded (see above).
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
         let bad = |msg: String| Error::BadWeights {
             path: path.to_path_buf(),
@@ -208,16 +286,16 @@ impl GgufFile {
         self.mmap.len()
     }
 
-    /// The bytes of tensor `name`.
+    /// The bytes of a tensor of this file (empty for a tensor of another, larger file).
     pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
-        &self.mmap[info.range.0..info.range.1]
+        self.mmap.get(info.range.0..info.range.1).unwrap_or_default()
     }
 
     /// Tells the kernel a tensor's pages are no longer needed, once its bytes were copied into
     /// the model: without this, the mapped file and the loaded weights both count in the
     /// process's memory until loading ends (twice the file at the peak).
     pub fn release(&self, info: &TensorInfo) {
-        release(&self.mmap, info.range);
+        self.release_bytes(self.bytes(info));
     }
 
     /// A copy of `bytes` (a slice of this file's mapping), made a few megabytes at a time with
@@ -237,21 +315,25 @@ impl GgufFile {
     /// Releases the pages of `bytes`, a slice of this file's mapping (anything else is left
     /// alone), once their contents were copied elsewhere.
     pub fn release_bytes(&self, bytes: &[u8]) {
-        const PAGE: usize = 4096;
         let start = (bytes.as_ptr() as usize).wrapping_sub(self.mmap.as_ptr() as usize);
         if start <= self.mmap.len() && bytes.len() <= self.mmap.len() - start {
-            // Whole pages, rounded outward: a page shared with a neighbour is only dropped from
-            // memory, and read again from the file when the neighbour is loaded.
-            let to = (start + bytes.len()).next_multiple_of(PAGE).min(self.mmap.len());
-            release(&self.mmap, (start / PAGE * PAGE, to));
+            release(&self.mmap, (start, start + bytes.len()));
         }
     }
 }
 
 type Parsed = (u32, HashMap<String, MetaValue>, HashMap<String, TensorInfo>);
 
-fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
-    let mut c = Cursor { data, pos: 0 };
+/// A tensor info as the file states it, before its layout is checked.
+struct RawInfo {
+    name: String,
+    dims: Vec<usize>,
+    ty: u32,
+    offset: u64,
+}
+
+fn parse(data: &[u8]) -> Parse<Parsed> {
+    let mut c = Cursor::new(data);
     if c.take(4)
         .map_err(|_| "file is shorter than a GGUF header".to_string())?
         != b"GGUF"
@@ -262,70 +344,131 @@ fn parse(data: &[u8]) -> std::result::Result<Parsed, String> {
     if !(2..=3).contains(&version) {
         return Err(format!("GGUF version {version} is not supported (2 or 3)"));
     }
-    let n_tensors = c.count(24)?;
-    let n_meta = c.count(12)?;
-    let mut metadata = HashMap::with_capacity(n_meta);
-    for _ in 0..n_meta {
+    // The smallest tensor info: an empty name (8), one dimension (4 + 8), type and offset (12).
+    let n_tensors = c.count("tensor", 32, limits::TENSORS)?;
+    // The smallest key/value: an empty key (8), a type (4) and a one-byte value.
+    let n_meta = c.count("metadata key", 13, limits::KEYS)?;
+    let (metadata, alignment) = read_metadata(&mut c, n_meta)?;
+    let infos = (0..n_tensors)
+        .map(|_| read_tensor_info(&mut c))
+        .collect::<Parse<Vec<_>>>()?;
+    let data_start = c.pos.next_multiple_of(alignment);
+    if n_tensors > 0 && data_start > data.len() {
+        return Err(format!(
+            "the data section starts at byte {data_start}, past the end of the file ({} bytes; truncated?)",
+            data.len()
+        ));
+    }
+    let tensors = lay_out(infos, data_start, alignment, data.len())?;
+    Ok((version, metadata, tensors))
+}
+
+/// The key/value pairs, and `general.alignment` (a power-of-two `u32`, 32 when absent).
+fn read_metadata(c: &mut Cursor, n: usize) -> Parse<(HashMap<String, MetaValue>, usize)> {
+    let mut metadata = HashMap::with_capacity(n.min(1024));
+    let mut alignment = 32;
+    for _ in 0..n {
         let key = c.string()?;
         let ty = c.u32()?;
         let value = c.value(ty, 0).map_err(|e| format!("metadata `{key}`: {e}"))?;
-        metadata.insert(key, value);
-    }
-    let mut infos = Vec::with_capacity(n_tensors);
-    for _ in 0..n_tensors {
-        let name = c.string()?;
-        let n_dims = c.u32()? as usize;
-        if n_dims > 4 {
-            return Err(format!("tensor `{name}` has {n_dims} dimensions"));
+        if key == "general.alignment" {
+            alignment = match (&value, ty) {
+                (&MetaValue::U64(a), value_type::U32) if a.is_power_of_two() && a <= limits::ALIGNMENT => a as usize,
+                (v, value_type::U32) => {
+                    return Err(format!(
+                        "general.alignment {v:?} is not a power of two up to {}",
+                        limits::ALIGNMENT
+                    ))
+                }
+                (_, t) => return Err(format!("general.alignment has value type {t}, not u32")),
+            };
         }
-        let dims = (0..n_dims)
-            .map(|_| c.u64().map(|d| d as usize))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let ty = c.u32()?;
-        let offset = c.u64()? as usize;
-        infos.push((name, dims, ty, offset));
+        if metadata.insert(key.clone(), value).is_some() {
+            return Err(format!("metadata key `{key}` appears twice"));
+        }
     }
-    let alignment = metadata
-        .get("general.alignment")
-        .and_then(MetaValue::as_u64)
-        .unwrap_or(32) as usize;
-    if alignment == 0 || !alignment.is_power_of_two() {
-        return Err(format!("general.alignment {alignment} is not a power of two"));
+    Ok((metadata, alignment))
+}
+
+fn read_tensor_info(c: &mut Cursor) -> Parse<RawInfo> {
+    let name = c.string()?;
+    let n_dims = c.u32()? as usize;
+    if !(1..=limits::DIMS).contains(&n_dims) {
+        return Err(format!(
+            "tensor `{name}` has {n_dims} dimensions (1 to {})",
+            limits::DIMS
+        ));
     }
-    let data_start = c.pos.div_ceil(alignment) * alignment;
-    let mut tensors = HashMap::with_capacity(n_tensors);
-    for (name, dims, ty, offset) in infos {
+    let mut dims = Vec::with_capacity(n_dims);
+    for i in 0..n_dims {
+        let d = c.u64()?;
+        if d == 0 || d > limits::DIM {
+            return Err(format!("tensor `{name}`: dimension {i} is {d}"));
+        }
+        dims.push(usize::try_from(d).map_err(|_| format!("tensor `{name}`: dimension {i} is {d}"))?);
+    }
+    let ty = c.u32()?;
+    let offset = c.u64()?;
+    Ok(RawInfo { name, dims, ty, offset })
+}
+
+/// Each tensor's byte range: its type known, its size without overflow, its offset aligned
+/// and inside the file, no two tensors overlapping, no name twice.
+fn lay_out(
+    infos: Vec<RawInfo>,
+    data_start: usize,
+    alignment: usize,
+    file_len: usize,
+) -> Parse<HashMap<String, TensorInfo>> {
+    let mut tensors = HashMap::with_capacity(infos.len());
+    for RawInfo { name, dims, ty, offset } in infos {
         let dtype = ggml_type(ty).map_err(|t| format!("tensor `{name}`: unsupported type {t}"))?;
-        let elems = dims
-            .iter()
-            .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .ok_or(format!("tensor `{name}`: size overflows"))?;
-        if dims.first().is_some_and(|&d| d % dtype.block_size() != 0) {
+        let size = tensor_bytes(&dims, dtype).map_err(|e| format!("tensor `{name}`: {e}"))?;
+        if !offset.is_multiple_of(alignment as u64) {
             return Err(format!(
-                "tensor `{name}`: row of {} is not a multiple of the {dtype:?} block size",
-                dims[0]
+                "tensor `{name}`: offset {offset} is not a multiple of the alignment {alignment}"
             ));
         }
-        let size = elems / dtype.block_size() * dtype.type_size();
-        let start = data_start
-            .checked_add(offset)
-            .ok_or(format!("tensor `{name}`: offset overflows"))?;
-        let end = start.checked_add(size).filter(|&e| e <= data.len()).ok_or_else(|| {
-            format!(
-                "tensor `{name}` ({size} bytes at {start}) runs past the end of the file ({} bytes; truncated?)",
-                data.len()
-            )
-        })?;
-        tensors.insert(
-            name,
-            TensorInfo {
-                dims,
-                dtype,
-                range: (start, end),
-            },
-        );
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|o| data_start.checked_add(o))
+            .and_then(|start| Some((start, start.checked_add(size)?)))
+            .filter(|&(_, end)| end <= file_len)
+            .ok_or_else(|| {
+                format!("tensor `{name}` ({size} bytes at offset {offset}) runs past the end of the file ({file_len} bytes; truncated?)")
+            })?;
+        let info = TensorInfo { dims, dtype, range };
+        if tensors.insert(name.clone(), info).is_some() {
+            return Err(format!("tensor `{name}` appears twice"));
+        }
     }
-    Ok((version, metadata, tensors))
+    let mut ranges: Vec<(&String, (usize, usize))> = tensors.iter().map(|(n, i)| (n, i.range)).collect();
+    ranges.sort_by_key(|&(n, r)| (r, n));
+    for w in ranges.windows(2) {
+        let ((a, ra), (b, rb)) = (w[0], w[1]);
+        if rb.0 < ra.1 {
+            return Err(format!(
+                "tensors `{a}` and `{b}` overlap (bytes {}..{} and {}..{})",
+                ra.0, ra.1, rb.0, rb.1
+            ));
+        }
+    }
+    Ok(tensors)
+}
+
+/// The bytes of a tensor of `dims` and `dtype`: rows whole blocks, and no overflow.
+fn tensor_bytes(dims: &[usize], dtype: GgmlDType) -> Parse<usize> {
+    let block = dtype.block_size();
+    if !dims[0].is_multiple_of(block) {
+        return Err(format!(
+            "row of {} is not a multiple of the {dtype:?} block size {block}",
+            dims[0]
+        ));
+    }
+    dims[1..]
+        .iter()
+        .try_fold(dims[0] / block * dtype.type_size(), |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("dimensions {dims:?} overflow the size"))
 }
 
 /// Where a Hugging Face tensor name lives in a GGUF file.
@@ -402,12 +545,21 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
     whole(blk(&format!("{g}.{param}")))
 }
 
-/// `MADV_DONTNEED` over a byte range of a read-only mapping (best effort).
+/// `MADV_DONTNEED` over the whole pages of a byte range of a read-only mapping (best effort;
+/// a range outside the mapping is ignored).
 pub(crate) fn release(mmap: &Mmap, (start, end): (usize, usize)) {
-    // SAFETY: the mapping is private and read-only, so dropping its pages loses nothing: a
-    // later access reads them again from the file. No reference into the range is used after
-    // this except through such re-reads.
-    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+    const PAGE: usize = 4096;
+    if start > end || end > mmap.len() {
+        return;
+    }
+    // Whole pages, rounded outward: a page shared with a neighbour is only dropped from
+    // memory, and read again from the file when the neighbour is loaded.
+    let (from, to) = (start / PAGE * PAGE, end.next_multiple_of(PAGE).min(mmap.len()));
+    // SAFETY: `from..to` lies inside this mapping (checked above; the mapping starts on a page).
+    // It is a shared read-only mapping of a file, so dropping its pages loses nothing: the
+    // next access reads them again from the page cache or the file, and every slice into the
+    // range stays valid and sees the same bytes (the file must not change while loaded).
+    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
 }
 
 #[cfg(test)]
@@ -435,67 +587,282 @@ mod tests {
         assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
     }
 
-    /// A GGUF v3 file with one metadata string and the given tensors (name, dims, type, bytes).
-    fn tiny_gguf(tensors: &[(&str, &[u64], u32, usize)]) -> Vec<u8> {
-        let mut v = b"GGUF".to_vec();
-        v.extend(3u32.to_le_bytes());
-        v.extend((tensors.len() as u64).to_le_bytes());
-        v.extend(1u64.to_le_bytes());
-        let string = |v: &mut Vec<u8>, s: &str| {
-            v.extend((s.len() as u64).to_le_bytes());
-            v.extend(s.as_bytes());
-        };
-        string(&mut v, "general.architecture");
-        v.extend(8u32.to_le_bytes());
-        string(&mut v, "llama");
-        let mut offset = 0u64;
-        for (name, dims, ty, _) in tensors {
-            string(&mut v, name);
-            v.extend((dims.len() as u32).to_le_bytes());
-            dims.iter().for_each(|d| v.extend(d.to_le_bytes()));
-            v.extend(ty.to_le_bytes());
-            v.extend(offset.to_le_bytes());
-            offset += 32;
-        }
-        while !v.len().is_multiple_of(32) {
-            v.push(0);
-        }
-        for (_, _, _, size) in tensors {
-            v.extend(vec![0u8; *size]);
-            while !v.len().is_multiple_of(32) {
-                v.push(0);
+    /// A GGUF file written field by field, so that each test can break one field.
+    struct Gguf {
+        version: u32,
+        /// Key, value type, encoded value.
+        kvs: Vec<(String, u32, Vec<u8>)>,
+        /// Name, dims, type, offset.
+        tensors: Vec<(String, Vec<u64>, u32, u64)>,
+        /// Bytes after the aligned data start.
+        data: Vec<u8>,
+        /// Overrides the tensor and key counts.
+        counts: Option<(u64, u64)>,
+    }
+
+    fn enc_str(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u64).to_le_bytes().to_vec();
+        v.extend(s.as_bytes());
+        v
+    }
+
+    impl Gguf {
+        /// One string key and an F32 tensor `a.weight` of 8 values.
+        fn new() -> Self {
+            Gguf {
+                version: 3,
+                kvs: vec![("general.architecture".into(), 8, enc_str("llama"))],
+                tensors: vec![("a.weight".into(), vec![8], 0, 0)],
+                data: vec![0; 32],
+                counts: None,
             }
         }
+
+        fn kv(mut self, key: &str, ty: u32, value: Vec<u8>) -> Self {
+            self.kvs.push((key.into(), ty, value));
+            self
+        }
+
+        fn tensor(mut self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
+            self.tensors.push((name.into(), dims.to_vec(), ty, offset));
+            self
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            let mut v = b"GGUF".to_vec();
+            v.extend(self.version.to_le_bytes());
+            let (nt, nk) = self
+                .counts
+                .unwrap_or((self.tensors.len() as u64, self.kvs.len() as u64));
+            v.extend(nt.to_le_bytes());
+            v.extend(nk.to_le_bytes());
+            for (k, ty, value) in &self.kvs {
+                v.extend(enc_str(k));
+                v.extend(ty.to_le_bytes());
+                v.extend(value);
+            }
+            for (name, dims, ty, offset) in &self.tensors {
+                v.extend(enc_str(name));
+                v.extend((dims.len() as u32).to_le_bytes());
+                dims.iter().for_each(|d| v.extend(d.to_le_bytes()));
+                v.extend(ty.to_le_bytes());
+                v.extend(offset.to_le_bytes());
+            }
+            let align = self
+                .kvs
+                .iter()
+                .find(|kv| kv.0 == "general.alignment" && kv.2.len() == 4)
+                .map(|kv| u32::from_le_bytes(kv.2[..4].try_into().unwrap()) as usize)
+                .filter(|a| a.is_power_of_two())
+                .unwrap_or(32);
+            v.resize(v.len().next_multiple_of(align), 0);
+            v.extend(&self.data);
+            v
+        }
+
+        /// The parse error, which must name `needle`.
+        fn fails_with(&self, needle: &str) {
+            let e = match parse(&self.bytes()) {
+                Ok(_) => panic!("parsed, but should fail with {needle:?}"),
+                Err(e) => e,
+            };
+            assert!(e.contains(needle), "{e:?} does not contain {needle:?}");
+        }
+    }
+
+    fn array(item_ty: u32, n: u64, items: &[u8]) -> Vec<u8> {
+        let mut v = item_ty.to_le_bytes().to_vec();
+        v.extend(n.to_le_bytes());
+        v.extend(items);
         v
     }
 
     #[test]
-    fn parses_a_minimal_file_and_names_bad_tensors() {
-        let (version, meta, tensors) = parse(&tiny_gguf(&[("a.weight", &[8], 0, 32)])).unwrap();
+    fn parses_a_minimal_file() {
+        let f = Gguf::new().kv("x.list", 9, array(4, 2, &[1, 0, 0, 0, 2, 0, 0, 0]));
+        let (version, meta, tensors) = parse(&f.bytes()).unwrap();
         assert_eq!(version, 3);
         assert_eq!(meta["general.architecture"].as_str(), Some("llama"));
+        assert_eq!(
+            meta["x.list"],
+            MetaValue::Array(vec![MetaValue::U64(1), MetaValue::U64(2)])
+        );
         assert_eq!(tensors["a.weight"].dims, vec![8]);
-        // An IQ2_XXS tensor (type 16) is refused with its name and type.
-        let e = parse(&tiny_gguf(&[("blk.0.ffn_up.weight", &[256, 2], 16, 32)])).unwrap_err();
-        assert!(e.contains("blk.0.ffn_up.weight") && e.contains("IQ"), "{e}");
-        // Data past the end of the file.
-        let mut f = tiny_gguf(&[("a.weight", &[64], 0, 256)]);
-        f.truncate(f.len() - 100);
-        let e = parse(&f).unwrap_err();
-        assert!(e.contains("a.weight") && e.contains("truncated"), "{e}");
+        assert_eq!(tensors["a.weight"].range.1 - tensors["a.weight"].range.0, 32);
     }
 
     #[test]
     fn rejects_garbage_and_truncation() {
         assert!(parse(b"GGU").unwrap_err().contains("shorter"));
         assert!(parse(b"NOPE\x03\0\0\0").unwrap_err().contains("magic"));
-        let mut v = b"GGUF".to_vec();
-        v.extend(3u32.to_le_bytes());
-        v.extend(u64::MAX.to_le_bytes()); // absurd tensor count
-        v.extend(0u64.to_le_bytes());
-        assert!(parse(&v).unwrap_err().contains("exceeds"));
-        let mut v = b"GGUF".to_vec();
-        v.extend(1u32.to_le_bytes());
-        assert!(parse(&v).unwrap_err().contains("version 1"));
+        Gguf {
+            version: 1,
+            ..Gguf::new()
+        }
+        .fails_with("version 1");
+        // Data past the end of the file.
+        let f = Gguf {
+            data: vec![0; 20],
+            ..Gguf::new()
+        };
+        f.fails_with("`a.weight` (32 bytes at offset 0) runs past the end");
+        // Every prefix of a valid file fails to parse, with a message, never a panic.
+        let whole = Gguf::new()
+            .kv("x.list", 9, array(4, 2, &[1, 0, 0, 0, 2, 0, 0, 0]))
+            .bytes();
+        for n in 0..whole.len() {
+            assert!(parse(&whole[..n]).is_err(), "a prefix of {n} bytes parsed");
+        }
+    }
+
+    #[test]
+    fn counts_are_bounded_by_limits_and_by_the_bytes_left() {
+        // CVE-2024-23605's class: counts that would size huge allocations.
+        Gguf {
+            counts: Some((u64::MAX, 1)),
+            ..Gguf::new()
+        }
+        .fails_with("tensor count 18446744073709551615");
+        Gguf {
+            counts: Some((1 << 19, 1)),
+            ..Gguf::new()
+        }
+        .fails_with("needs more than");
+        Gguf {
+            counts: Some((1, 1 << 17)),
+            ..Gguf::new()
+        }
+        .fails_with("over the limit of 65536");
+        Gguf::new()
+            .kv("big", 8, (1u64 << 40).to_le_bytes().to_vec())
+            .fails_with("string byte count");
+        Gguf::new()
+            .kv("big", 8, 1000u64.to_le_bytes().to_vec())
+            .fails_with("needs more than");
+        // An array of u32 whose count fits in the bytes left only at one byte per item.
+        let f = Gguf::new().kv("a", 9, array(4, 60, &[0; 40]));
+        f.fails_with("array item count 60");
+        // The file-wide item budget: two arrays that each fit, together over it.
+        let two = [array(0, 6, &[0; 6]), array(0, 6, &[0; 6])].concat();
+        let mut c = Cursor {
+            array_items_left: 10,
+            ..Cursor::new(&two)
+        };
+        assert!(c.value(9, 0).is_ok());
+        assert!(c
+            .value(9, 0)
+            .unwrap_err()
+            .contains("array item count 6 at byte 22 is over the limit of 4"));
+        // Arrays of arrays of arrays.
+        let inner = array(9, 1, &array(4, 1, &[0; 4]));
+        Gguf::new()
+            .kv("deep", 9, array(9, 1, &inner))
+            .fails_with("nested deeper");
+        Gguf::new()
+            .kv("t", 13, vec![0; 8])
+            .fails_with("unknown metadata value type 13");
+        Gguf::new().kv("b", 7, vec![2]).fails_with("bool of value 2");
+        Gguf::new()
+            .kv("s", 8, [3u64.to_le_bytes().to_vec(), vec![0xff; 3]].concat())
+            .fails_with("not UTF-8");
+    }
+
+    #[test]
+    fn tensor_dims_and_types_are_checked() {
+        let with = |dims: &[u64], ty: u32| {
+            Gguf {
+                tensors: vec![],
+                ..Gguf::new()
+            }
+            .tensor("t", dims, ty, 0)
+        };
+        with(&[1, 1, 1, 1, 1], 0).fails_with("5 dimensions");
+        with(&[], 0).fails_with("0 dimensions");
+        with(&[0, 5], 0).fails_with("dimension 0 is 0");
+        with(&[8, 0], 0).fails_with("dimension 1 is 0");
+        with(&[8, 1 << 63], 0).fails_with("dimension 1 is");
+        // CVE-2025-53630's class: element count times type size wrapping around.
+        with(&[1152, (1 << 42) + 1, 1 << 20], 0).fails_with("overflow");
+        with(&[1 << 40, 1 << 40], 0).fails_with("overflow");
+        // A row that is not whole Q4_0 blocks of 32.
+        with(&[33, 2], 2).fails_with("not a multiple of the Q4_0 block size 32");
+        with(&[256, 2], 16).fails_with("IQ");
+        with(&[8], 99).fails_with("unsupported type ggml type 99");
+    }
+
+    #[test]
+    fn alignment_and_offsets_are_checked() {
+        let align = |a: u32| Gguf::new().kv("general.alignment", 4, a.to_le_bytes().to_vec());
+        align(0).fails_with("not a power of two");
+        align(48).fails_with("not a power of two");
+        align(1 << 30).fails_with("not a power of two up to");
+        Gguf::new()
+            .kv("general.alignment", 10, 32u64.to_le_bytes().to_vec())
+            .fails_with("not u32");
+        assert!(parse(&align(64).bytes()).is_ok());
+        let offset = |o: u64| {
+            Gguf {
+                tensors: vec![],
+                data: vec![0; 96],
+                ..Gguf::new()
+            }
+            .tensor("t", &[8], 0, o)
+        };
+        offset(4).fails_with("offset 4 is not a multiple of the alignment 32");
+        offset(1 << 62).fails_with("runs past the end");
+        offset(u64::MAX - 31).fails_with("runs past the end");
+        assert!(parse(&offset(64).bytes()).is_ok());
+        // Two tensors over the same bytes, in either order of their infos.
+        let f = Gguf {
+            data: vec![0; 96],
+            ..Gguf::new()
+        }
+        .tensor("b.weight", &[16], 0, 32);
+        assert!(parse(&f.bytes()).is_ok());
+        let f = Gguf {
+            data: vec![0; 96],
+            ..Gguf::new()
+        }
+        .tensor("b.weight", &[16], 0, 0);
+        f.fails_with("`a.weight` and `b.weight` overlap");
+        let f = Gguf {
+            tensors: vec![],
+            data: vec![0; 96],
+            ..Gguf::new()
+        }
+        .tensor("b.weight", &[8], 0, 32)
+        .tensor("a.weight", &[16], 0, 0);
+        f.fails_with("overlap");
+    }
+
+    #[test]
+    fn duplicate_keys_and_tensor_names_are_rejected() {
+        Gguf::new()
+            .kv("general.architecture", 8, enc_str("qwen2"))
+            .fails_with("`general.architecture` appears twice");
+        let f = Gguf {
+            data: vec![0; 64],
+            ..Gguf::new()
+        }
+        .tensor("a.weight", &[8], 0, 32);
+        f.fails_with("tensor `a.weight` appears twice");
+    }
+
+    #[test]
+    fn ranges_from_elsewhere_are_never_used() {
+        let dir = std::env::temp_dir().join(format!("r1-gguf-range-{}", std::process::id()));
+        std::fs::write(&dir, Gguf::new().bytes()).unwrap();
+        let g = GgufFile::open(&dir).unwrap();
+        let forged = TensorInfo {
+            dims: vec![8],
+            dtype: GgmlDType::F32,
+            range: (0, 1 << 40),
+        };
+        assert!(g.bytes(&forged).is_empty());
+        g.release(&forged);
+        g.release_bytes(&[0u8; 64]);
+        release(&g.mmap, (1 << 40, 1 << 41));
+        assert_eq!(g.bytes(&g.tensors["a.weight"]).len(), 32);
+        std::fs::remove_file(&dir).unwrap();
     }
 }
