@@ -47,19 +47,12 @@ impl SafetensorsFile {
             path: path.to_path_buf(),
             msg,
         };
+        // The crate's checks (its audited rules): a header of at most 100 MB inside the file,
+        // offsets contiguous from 0 without overlap, each tensor's bytes its shape times its
+        // dtype, and no bytes after the last tensor.
         let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
             .map_err(|e| bad(format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
         let data_start = 8 + header_len;
-        let data_len = mmap.len().saturating_sub(data_start);
-        for (name, info) in metadata.tensors() {
-            if info.data_offsets.1 > data_len {
-                return Err(bad(format!(
-                    "tensor `{name}` ends at byte {} of the data section but the file has only {data_len} \
-                     (truncated file?)",
-                    info.data_offsets.1
-                )));
-            }
-        }
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             mmap,
@@ -124,12 +117,20 @@ impl SafetensorsStore {
                 });
             }
         };
-        let mut files = Vec::with_capacity(paths.len());
+        let mut files: Vec<SafetensorsFile> = Vec::with_capacity(paths.len());
         let mut index = HashMap::new();
         for (i, p) in paths.iter().enumerate() {
             let file = SafetensorsFile::open(p)?;
             for name in file.names() {
-                index.insert(name, i);
+                if let Some(j) = index.insert(name.clone(), i) {
+                    return Err(Error::BadWeights {
+                        path: p.clone(),
+                        msg: format!(
+                            "tensor `{name}` is also in {}: a tensor must be in one shard",
+                            paths[j].display()
+                        ),
+                    });
+                }
             }
             files.push(file);
         }
@@ -168,8 +169,15 @@ impl SafetensorsStore {
     }
 }
 
-/// The distinct shard files named by an index's `weight_map`, in first-seen order.
+/// The distinct shard files named by an index's `weight_map`, in first-seen order. Each is a
+/// bare file name of the index's folder (no path, no `..`), and resolves, through any symlink,
+/// to a file inside that folder, or inside the `blobs` folder of a Hugging Face cache when the
+/// folder is one of its snapshots.
 fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
+    let bad = |msg: String| Error::BadWeights {
+        path: index.to_path_buf(),
+        msg,
+    };
     let text = std::fs::read_to_string(index).map_err(|source| Error::Io {
         path: index.to_path_buf(),
         source,
@@ -178,21 +186,179 @@ fn shard_paths(index: &Path) -> Result<Vec<PathBuf>> {
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::BadWeights {
-            path: index.to_path_buf(),
-            msg: "no `weight_map` object".into(),
-        })?;
+        .ok_or_else(|| bad("no `weight_map` object".into()))?;
     let dir = index.parent().unwrap_or(Path::new("."));
+    let roots = allowed_roots(dir).map_err(|e| bad(format!("resolving the checkpoint folder: {e}")))?;
     let mut out: Vec<PathBuf> = Vec::new();
     for (name, file) in map {
-        let file = file.as_str().ok_or_else(|| Error::BadWeights {
-            path: index.to_path_buf(),
-            msg: format!("weight_map entry `{name}` is not a file name"),
-        })?;
-        let p = dir.join(file);
-        if !out.contains(&p) {
-            out.push(p);
+        let file = file
+            .as_str()
+            .ok_or_else(|| bad(format!("weight_map entry `{name}` is not a file name")))?;
+        if !is_bare_file_name(file) {
+            return Err(bad(format!(
+                "weight_map entry `{name}` names {file:?}: shards must be file names inside the checkpoint folder"
+            )));
         }
+        let p = dir.join(file);
+        if out.contains(&p) {
+            continue;
+        }
+        let real = p.canonicalize().map_err(|source| Error::Io {
+            path: p.clone(),
+            source,
+        })?;
+        if !roots.iter().any(|r| real.starts_with(r)) {
+            return Err(bad(format!(
+                "shard {file:?} resolves to {}, outside the checkpoint folder",
+                real.display()
+            )));
+        }
+        out.push(p);
     }
     Ok(out)
+}
+
+/// A single normal path component: not empty, no separator, not `.` or `..`.
+fn is_bare_file_name(file: &str) -> bool {
+    let mut parts = Path::new(file).components();
+    matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    ) && !file.contains(['/', '\\'])
+}
+
+/// Where the shards of `dir` may live: the folder itself, and for a Hugging Face cache
+/// snapshot (`models--org--name/snapshots/<rev>`, whose files link to `../../blobs/<hash>`) that
+/// repository's `blobs`.
+fn allowed_roots(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let real = dir.canonicalize()?;
+    let mut roots = vec![real.clone()];
+    let snapshots = real.parent().filter(|p| p.file_name() == Some("snapshots".as_ref()));
+    if let Some(repo) = snapshots.and_then(Path::parent) {
+        roots.push(repo.join("blobs"));
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh folder under the system's temp dir.
+    fn folder(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("r1-st-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A safetensors file: the 8-byte length, `header`, then `data`.
+    fn file(header: &str, data: &[u8]) -> Vec<u8> {
+        let mut v = (header.len() as u64).to_le_bytes().to_vec();
+        v.extend(header.as_bytes());
+        v.extend(data);
+        v
+    }
+
+    const ONE: &str = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+
+    fn open_err(dir: &Path, bytes: &[u8]) -> String {
+        let p = dir.join("model.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        match SafetensorsFile::open(&p) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn headers_follow_the_safetensors_rules() {
+        let d = folder("rules");
+        std::fs::write(d.join("model.safetensors"), file(ONE, &[0; 8])).unwrap();
+        assert!(SafetensorsStore::open(&d).is_ok());
+        // The header's length past the end of the file, and over 100 MB.
+        let mut v = file(ONE, &[0; 8]);
+        v[..8].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(open_err(&d, &v).contains("invalid header length"));
+        v[..8].copy_from_slice(&(200u64 << 20).to_le_bytes());
+        assert!(open_err(&d, &v).contains("header too large"));
+        assert!(open_err(&d, &[1, 2, 3]).contains("header too small"));
+        // Offsets with a gap, overlapping, and bytes that are not the shape's.
+        let gap = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
+        assert!(open_err(&d, &file(gap, &[0; 12])).contains("invalid offset for tensor `b`"));
+        let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        assert!(open_err(&d, &file(overlap, &[0; 8])).contains("invalid offset for tensor `b`"));
+        let wrong = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
+        assert!(open_err(&d, &file(wrong, &[0; 8])).contains("invalid shape, data type, or offset"));
+        let huge = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
+        assert!(open_err(&d, &file(huge, &[0; 8])).contains("overflow computing buffer size"));
+        // Truncated data, and data after the last tensor.
+        assert!(open_err(&d, &file(ONE, &[0; 4])).contains("file not fully covered"));
+        assert!(open_err(&d, &file(ONE, &[0; 12])).contains("file not fully covered"));
+        assert!(open_err(&d, &file("{not json", &[])).contains("invalid JSON in header"));
+    }
+
+    fn index(dir: &Path, map: &str) {
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            format!(r#"{{"weight_map":{map}}}"#),
+        )
+        .unwrap();
+    }
+
+    fn store_err(dir: &Path) -> String {
+        match SafetensorsStore::open(dir) {
+            Ok(_) => panic!("opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn shards_stay_inside_the_folder() {
+        let root = folder("shards");
+        let d = root.join("model");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(root.join("outside.safetensors"), file(ONE, &[0; 8])).unwrap();
+        std::fs::write(d.join("s1.safetensors"), file(ONE, &[0; 8])).unwrap();
+        index(&d, r#"{"a":"s1.safetensors"}"#);
+        assert!(SafetensorsStore::open(&d).is_ok());
+        for bad in [
+            "../outside.safetensors",
+            "/etc/passwd",
+            "sub/s1.safetensors",
+            "..",
+            "",
+            "a\\\\b",
+        ] {
+            index(&d, &format!(r#"{{"a":{bad:?}}}"#));
+            let e = store_err(&d);
+            assert!(
+                e.contains("must be file names inside the checkpoint folder"),
+                "{bad}: {e}"
+            );
+        }
+        // A link inside the folder that leads out of it.
+        std::os::unix::fs::symlink(root.join("outside.safetensors"), d.join("link.safetensors")).unwrap();
+        index(&d, r#"{"a":"link.safetensors"}"#);
+        assert!(store_err(&d).contains("outside the checkpoint folder"));
+        // A tensor in two shards.
+        std::fs::write(d.join("s2.safetensors"), file(ONE, &[0; 8])).unwrap();
+        index(&d, r#"{"a":"s1.safetensors","b":"s2.safetensors"}"#);
+        assert!(store_err(&d).contains("tensor `a` is also in"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_hugging_face_cache_snapshot_may_link_to_its_blobs() {
+        let root = folder("hfcache");
+        let repo = root.join("models--org--name");
+        let snap = repo.join("snapshots").join("abc123");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs").join("f00d"), file(ONE, &[0; 8])).unwrap();
+        std::os::unix::fs::symlink("../../blobs/f00d", snap.join("s1.safetensors")).unwrap();
+        index(&snap, r#"{"a":"s1.safetensors"}"#);
+        assert!(SafetensorsStore::open(&snap).is_ok());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
