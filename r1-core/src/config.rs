@@ -341,9 +341,13 @@ impl<'a> Fields<'a> {
             None => Ok(vec![]),
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_u64().map(|n| n as u32).ok_or_else(bad))
+                .map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()).ok_or_else(bad))
                 .collect(),
-            Some(v) => v.as_u64().map(|n| vec![n as u32]).ok_or_else(bad),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|n| vec![n])
+                .ok_or_else(bad),
         }
     }
 }
@@ -414,6 +418,7 @@ impl ModelConfig {
                 path.display()
             )));
         }
+        cfg.validate(path)?;
         Ok(cfg)
     }
 
@@ -538,38 +543,7 @@ fn moe_config(f: &Fields, arch: Architecture) -> Result<MoeConfig> {
         routed_scaling_factor: f.f64_or("routed_scaling_factor", if v3 { 2.5 } else { 1.0 })?,
         scale_normalized: v3,
     };
-    validate_moe(f, &cfg)?;
     Ok(cfg)
-}
-
-fn validate_moe(f: &Fields, m: &MoeConfig) -> Result<()> {
-    if m.moe_layer_freq == 0 {
-        return Err(f.err("`moe_layer_freq` must be at least 1".into()));
-    }
-    if m.n_routed_experts == 0 || m.num_experts_per_tok == 0 {
-        return Err(f.err("`n_routed_experts` and `num_experts_per_tok` must be set and positive".into()));
-    }
-    if m.n_group == 0 || !m.n_routed_experts.is_multiple_of(m.n_group) {
-        return Err(f.err(format!(
-            "`n_routed_experts` {} is not a multiple of `n_group` {}",
-            m.n_routed_experts, m.n_group
-        )));
-    }
-    let per_group = m.n_routed_experts / m.n_group;
-    if m.topk_group == 0 || m.topk_group > m.n_group {
-        return Err(f.err(format!("`topk_group` {} must be in 1..={}", m.topk_group, m.n_group)));
-    }
-    if m.num_experts_per_tok > m.topk_group * per_group {
-        return Err(f.err(format!(
-            "`num_experts_per_tok` {} exceeds the experts of the kept groups ({})",
-            m.num_experts_per_tok,
-            m.topk_group * per_group
-        )));
-    }
-    if m.topk_method == TopkMethod::NoauxTc && per_group < 2 {
-        return Err(f.err("noaux_tc ranks groups by their top-2 scores: groups need 2+ experts".into()));
-    }
-    Ok(())
 }
 
 /// Rope parameters live in `rope_scaling` (most checkpoints) or `rope_parameters` (transformers 5).
@@ -755,7 +729,8 @@ impl ModelConfig {
             AttentionConfig::Gqa(GqaConfig {
                 num_heads,
                 num_kv_heads,
-                head_dim: usize_opt("attention.key_length").unwrap_or(hidden_size / num_heads),
+                // No heads: `validate` names `num_attention_heads`.
+                head_dim: usize_opt("attention.key_length").unwrap_or(hidden_size.checked_div(num_heads).unwrap_or(0)),
                 qkv_bias: has("blk.0.attn_q.bias"),
                 o_bias: has("blk.0.attn_output.bias"),
             })
@@ -795,9 +770,10 @@ impl ModelConfig {
         let tok_id = |k: &str| {
             g.get(&format!("tokenizer.ggml.{k}"))
                 .and_then(MetaValue::as_u64)
-                .map(|v| v as u32)
+                // An id past u32 is outside every vocabulary, which `validate` then says.
+                .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
         };
-        Ok(ModelConfig {
+        let cfg = ModelConfig {
             arch,
             vocab_size,
             hidden_size,
@@ -813,7 +789,9 @@ impl ModelConfig {
             attention,
             moe,
             fp8: None,
-        })
+        };
+        cfg.validate(path)?;
+        Ok(cfg)
     }
 }
 
@@ -861,4 +839,262 @@ fn gguf_rope(g: &Metadata, arch_name: &str, arch: Architecture) -> Result<RopeCo
 /// Where a checkpoint folder keeps its config.
 pub fn config_path(dir: &Path) -> PathBuf {
     dir.join("config.json")
+}
+
+/// The bounds [`ModelConfig::validate`] holds sizes to: far above every released model, low
+/// enough that no product of them overflows or asks for an absurd allocation.
+pub(crate) mod bounds {
+    /// Vocabulary entries (DeepSeek-V3: 129,280; Llama 3: 128,256).
+    pub const VOCAB: usize = 1 << 22;
+    /// Width of the residual stream and of any projection (DeepSeek-V3: 7,168).
+    pub const WIDTH: usize = 1 << 16;
+    /// Hidden size of an MLP or an expert (Llama 3.1 405B: 53,248).
+    pub const INTERMEDIATE: usize = 1 << 18;
+    /// Decoder layers (DeepSeek-V3: 61; Llama 3.1 405B: 126).
+    pub const LAYERS: usize = 1 << 10;
+    /// Attention heads (DeepSeek-V3: 128).
+    pub const HEADS: usize = 1 << 12;
+    /// Size of one head.
+    pub const HEAD_DIM: usize = 1 << 12;
+    /// Positions of the context.
+    pub const POSITIONS: usize = 1 << 24;
+    /// Routed experts in a layer (DeepSeek-V3: 256).
+    pub const EXPERTS: usize = 1 << 14;
+}
+
+impl ModelConfig {
+    /// Checks every size, id and factor the models divide by, index with or allocate from,
+    /// for configs from `config.json` and from GGUF metadata alike: the first bad field is an
+    /// error naming it (with transformers' name for it) and `path`.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let err = |msg: String| {
+            Err(Error::Config {
+                path: path.to_path_buf(),
+                msg,
+            })
+        };
+        let sized = |name: &str, v: usize, max: usize| -> Result<()> {
+            if (1..=max).contains(&v) {
+                Ok(())
+            } else {
+                err(format!("`{name}` is {v}; it must be in 1..={max}"))
+            }
+        };
+        sized("vocab_size", self.vocab_size, bounds::VOCAB)?;
+        sized("hidden_size", self.hidden_size, bounds::WIDTH)?;
+        sized("num_hidden_layers", self.num_hidden_layers, bounds::LAYERS)?;
+        sized(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            bounds::POSITIONS,
+        )?;
+        if self.has_dense_mlp() {
+            sized("intermediate_size", self.intermediate_size, bounds::INTERMEDIATE)?;
+        }
+        for (name, id) in self
+            .bos_token_id
+            .iter()
+            .map(|&b| ("bos_token_id", b))
+            .chain(self.eos_token_ids.iter().map(|&e| ("eos_token_id", e)))
+        {
+            if id as usize >= self.vocab_size {
+                return err(format!(
+                    "`{name}` {id} is outside the vocabulary of {}",
+                    self.vocab_size
+                ));
+            }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            return err(format!(
+                "`rms_norm_eps` {} must be a finite number >= 0",
+                self.rms_norm_eps
+            ));
+        }
+        self.validate_attention(&sized, &err)?;
+        self.validate_rope(&err)?;
+        if let Some(m) = &self.moe {
+            m.validate(&sized, &err)?;
+        }
+        Ok(())
+    }
+
+    /// Whether some layer uses the dense MLP (every layer of Llama and Qwen2).
+    fn has_dense_mlp(&self) -> bool {
+        match &self.moe {
+            None => true,
+            Some(m) => (0..self.num_hidden_layers).any(|l| !m.is_moe_layer(l)),
+        }
+    }
+
+    fn validate_attention(
+        &self,
+        sized: &dyn Fn(&str, usize, usize) -> Result<()>,
+        err: &dyn Fn(String) -> Result<()>,
+    ) -> Result<()> {
+        match &self.attention {
+            AttentionConfig::Gqa(g) => {
+                sized("num_attention_heads", g.num_heads, bounds::HEADS)?;
+                sized("num_key_value_heads", g.num_kv_heads, g.num_heads)?;
+                sized("head_dim", g.head_dim, bounds::HEAD_DIM)?;
+                if !g.num_heads.is_multiple_of(g.num_kv_heads) {
+                    return err(format!(
+                        "`num_attention_heads` {} is not a multiple of `num_key_value_heads` {}",
+                        g.num_heads, g.num_kv_heads
+                    ));
+                }
+                if !g.head_dim.is_multiple_of(2) {
+                    return err(format!("`head_dim` {} must be even (rotary pairs)", g.head_dim));
+                }
+                sized(
+                    "num_attention_heads * head_dim",
+                    g.num_heads * g.head_dim,
+                    bounds::WIDTH,
+                )
+            }
+            AttentionConfig::Mla(m) => {
+                sized("num_attention_heads", m.num_heads, bounds::HEADS)?;
+                sized("kv_lora_rank", m.kv_lora_rank, bounds::WIDTH)?;
+                sized("qk_rope_head_dim", m.qk_rope_head_dim, bounds::HEAD_DIM)?;
+                sized("v_head_dim", m.v_head_dim, bounds::HEAD_DIM)?;
+                if m.qk_nope_head_dim > bounds::HEAD_DIM {
+                    return err(format!(
+                        "`qk_nope_head_dim` {} is over {}",
+                        m.qk_nope_head_dim,
+                        bounds::HEAD_DIM
+                    ));
+                }
+                if let Some(r) = m.q_lora_rank {
+                    sized("q_lora_rank", r, bounds::WIDTH)?;
+                }
+                if !m.qk_rope_head_dim.is_multiple_of(2) {
+                    return err(format!(
+                        "`qk_rope_head_dim` {} must be even (rotary pairs)",
+                        m.qk_rope_head_dim
+                    ));
+                }
+                let q = m.num_heads * (m.qk_nope_head_dim + m.qk_rope_head_dim);
+                sized(
+                    "num_attention_heads * (qk_nope_head_dim + qk_rope_head_dim)",
+                    q,
+                    bounds::WIDTH * 4,
+                )
+            }
+        }
+    }
+
+    fn validate_rope(&self, err: &dyn Fn(String) -> Result<()>) -> Result<()> {
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                err(format!("`{name}` {v} must be a finite number > 0"))
+            }
+        };
+        positive("rope_theta", self.rope.theta)?;
+        match &self.rope.scaling {
+            RopeScaling::None => Ok(()),
+            RopeScaling::Linear { factor } => positive("rope_scaling.factor", *factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive("rope_scaling.factor", *factor)?;
+                positive("rope_scaling.low_freq_factor", *low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", *high_freq_factor)?;
+                positive(
+                    "rope_scaling.original_max_position_embeddings",
+                    *original_max_position_embeddings,
+                )?;
+                if high_freq_factor <= low_freq_factor {
+                    return err(format!(
+                        "`rope_scaling.high_freq_factor` {high_freq_factor} must be above `low_freq_factor` {low_freq_factor}"
+                    ));
+                }
+                Ok(())
+            }
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+                mscale_all_dim,
+            } => {
+                positive("rope_scaling.factor", *factor)?;
+                positive(
+                    "rope_scaling.original_max_position_embeddings",
+                    *original_max_position_embeddings,
+                )?;
+                positive("rope_scaling.beta_fast", *beta_fast)?;
+                positive("rope_scaling.beta_slow", *beta_slow)?;
+                positive("rope_scaling.attention_factor", *attention_factor)?;
+                match mscale_all_dim {
+                    Some(m) if !m.is_finite() => err(format!("`rope_scaling.mscale_all_dim` {m} must be finite")),
+                    _ => Ok(()),
+                }
+            }
+            RopeScaling::Factors(f) => match f.iter().find(|d| !(d.is_finite() && **d > 0.0)) {
+                Some(d) => err(format!(
+                    "rope_freqs.weight holds {d}; every factor must be finite and > 0"
+                )),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+impl MoeConfig {
+    /// The expert counts and groups the router indexes with (see [`ModelConfig::validate`]).
+    fn validate(
+        &self,
+        sized: &dyn Fn(&str, usize, usize) -> Result<()>,
+        err: &dyn Fn(String) -> Result<()>,
+    ) -> Result<()> {
+        sized("n_routed_experts", self.n_routed_experts, bounds::EXPERTS)?;
+        sized("num_experts_per_tok", self.num_experts_per_tok, self.n_routed_experts)?;
+        sized(
+            "moe_intermediate_size",
+            self.moe_intermediate_size,
+            bounds::INTERMEDIATE,
+        )?;
+        sized("moe_layer_freq", self.moe_layer_freq, bounds::LAYERS)?;
+        if self.n_shared_experts > bounds::EXPERTS {
+            return err(format!(
+                "`n_shared_experts` {} is over {}",
+                self.n_shared_experts,
+                bounds::EXPERTS
+            ));
+        }
+        sized("n_group", self.n_group, self.n_routed_experts)?;
+        if !self.n_routed_experts.is_multiple_of(self.n_group) {
+            return err(format!(
+                "`n_routed_experts` {} is not a multiple of `n_group` {}",
+                self.n_routed_experts, self.n_group
+            ));
+        }
+        sized("topk_group", self.topk_group, self.n_group)?;
+        let per_group = self.n_routed_experts / self.n_group;
+        if self.num_experts_per_tok > self.topk_group * per_group {
+            return err(format!(
+                "`num_experts_per_tok` {} exceeds the experts of the kept groups ({})",
+                self.num_experts_per_tok,
+                self.topk_group * per_group
+            ));
+        }
+        if self.topk_method == TopkMethod::NoauxTc && self.topk_group < self.n_group && per_group < 2 {
+            return err(format!(
+                "noaux_tc ranks groups by their two best scores, but `n_group` {} leaves {per_group} expert per group",
+                self.n_group
+            ));
+        }
+        if !(self.routed_scaling_factor.is_finite() && self.routed_scaling_factor > 0.0) {
+            return err(format!(
+                "`routed_scaling_factor` {} must be a finite number > 0",
+                self.routed_scaling_factor
+            ));
+        }
+        Ok(())
+    }
 }
