@@ -171,15 +171,41 @@ pub struct ChatTemplate {
     eos_token: String,
 }
 
+/// The sandbox a template from a file runs in. Templates come with model files from anyone, so
+/// a render is bounded in work, memory, output and nesting, and sees no file system: the
+/// environment has no loader (`include` and `import` find nothing) and exposes no host objects.
+pub(crate) mod sandbox {
+    /// Longest template source (real chat templates are under 64 KB).
+    pub const SOURCE_BYTES: usize = 1 << 20;
+    /// Fuel of a render before its input is counted: minijinja charges one per instruction and
+    /// about one per 64 bytes of data created, so this bounds both time (half a million
+    /// instructions) and memory (about 32 MB).
+    pub const BASE_FUEL: u64 = 500_000;
+    /// Input bytes (messages and tool schemas) per extra fuel: at one fuel per 4 bytes, each
+    /// input byte may be copied, split and written about 16 times over.
+    pub const INPUT_BYTES_PER_FUEL: u64 = 4;
+    /// Output allowed before the input is counted.
+    pub const BASE_OUTPUT_BYTES: usize = 4 << 20;
+    /// Nesting of macros, loops and blocks (minijinja's default is 500).
+    pub const RECURSION: usize = 128;
+}
+
 impl ChatTemplate {
     /// A template from Jinja source. It is compiled now, so a broken template fails at load.
     pub fn new(source: &str) -> Result<Self> {
+        if source.len() > sandbox::SOURCE_BYTES {
+            return Err(Error::Template(format!(
+                "the template is {} bytes; at most {} are accepted",
+                source.len(),
+                sandbox::SOURCE_BYTES
+            )));
+        }
         let t = ChatTemplate {
             source: source.to_string(),
             bos_token: String::new(),
             eos_token: String::new(),
         };
-        environment().template_from_str(&t.source).map_err(template_error)?;
+        environment(0).template_from_str(&t.source).map_err(template_error)?;
         Ok(t)
     }
 
@@ -228,8 +254,9 @@ impl ChatTemplate {
                     .map_err(|e| Error::InvalidArgument(format!("tool schema {i} is not valid JSON: {e}")))
             })
             .collect::<Result<_>>()?;
+        let input = input_bytes(messages) + tools_len(&tools);
         let tools = (!tools.is_empty()).then_some(tools);
-        let env = environment();
+        let env = environment(input);
         let template = env.template_from_str(&self.source).map_err(template_error)?;
         let ctx = minijinja::context! {
             messages => minijinja::Value::from(minijinja::value::Serde(messages)),
@@ -238,14 +265,66 @@ impl ChatTemplate {
             eos_token => &self.eos_token,
             tools => tools.map(|t| minijinja::Value::from(minijinja::value::Serde(t))),
         };
-        template.render(ctx).map_err(template_error)
+        let cap = sandbox::BASE_OUTPUT_BYTES.saturating_add(input.saturating_mul(2));
+        let mut out = Capped { bytes: Vec::new(), cap };
+        template
+            .render_captured_to(ctx, &mut out)
+            .map_err(|e| match out.bytes.len() >= cap {
+                true => Error::Template(format!("the rendered prompt would be over {cap} bytes")),
+                false => template_error(e),
+            })?;
+        String::from_utf8(out.bytes).map_err(|e| Error::Template(format!("rendered text is not UTF-8: {e}")))
+    }
+}
+
+/// The bytes of the messages (and a little for each one's fields), what the sandbox scales with.
+fn input_bytes(messages: &[Message]) -> usize {
+    let calls = |m: &Message| {
+        m.tool_calls
+            .iter()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum::<usize>()
+    };
+    messages
+        .iter()
+        .map(|m| m.content.len() + m.role.len() + calls(m) + 64)
+        .sum()
+}
+
+/// The bytes of the tool schemas, as the template sees them.
+fn tools_len(tools: &[Value]) -> usize {
+    tools.iter().map(|t| t.to_string().len()).sum()
+}
+
+/// A writer that refuses to grow past `cap` bytes: the render fails instead of filling memory.
+struct Capped {
+    bytes: Vec<u8>,
+    cap: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > self.cap {
+            self.bytes.resize(self.cap, 0);
+            return Err(std::io::Error::other("output cap"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// A minijinja environment with Hugging Face's conventions: Python string/dict methods
-/// (`.strip()`, `.split()`, `.items()`…), `raise_exception`, and `tojson`.
-fn environment() -> minijinja::Environment<'static> {
+/// (`.strip()`, `.split()`, `.items()`…), `raise_exception`, and `tojson`; inside the
+/// [`sandbox`], with fuel for `input` bytes.
+fn environment(input: usize) -> minijinja::Environment<'static> {
     let mut env = minijinja::Environment::new();
+    let fuel = sandbox::BASE_FUEL.saturating_add(input as u64 / sandbox::INPUT_BYTES_PER_FUEL);
+    env.set_fuel(Some(fuel));
+    env.set_recursion_limit(sandbox::RECURSION);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(
         "raise_exception",
@@ -329,5 +408,97 @@ mod tests {
     fn python_methods_work() {
         let t = ChatTemplate::new("{{ messages[0].content.strip().upper() }}|{{ 'a,b'.split(',')[-1] }}").unwrap();
         assert_eq!(t.render(&[Message::user("  hi ")], false, &[]).unwrap(), "HI|b");
+    }
+
+    /// Renders `source` on one user message, timing it: hostile templates must fail fast.
+    fn hostile(source: &str, content: &str) -> (Result<String>, std::time::Duration) {
+        let t0 = std::time::Instant::now();
+        let r = ChatTemplate::new(source).and_then(|t| t.render(&[Message::user(content)], true, &[]));
+        (r, t0.elapsed())
+    }
+
+    fn fails_fast(source: &str, content: &str, needle: &str) {
+        let (r, took) = hostile(source, content);
+        let name: String = source.chars().take(60).collect();
+        match r {
+            Ok(s) => panic!("{name:?} rendered {} bytes", s.len()),
+            Err(e) => {
+                let msg: String = e
+                    .to_string()
+                    .chars()
+                    .rev()
+                    .take(200)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                assert!(e.to_string().contains(needle), "{name:?}: …{msg}");
+            }
+        }
+        assert!(took < std::time::Duration::from_secs(1), "{name:?} took {took:?}");
+    }
+
+    #[test]
+    fn templates_cannot_reach_the_host() {
+        // The Jinja escapes of CVE-2024-34359: Python objects do not exist here.
+        for escape in [
+            "{{ self.__init__.__globals__ }}",
+            "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+            "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+            "{{ lipsum.__globals__['os'].popen('id').read() }}",
+        ] {
+            match hostile(escape, "hi").0 {
+                Ok(s) => assert!(s.is_empty(), "{escape:?} gave {s:?}"),
+                Err(e) => assert!(matches!(e, Error::Template(_)), "{e}"),
+            }
+        }
+        // No loader: nothing to include or import, absolute or relative.
+        fails_fast("{% include '/etc/passwd' %}", "hi", "not found");
+        fails_fast("{% import '../../secrets' as s %}", "hi", "not found");
+        fails_fast("{% extends 'base.html' %}", "hi", "not found");
+    }
+
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        fails_fast(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "",
+            "fuel",
+        );
+        fails_fast(
+            "{% for i in range(100) %}{% set s = 'x' * 10**8 %}{% endfor %}",
+            "",
+            "fuel",
+        );
+        fails_fast(
+            "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+            "",
+            "fuel",
+        );
+        fails_fast("{{ (messages[0].content ~ '') * 100000000 }}", "abc", "fuel");
+        // Real templates on long chats keep enough fuel: a megabyte of content renders.
+        let long = "word ".repeat(200_000);
+        let (r, _) = hostile(DEEPSEEK_R1_TEMPLATE, &long);
+        assert!(r.unwrap().len() > long.len());
+    }
+
+    #[test]
+    fn recursion_nesting_and_size_are_bounded() {
+        fails_fast(
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            "",
+            "recursion",
+        );
+        let deep_if = format!("{}x{}", "{% if true %}".repeat(10_000), "{% endif %}".repeat(10_000));
+        fails_fast(&deep_if, "", "maximum recursion");
+        let deep_parens = format!("{{{{ {}1{} }}}}", "(".repeat(100_000), ")".repeat(100_000));
+        fails_fast(&deep_parens, "", "maximum recursion");
+        let huge = "x".repeat(sandbox::SOURCE_BYTES + 1);
+        fails_fast(&huge, "", "at most");
+        // Output past the cap: four copies of a 4 MB message.
+        let big = "y".repeat(4 << 20);
+        let four =
+            "{{ messages[0].content }}{{ messages[0].content }}{{ messages[0].content }}{{ messages[0].content }}";
+        fails_fast(four, &big, "would be over");
     }
 }
