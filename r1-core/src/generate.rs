@@ -58,13 +58,15 @@ const THINK_CLOSE: &str = "</think>\n\n";
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GenerateParams {
-    /// Most tokens to generate (default 2048).
+    /// Most tokens to generate (default 2048; at least 1). A large value means "until the
+    /// context is full".
     pub max_tokens: usize,
     /// The sampling chain's settings (default: DeepSeek-R1's recommendation).
     pub sampling: SamplingParams,
     /// Strings that end generation; the text before one is emitted, the stop itself is not.
+    /// At most 256, each 1 to 1,024 bytes.
     pub stop: Vec<String>,
-    /// Extra end tokens besides the model's own.
+    /// Extra end tokens besides the model's own (ids inside the vocabulary).
     pub stop_token_ids: Vec<u32>,
     /// Whether output starts inside `<think>`; `None` = when the prompt text ends with
     /// `<think>` (optionally followed by a newline), as R1 chat prompts do.
@@ -330,6 +332,51 @@ pub struct Generation {
     done: bool,
 }
 
+/// Most tokens of a generation whose cache rows are reserved before it starts.
+const RESERVE_AHEAD: usize = 32 * 1024;
+
+/// Most stop sequences a generation takes.
+pub(crate) const MAX_STOP_SEQUENCES: usize = 256;
+
+/// Longest stop sequence, in bytes.
+pub(crate) const MAX_STOP_BYTES: usize = 1024;
+
+impl GenerateParams {
+    /// Checks every parameter before any work starts, naming the first bad one: the sampling
+    /// values, `max_tokens` (at least 1), the stop sequences (none empty, at most
+    /// [`MAX_STOP_SEQUENCES`] of at most [`MAX_STOP_BYTES`]), and every token id (stop tokens,
+    /// logit bias) inside a vocabulary of `vocab_size`.
+    pub(crate) fn check(&self, vocab_size: usize) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        self.sampling.validate()?;
+        if self.max_tokens == 0 {
+            return bad("max_tokens is 0: at least one token must be allowed".into());
+        }
+        if self.stop.len() > MAX_STOP_SEQUENCES {
+            return bad(format!(
+                "{} stop sequences: at most {MAX_STOP_SEQUENCES}",
+                self.stop.len()
+            ));
+        }
+        for (i, s) in self.stop.iter().enumerate() {
+            if s.is_empty() || s.len() > MAX_STOP_BYTES {
+                return bad(format!("stop[{i}] is {} bytes: 1 to {MAX_STOP_BYTES}", s.len()));
+            }
+        }
+        let ids = self.stop_token_ids.iter().map(|&t| ("stop_token_ids", t));
+        let bias = self.sampling.logit_bias.iter().map(|&(t, _)| ("logit_bias", t));
+        if let Some((what, t)) = ids.chain(bias).find(|&(_, t)| t as usize >= vocab_size) {
+            return bad(format!(
+                "{what} holds token id {t}, outside the vocabulary of {vocab_size}"
+            ));
+        }
+        if let Some(k) = self.top_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
+            return bad(format!("top_logprobs {k}: at most {MAX_TOP_LOGPROBS}"));
+        }
+        Ok(())
+    }
+}
+
 impl Generation {
     /// Checks the prompt and the parameters against the engine.
     pub(crate) fn prepare(engine: &Engine, ids: &[u32], params: &GenerateParams) -> Result<Prepared> {
@@ -349,11 +396,7 @@ impl Generation {
                 engine.model().vocab_size()
             )));
         }
-        if let Some(k) = params.top_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
-            return Err(Error::InvalidArgument(format!(
-                "top_logprobs {k}: at most {MAX_TOP_LOGPROBS}"
-            )));
-        }
+        params.check(engine.model().vocab_size())?;
         let tokenizer = engine.tokenizer();
         let starts_in_reasoning = match params.starts_in_reasoning {
             Some(s) => s,
@@ -386,7 +429,9 @@ impl Generation {
         home: Option<Home>,
         session_cancel: Option<CancelHandle>,
     ) -> Generation {
-        cache.reserve(ids.len() + params.max_tokens);
+        // Reserved up front for the usual length, grown by doubling past it: a `max_tokens` of
+        // "until the context is full" must not allocate the whole context at once.
+        cache.reserve(ids.len().saturating_add(params.max_tokens.min(RESERVE_AHEAD)));
         let usage = Usage {
             prompt_tokens: ids.len(),
             cached_prompt_tokens: cache.len(),

@@ -49,11 +49,7 @@ type Candidate = (u32, f32);
 impl Stage {
     fn apply(&self, c: &mut Vec<Candidate>, history: &[u32]) {
         match self {
-            Stage::LogitBias(bias) => {
-                let map: HashMap<u32, f32> = bias.iter().copied().collect();
-                c.iter_mut()
-                    .for_each(|(id, l)| *l += map.get(id).copied().unwrap_or(0.0));
-            }
+            Stage::LogitBias(bias) => apply_bias(c, bias),
             Stage::Penalties {
                 repetition,
                 presence,
@@ -74,7 +70,14 @@ impl Stage {
                     }
                 }
             }
-            Stage::Temperature(t) => c.iter_mut().for_each(|(_, l)| *l /= t),
+            Stage::Temperature(t) => {
+                // Relative to the best logit, so that a tiny temperature sends the others to
+                // -inf rather than the best one to +inf (inf - inf is NaN in the softmax).
+                let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
+                if max.is_finite() {
+                    c.iter_mut().for_each(|(_, l)| *l = (*l - max) / t);
+                }
+            }
             Stage::TopK(k) => {
                 sort_desc(c);
                 c.truncate((*k).max(1));
@@ -114,6 +117,15 @@ impl Stage {
             Stage::Penalties { repetition, .. } if !(repetition > 0.0 && repetition.is_finite()) => {
                 bad(format!("repetition penalty {repetition} must be > 0"))
             }
+            Stage::Penalties {
+                presence, frequency, ..
+            } if !(presence.is_finite() && frequency.is_finite()) => {
+                bad("presence and frequency penalties must be finite".into())
+            }
+            Stage::LogitBias(ref bias) => match bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
+                Some((id, b)) => bad(format!("logit_bias of token {id} is {b}: a bias is finite, or -inf")),
+                None => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -124,9 +136,32 @@ fn sort_desc(c: &mut [Candidate]) {
     c.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
 }
 
-/// Probabilities of the candidates' logits, in their current order.
+/// Adds `bias` to its tokens' logits. Candidates still in token order (the usual case: bias
+/// comes first) are found by index, so a long bias list costs its length, not a lookup table
+/// per token.
+fn apply_bias(c: &mut [Candidate], bias: &[(u32, f32)]) {
+    let mut elsewhere = Vec::new();
+    for &(id, b) in bias {
+        match c.get_mut(id as usize) {
+            Some(x) if x.0 == id => x.1 += b,
+            _ => elsewhere.push((id, b)),
+        }
+    }
+    if !elsewhere.is_empty() {
+        let map: HashMap<u32, f32> = elsewhere.into_iter().collect();
+        c.iter_mut()
+            .for_each(|(id, l)| *l += map.get(id).copied().unwrap_or(0.0));
+    }
+}
+
+/// Probabilities of the candidates' logits, in their current order. When the best logit is not
+/// finite (+inf from a bias or a penalty, or every one -inf), the candidates at it share the mass.
 fn softmax(c: &[Candidate]) -> Vec<f32> {
     let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        let n = c.iter().filter(|x| x.1 == max).count() as f32;
+        return c.iter().map(|x| if x.1 == max { 1.0 / n } else { 0.0 }).collect();
+    }
     let exps: Vec<f32> = c.iter().map(|x| (x.1 - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
@@ -346,6 +381,16 @@ impl SamplingParams {
         }
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
             return bad("presence and frequency penalties must be finite".into());
+        }
+        if let Some(&(id, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
+            return bad(format!(
+                "logit_bias of token {id} is {b}: a bias is finite, or -inf to ban the token"
+            ));
+        }
+        let mut ids: Vec<u32> = self.logit_bias.iter().map(|&(id, _)| id).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return bad(format!("logit_bias lists token {} twice", w[0]));
         }
         Ok(())
     }
