@@ -62,10 +62,13 @@ impl Tokenizer {
     /// tokens of `config.json`.
     pub fn from_dir(dir: &Path, config_eos: &[u32]) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
+        let bad = |msg: String| Error::Tokenizer {
             path: Some(path.clone()),
-            msg: e.to_string(),
-        })?;
+            msg,
+        };
+        let inner = guarded("reading tokenizer.json", || tokenizers::Tokenizer::from_file(&path))
+            .map_err(bad)?
+            .map_err(|e| bad(e.to_string()))?;
         let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
         let gen = read_json(&dir.join("generation_config.json"))?.unwrap_or(Value::Null);
         let bos_text = token_string(tc.get("bos_token"));
@@ -119,13 +122,19 @@ impl Tokenizer {
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor runs (it adds
     /// BOS where the model's files say so).
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| Error::Tokenizer {
-                path: None,
-                msg: format!("encoding {:?}: {e}", preview(text)),
-            })?;
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "the text to encode is {} bytes; at most {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let failed = |msg: String| Error::Tokenizer {
+            path: None,
+            msg: format!("encoding {:?}: {msg}", preview(text)),
+        };
+        let enc = guarded("encoding", || self.inner.encode(text, add_special_tokens))
+            .map_err(failed)?
+            .map_err(|e| failed(e.to_string()))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special_tokens && self.add_bos {
             if let Some(b) = self.bos {
@@ -139,12 +148,13 @@ impl Tokenizer {
 
     /// Text of `ids`; special tokens are dropped when `skip_special_tokens`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::Tokenizer {
-                path: None,
-                msg: format!("decoding {} ids: {e}", ids.len()),
-            })
+        let failed = |msg: String| Error::Tokenizer {
+            path: None,
+            msg: format!("decoding {} ids: {msg}", ids.len()),
+        };
+        guarded("decoding", || self.inner.decode(ids, skip_special_tokens))
+            .map_err(failed)?
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// The id of a token's exact string (e.g. `"</think>"`), if the vocabulary has it.
@@ -213,6 +223,15 @@ impl Tokenizer {
     /// BPE (`gpt2` model) with the file's tokens and merges, llama.cpp's pre-tokenizer for the
     /// `pre` name, control and user-defined tokens as added tokens, BOS/EOS and the chat template.
     pub(crate) fn from_metadata(g: &Metadata) -> Result<Self> {
+        guarded("building it from the GGUF metadata", || Self::build_from_metadata(g)).map_err(|msg| {
+            Error::Tokenizer {
+                path: Some(g.path.clone()),
+                msg,
+            }
+        })?
+    }
+
+    fn build_from_metadata(g: &Metadata) -> Result<Self> {
         let bad = |msg: String| Error::Tokenizer {
             path: Some(g.path.clone()),
             msg,
@@ -303,6 +322,24 @@ impl Tokenizer {
         tok.add_bos = meta("add_bos_token").and_then(MetaValue::as_bool).unwrap_or(false);
         Ok(tok)
     }
+}
+
+/// Longest text [`Tokenizer::encode`] takes (64 MiB, some sixteen million tokens: far past any
+/// context).
+pub(crate) const MAX_TEXT_BYTES: usize = 64 << 20;
+
+/// Runs a call into the `tokenizers` crate, which panics on some inputs and files (a stride
+/// at least the max length, a missing special token): a panic becomes an error message here,
+/// so that none crosses into a caller, least of all through the C ABI.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        let why = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        format!("the tokenizer failed while {what} (it panicked: {why})")
+    })
 }
 
 fn dedup_in_order(ids: &mut Vec<u32>) {
