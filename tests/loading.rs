@@ -2,35 +2,9 @@
 //! panic), and what must be skipped is skipped.
 
 mod common;
-use common::fixtures_dir;
+use common::{edit_config, fixtures_dir, load_err, scratch};
 use r1_core::{Error, LoadOptions, Model};
-use std::path::{Path, PathBuf};
-
-/// A scratch copy of a fixture's config and weights, for breaking.
-fn scratch(fixture: &str, tag: &str) -> PathBuf {
-    let src = fixtures_dir().join(fixture);
-    let dir = std::env::temp_dir().join(format!("r1-errors-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(src.join(f), dir.join(f)).unwrap();
-    }
-    dir
-}
-
-fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    edit(&mut v);
-    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
-}
-
-fn load_err(dir: &Path) -> Error {
-    match Model::load(dir, &LoadOptions::default()) {
-        Ok(_) => panic!("{} loaded but should not have", dir.display()),
-        Err(e) => e,
-    }
-}
+use std::path::Path;
 
 #[test]
 fn missing_folder_and_config_are_named() {

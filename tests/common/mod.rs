@@ -394,3 +394,31 @@ pub fn example_binary(name: &str) -> PathBuf {
     assert!(path.is_file(), "{} is not built", path.display());
     path
 }
+
+/// A scratch copy of a fixture's config and weights, for breaking.
+pub fn scratch(fixture: &str, tag: &str) -> PathBuf {
+    let src = fixtures_dir().join(fixture);
+    let dir = std::env::temp_dir().join(format!("r1-errors-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.join(f)).unwrap();
+    }
+    dir
+}
+
+/// Rewrites a scratch folder's `config.json` through `edit`.
+pub fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    edit(&mut v);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+/// The error of loading `dir`, which must fail.
+pub fn load_err(dir: &Path) -> r1_core::Error {
+    match Model::load(dir, &LoadOptions::default()) {
+        Ok(_) => panic!("{} loaded but should not have", dir.display()),
+        Err(e) => e,
+    }
+}
