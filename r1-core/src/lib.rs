@@ -108,4 +108,13 @@ pub mod internals {
     pub fn gguf_config(file: &GgufFile) -> crate::Result<ModelConfig> {
         ModelConfig::from_metadata(&file.metadata())
     }
+
+    pub use crate::weights::safetensors::SafetensorsStore;
+
+    /// What loading does with a GGUF file's header, on bytes in memory: parse it, then build
+    /// the model config and the tokenizer from its metadata (the GGUF fuzz target).
+    pub fn gguf_header(bytes: &[u8]) -> crate::Result<(ModelConfig, crate::Tokenizer)> {
+        let m = crate::weights::gguf::metadata_of_bytes(bytes, std::path::Path::new("fuzz.gguf"))?;
+        Ok((ModelConfig::from_metadata(&m)?, crate::Tokenizer::from_metadata(&m)?))
+    }
 }

@@ -265,20 +265,7 @@ impl GgufFile {
     /// What the file says about the model, for `config` and `tokenizer`: the metadata, the
     /// tensor names and the rope frequency factors (the one tensor that is configuration).
     pub fn metadata(&self) -> Metadata {
-        let rope_freqs = self.tensors.get("rope_freqs.weight").map(|info| match info.dtype {
-            GgmlDType::F32 => Ok(self
-                .bytes(info)
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-                .collect()),
-            other => Err(format!("rope_freqs.weight of type {other:?}")),
-        });
-        Metadata {
-            path: self.path.clone(),
-            values: self.metadata.clone(),
-            tensors: self.tensors.keys().cloned().collect(),
-            rope_freqs,
-        }
+        metadata_of(&self.path, &self.mmap, &self.metadata, &self.tensors)
     }
 
     /// The file's size in bytes.
@@ -320,6 +307,39 @@ impl GgufFile {
             release(&self.mmap, (start, start + bytes.len()));
         }
     }
+}
+
+/// What `data`, the bytes of a GGUF file, says about the model (see [`GgufFile::metadata`]).
+fn metadata_of(
+    path: &Path,
+    data: &[u8],
+    metadata: &HashMap<String, MetaValue>,
+    tensors: &HashMap<String, TensorInfo>,
+) -> Metadata {
+    let rope_freqs = tensors.get("rope_freqs.weight").map(|info| match info.dtype {
+        GgmlDType::F32 => Ok(data
+            .get(info.range.0..info.range.1)
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+            .collect()),
+        other => Err(format!("rope_freqs.weight of type {other:?}")),
+    });
+    Metadata {
+        path: path.to_path_buf(),
+        values: metadata.clone(),
+        tensors: tensors.keys().cloned().collect(),
+        rope_freqs,
+    }
+}
+
+/// The metadata of GGUF bytes held in memory (the fuzz targets' entry: no file, no mapping).
+pub(crate) fn metadata_of_bytes(data: &[u8], path: &Path) -> Result<Metadata> {
+    let (_, metadata, tensors) = parse(data).map_err(|msg| Error::BadWeights {
+        path: path.to_path_buf(),
+        msg,
+    })?;
+    Ok(metadata_of(path, data, &metadata, &tensors))
 }
 
 type Parsed = (u32, HashMap<String, MetaValue>, HashMap<String, TensorInfo>);
