@@ -25,6 +25,7 @@
 //! attention / moe → models → model → generate.
 
 #![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod attention;
 mod cache;

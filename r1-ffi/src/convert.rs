@@ -111,12 +111,16 @@ pub struct r1_message {
 /// # Safety
 /// `p` is NULL or points to a NUL-terminated string.
 pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, Failure> {
-    if p.is_null() {
-        return Err(Failure::null(what));
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        if p.is_null() {
+            return Err(Failure::null(what));
+        }
+        CStr::from_ptr(p)
+            .to_str()
+            .map_err(|e| Failure::new(r1_status::R1_ERROR_INVALID_UTF8, format!("`{what}` is not UTF-8: {e}")))
     }
-    CStr::from_ptr(p)
-        .to_str()
-        .map_err(|e| Failure::new(r1_status::R1_ERROR_INVALID_UTF8, format!("`{what}` is not UTF-8: {e}")))
 }
 
 /// A `(pointer, length)` UTF-8 argument.
@@ -124,15 +128,19 @@ pub(crate) unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<&'a str, 
 /// # Safety
 /// `p` is NULL or points to `len` readable bytes.
 pub(crate) unsafe fn utf8<'a>(p: *const c_char, len: usize, what: &str) -> Result<&'a str, Failure> {
-    if len == 0 {
-        return Ok("");
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        if len == 0 {
+            return Ok("");
+        }
+        if p.is_null() {
+            return Err(Failure::null(what));
+        }
+        let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len);
+        std::str::from_utf8(bytes)
+            .map_err(|e| Failure::new(r1_status::R1_ERROR_INVALID_UTF8, format!("`{what}` is not UTF-8: {e}")))
     }
-    if p.is_null() {
-        return Err(Failure::null(what));
-    }
-    let bytes = std::slice::from_raw_parts(p.cast::<u8>(), len);
-    std::str::from_utf8(bytes)
-        .map_err(|e| Failure::new(r1_status::R1_ERROR_INVALID_UTF8, format!("`{what}` is not UTF-8: {e}")))
 }
 
 /// A `(pointer, count)` array argument; NULL is fine when the count is 0.
@@ -140,13 +148,17 @@ pub(crate) unsafe fn utf8<'a>(p: *const c_char, len: usize, what: &str) -> Resul
 /// # Safety
 /// `p` is NULL or points to `n` readable values.
 pub(crate) unsafe fn array<'a, T>(p: *const T, n: usize, what: &str) -> Result<&'a [T], Failure> {
-    if n == 0 {
-        return Ok(&[]);
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        if n == 0 {
+            return Ok(&[]);
+        }
+        if p.is_null() {
+            return Err(Failure::null(what));
+        }
+        Ok(std::slice::from_raw_parts(p, n))
     }
-    if p.is_null() {
-        return Err(Failure::null(what));
-    }
-    Ok(std::slice::from_raw_parts(p, n))
 }
 
 /// Reads a C enum or bool field as its integer bytes, without making a Rust value of the
@@ -155,7 +167,9 @@ pub(crate) unsafe fn array<'a, T>(p: *const T, n: usize, what: &str) -> Result<&
 /// # Safety
 /// `field` points to a readable value of `size_of::<I>()` bytes.
 pub(crate) unsafe fn raw<I: Copy, T>(field: *const T) -> I {
-    std::ptr::read_unaligned(field.cast::<I>())
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe { std::ptr::read_unaligned(field.cast::<I>()) }
 }
 
 /// Load parameters as r1-core options.
@@ -163,37 +177,41 @@ pub(crate) unsafe fn raw<I: Copy, T>(field: *const T) -> I {
 /// # Safety
 /// `p` is NULL or points to an `r1_load_params`.
 pub(crate) unsafe fn load_options(p: *const r1_load_params) -> Result<r1_core::LoadOptions, Failure> {
-    let mut o = r1_core::LoadOptions::default();
-    if p.is_null() {
-        return Ok(o);
-    }
-    let threads = (*p).threads;
-    if threads > 0 {
-        o = o.with_threads(threads as usize);
-    }
-    o = o.with_dtype(match raw::<u32, _>(std::ptr::addr_of!((*p).dtype)) {
-        0 => r1_core::DType::F32,
-        1 => r1_core::DType::F16,
-        2 => r1_core::DType::BF16,
-        other => return Err(Failure::invalid(format!("dtype {other} (R1_DTYPE_F32, _F16 or _BF16)"))),
-    });
-    o = o.with_quantize(match raw::<u32, _>(std::ptr::addr_of!((*p).quantize)) {
-        0 => None,
-        1 => Some(r1_core::QuantizeTo::Q8_0),
-        2 => Some(r1_core::QuantizeTo::Q4K),
-        other => {
-            return Err(Failure::invalid(format!(
-                "quantize {other} (R1_QUANTIZE_NONE, _Q8_0 or _Q4_K)"
-            )))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        let mut o = r1_core::LoadOptions::default();
+        if p.is_null() {
+            return Ok(o);
         }
-    });
-    if let Some(f) = (*p).progress {
-        // The user data crosses threads only as the caller allows; r1 calls it on the loading
-        // thread. A raw pointer is not Send, so it travels as an address.
-        let data = (*p).progress_user_data as usize;
-        o = o.with_progress(move |done, total| unsafe { f(data as *mut c_void, done, total) });
+        let threads = (*p).threads;
+        if threads > 0 {
+            o = o.with_threads(threads as usize);
+        }
+        o = o.with_dtype(match raw::<u32, _>(std::ptr::addr_of!((*p).dtype)) {
+            0 => r1_core::DType::F32,
+            1 => r1_core::DType::F16,
+            2 => r1_core::DType::BF16,
+            other => return Err(Failure::invalid(format!("dtype {other} (R1_DTYPE_F32, _F16 or _BF16)"))),
+        });
+        o = o.with_quantize(match raw::<u32, _>(std::ptr::addr_of!((*p).quantize)) {
+            0 => None,
+            1 => Some(r1_core::QuantizeTo::Q8_0),
+            2 => Some(r1_core::QuantizeTo::Q4K),
+            other => {
+                return Err(Failure::invalid(format!(
+                    "quantize {other} (R1_QUANTIZE_NONE, _Q8_0 or _Q4_K)"
+                )))
+            }
+        });
+        if let Some(f) = (*p).progress {
+            // The user data crosses threads only as the caller allows; r1 calls it on the loading
+            // thread. A raw pointer is not Send, so it travels as an address.
+            let data = (*p).progress_user_data as usize;
+            o = o.with_progress(move |done, total| f(data as *mut c_void, done, total));
+        }
+        Ok(o)
     }
-    Ok(o)
 }
 
 /// Generation parameters as r1-core's; `NULL` = the defaults.
@@ -201,47 +219,51 @@ pub(crate) unsafe fn load_options(p: *const r1_load_params) -> Result<r1_core::L
 /// # Safety
 /// `p` is NULL or points to an `r1_gen_params` whose `stop` holds `n_stop` C strings.
 pub(crate) unsafe fn gen_params(p: *const r1_gen_params) -> Result<r1_core::GenerateParams, Failure> {
-    if p.is_null() {
-        return Ok(r1_core::GenerateParams::default());
-    }
-    let s = &(*p).sampling;
-    let greedy = raw::<u8, _>(std::ptr::addr_of!(s.greedy)) != 0;
-    let sampling = if greedy {
-        r1_core::SamplingParams::greedy()
-    } else {
-        r1_core::SamplingParams::default()
-            .with_temperature(s.temperature)
-            .with_top_k(s.top_k as usize)
-            .with_top_p(s.top_p)
-            .with_min_p(s.min_p)
-            .with_seed(s.seed)
-    }
-    .with_penalties(s.repetition_penalty, s.presence_penalty, s.frequency_penalty);
-    let stops = array((*p).stop, (*p).n_stop, "params->stop")?
-        .iter()
-        .enumerate()
-        .map(|(i, &c)| c_str(c, &format!("params->stop[{i}]")).map(str::to_string))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut params = r1_core::GenerateParams::default()
-        .with_max_tokens((*p).max_tokens as usize)
-        .with_sampling(sampling)
-        .with_stop(stops);
-    params.max_reasoning_tokens = match (*p).max_reasoning_tokens {
-        -1 => None,
-        n if n >= 0 => Some(n as usize),
-        n => {
-            return Err(Failure::invalid(format!(
-                "max_reasoning_tokens {n} (-1 = none, or >= 0)"
-            )))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        if p.is_null() {
+            return Ok(r1_core::GenerateParams::default());
         }
-    };
-    params.starts_in_reasoning = match (*p).starts_in_reasoning {
-        -1 => None,
-        0 => Some(false),
-        1 => Some(true),
-        n => return Err(Failure::invalid(format!("starts_in_reasoning {n} (-1, 0 or 1)"))),
-    };
-    Ok(params)
+        let s = &(*p).sampling;
+        let greedy = raw::<u8, _>(std::ptr::addr_of!(s.greedy)) != 0;
+        let sampling = if greedy {
+            r1_core::SamplingParams::greedy()
+        } else {
+            r1_core::SamplingParams::default()
+                .with_temperature(s.temperature)
+                .with_top_k(s.top_k as usize)
+                .with_top_p(s.top_p)
+                .with_min_p(s.min_p)
+                .with_seed(s.seed)
+        }
+        .with_penalties(s.repetition_penalty, s.presence_penalty, s.frequency_penalty);
+        let stops = array((*p).stop, (*p).n_stop, "params->stop")?
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| c_str(c, &format!("params->stop[{i}]")).map(str::to_string))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut params = r1_core::GenerateParams::default()
+            .with_max_tokens((*p).max_tokens as usize)
+            .with_sampling(sampling)
+            .with_stop(stops);
+        params.max_reasoning_tokens = match (*p).max_reasoning_tokens {
+            -1 => None,
+            n if n >= 0 => Some(n as usize),
+            n => {
+                return Err(Failure::invalid(format!(
+                    "max_reasoning_tokens {n} (-1 = none, or >= 0)"
+                )))
+            }
+        };
+        params.starts_in_reasoning = match (*p).starts_in_reasoning {
+            -1 => None,
+            0 => Some(false),
+            1 => Some(true),
+            n => return Err(Failure::invalid(format!("starts_in_reasoning {n} (-1, 0 or 1)"))),
+        };
+        Ok(params)
+    }
 }
 
 /// Messages as r1-core's.
@@ -249,15 +271,19 @@ pub(crate) unsafe fn gen_params(p: *const r1_gen_params) -> Result<r1_core::Gene
 /// # Safety
 /// `p` is NULL or points to `n` messages of valid C strings.
 pub(crate) unsafe fn messages(p: *const r1_message, n: usize) -> Result<Vec<r1_core::Message>, Failure> {
-    array(p, n, "messages")?
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let role = c_str(m.role, &format!("messages[{i}].role"))?;
-            let content = c_str(m.content, &format!("messages[{i}].content"))?;
-            Ok(r1_core::Message::new(role, content))
-        })
-        .collect()
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        array(p, n, "messages")?
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let role = c_str(m.role, &format!("messages[{i}].role"))?;
+                let content = c_str(m.content, &format!("messages[{i}].content"))?;
+                Ok(r1_core::Message::new(role, content))
+            })
+            .collect()
+    }
 }
 
 /// Writes `values` to `(out, cap)` under the length convention: `*n_out` gets the count; if
@@ -271,24 +297,28 @@ pub(crate) unsafe fn write_array<T: Copy>(
     cap: usize,
     n_out: *mut usize,
 ) -> Result<(), Failure> {
-    if n_out.is_null() {
-        return Err(Failure::null("n_out"));
-    }
-    if values.len() > cap {
-        *n_out = values.len();
-        return Err(Failure::new(
-            r1_status::R1_ERROR_BUFFER_TOO_SMALL,
-            format!("the buffer holds {cap} values, {} are needed", values.len()),
-        ));
-    }
-    if !values.is_empty() {
-        if out.is_null() {
-            return Err(Failure::null("output buffer"));
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        if n_out.is_null() {
+            return Err(Failure::null("n_out"));
         }
-        std::ptr::copy_nonoverlapping(values.as_ptr(), out, values.len());
+        if values.len() > cap {
+            *n_out = values.len();
+            return Err(Failure::new(
+                r1_status::R1_ERROR_BUFFER_TOO_SMALL,
+                format!("the buffer holds {cap} values, {} are needed", values.len()),
+            ));
+        }
+        if !values.is_empty() {
+            if out.is_null() {
+                return Err(Failure::null("output buffer"));
+            }
+            std::ptr::copy_nonoverlapping(values.as_ptr(), out, values.len());
+        }
+        *n_out = values.len();
+        Ok(())
     }
-    *n_out = values.len();
-    Ok(())
 }
 
 /// Writes `text` to `(buf, cap)`: NUL-terminated when it fits with its NUL. `*len_out` gets the
@@ -298,26 +328,30 @@ pub(crate) unsafe fn write_array<T: Copy>(
 /// # Safety
 /// `buf` is NULL or has room for `cap` bytes; `len_out` is writable.
 pub(crate) unsafe fn write_text(text: &str, buf: *mut c_char, cap: usize, len_out: *mut usize) -> Result<(), Failure> {
-    if len_out.is_null() {
-        return Err(Failure::null("len_out"));
-    }
-    let n = text.len();
-    if n > cap {
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        if len_out.is_null() {
+            return Err(Failure::null("len_out"));
+        }
+        let n = text.len();
+        if n > cap {
+            *len_out = n;
+            return Err(Failure::new(
+                r1_status::R1_ERROR_BUFFER_TOO_SMALL,
+                format!("the buffer holds {cap} bytes, the text is {n} (+1 for its NUL)"),
+            ));
+        }
+        if cap > 0 {
+            if buf.is_null() {
+                return Err(Failure::null("buf"));
+            }
+            std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
+            if cap > n {
+                *buf.add(n) = 0;
+            }
+        }
         *len_out = n;
-        return Err(Failure::new(
-            r1_status::R1_ERROR_BUFFER_TOO_SMALL,
-            format!("the buffer holds {cap} bytes, the text is {n} (+1 for its NUL)"),
-        ));
+        Ok(())
     }
-    if cap > 0 {
-        if buf.is_null() {
-            return Err(Failure::null("buf"));
-        }
-        std::ptr::copy_nonoverlapping(text.as_ptr(), buf.cast::<u8>(), n);
-        if cap > n {
-            *buf.add(n) = 0;
-        }
-    }
-    *len_out = n;
-    Ok(())
 }

@@ -164,6 +164,7 @@ mod tests {
     use super::*;
 
     fn message() -> String {
+        // SAFETY: the last-error pointer is a NUL-terminated string owned by this thread.
         unsafe { std::ffi::CStr::from_ptr(last_error_ptr()) }
             .to_string_lossy()
             .into_owned()

@@ -5,6 +5,7 @@
 //! are written only on success (and the size needed on `R1_ERROR_BUFFER_TOO_SMALL`); strings are
 //! UTF-8; `r1_last_error_message()` names what was wrong.
 
+#![deny(unsafe_op_in_unsafe_fn)]
 #![allow(clippy::missing_safety_doc)] // the header documents each function's contract
 
 mod convert;
@@ -137,6 +138,7 @@ pub extern "C" fn r1_version() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn r1_status_name(status: r1_status) -> *const c_char {
     // Read as an integer: a C caller may pass any value.
+    // SAFETY: `status` is a live local of the enum's size (a C int), read as that int.
     let n: i32 = unsafe { raw(&status as *const r1_status) };
     r1_status::name_of(n).map_or(c"R1_UNKNOWN_STATUS".as_ptr(), |c| c.as_ptr())
 }
@@ -195,44 +197,61 @@ pub unsafe extern "C" fn r1_model_load(
     params: *const r1_load_params,
     out: *mut *mut r1_model,
 ) -> r1_status {
-    guard(|| {
-        let path = c_str(path, "path")?;
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        let options = load_options(params)?;
-        let engine = Engine::load(path, &options)?;
-        *out = Box::into_raw(Box::new(r1_model { engine }));
-        Ok(())
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let path = c_str(path, "path")?;
+            if out.is_null() {
+                return Err(Failure::null("out"));
+            }
+            let options = load_options(params)?;
+            let engine = Engine::load(path, &options)?;
+            *out = Box::into_raw(Box::new(r1_model { engine }));
+            Ok(())
+        })
+    }
 }
 
 /// Frees a model. NULL is fine; never twice, never while another thread uses this handle.
 /// Sessions made from it keep their own reference, so they stay usable.
 #[no_mangle]
 pub unsafe extern "C" fn r1_model_free(model: *mut r1_model) {
-    guard_value((), || {
-        if !model.is_null() {
-            drop(Box::from_raw(model));
-        }
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard_value((), || {
+            if !model.is_null() {
+                drop(Box::from_raw(model));
+            }
+        })
+    }
 }
 
 /// The vocabulary size (logits per position); 0 for NULL. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn r1_model_vocab_size(model: *const r1_model) -> u32 {
-    guard_value(0, || model.as_ref().map_or(0, |m| m.engine.model().vocab_size() as u32))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe { guard_value(0, || model.as_ref().map_or(0, |m| m.engine.model().vocab_size() as u32)) }
 }
 
 /// The most positions a sequence may have; 0 for NULL. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn r1_model_context_length(model: *const r1_model) -> u32 {
-    guard_value(0, || {
-        model.as_ref().map_or(0, |m| m.engine.model().context_length() as u32)
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard_value(0, || {
+            model.as_ref().map_or(0, |m| m.engine.model().context_length() as u32)
+        })
+    }
 }
 
-fn model_ref<'a>(model: *const r1_model) -> Result<&'a r1_model, Failure> {
+/// # Safety
+/// `model` is NULL or a live model from `r1_model_load`.
+unsafe fn model_ref<'a>(model: *const r1_model) -> Result<&'a r1_model, Failure> {
+    // SAFETY: a non-NULL `model` is a live model (this function's contract).
     unsafe { model.as_ref() }.ok_or_else(|| Failure::null("model"))
 }
 
@@ -249,13 +268,17 @@ pub unsafe extern "C" fn r1_tokenize(
     ids_cap: usize,
     n_out: *mut usize,
 ) -> r1_status {
-    guard(|| {
-        let m = model_ref(model)?;
-        let text = utf8(text, text_len, "text")?;
-        let add = raw::<u8, _>(&add_special as *const bool) != 0;
-        let tokens = m.engine.tokenizer().encode(text, add)?;
-        write_array(&tokens, ids, ids_cap, n_out)
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let m = model_ref(model)?;
+            let text = utf8(text, text_len, "text")?;
+            let add = raw::<u8, _>(&add_special as *const bool) != 0;
+            let tokens = m.engine.tokenizer().encode(text, add)?;
+            write_array(&tokens, ids, ids_cap, n_out)
+        })
+    }
 }
 
 /// The text of `n_ids` token ids, into `buf` (NUL-terminated when it fits with its NUL);
@@ -270,18 +293,22 @@ pub unsafe extern "C" fn r1_detokenize(
     buf_cap: usize,
     len_out: *mut usize,
 ) -> r1_status {
-    guard(|| {
-        let m = model_ref(model)?;
-        let ids = array(ids, n_ids, "ids")?;
-        let vocab = m.engine.model().vocab_size();
-        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
-            return Err(Failure::invalid(format!(
-                "token id {bad} is outside the vocabulary of {vocab}"
-            )));
-        }
-        let text = m.engine.tokenizer().decode(ids, false)?;
-        write_text(&text, buf, buf_cap, len_out)
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let m = model_ref(model)?;
+            let ids = array(ids, n_ids, "ids")?;
+            let vocab = m.engine.model().vocab_size();
+            if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+                return Err(Failure::invalid(format!(
+                    "token id {bad} is outside the vocabulary of {vocab}"
+                )));
+            }
+            let text = m.engine.tokenizer().decode(ids, false)?;
+            write_text(&text, buf, buf_cap, len_out)
+        })
+    }
 }
 
 /// The model's chat template applied to `messages`, into `buf` (the text convention of
@@ -296,13 +323,17 @@ pub unsafe extern "C" fn r1_apply_chat_template(
     buf_cap: usize,
     len_out: *mut usize,
 ) -> r1_status {
-    guard(|| {
-        let m = model_ref(model)?;
-        let msgs = convert::messages(messages, n_messages)?;
-        let add = raw::<u8, _>(&add_generation_prompt as *const bool) != 0;
-        let text = m.engine.apply_chat_template(&msgs, add, &[])?;
-        write_text(&text, buf, buf_cap, len_out)
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let m = model_ref(model)?;
+            let msgs = convert::messages(messages, n_messages)?;
+            let add = raw::<u8, _>(&add_generation_prompt as *const bool) != 0;
+            let text = m.engine.apply_chat_template(&msgs, add, &[])?;
+            write_text(&text, buf, buf_cap, len_out)
+        })
+    }
 }
 
 /// Logits of every position of `ids`, from an empty cache: `out` receives `n_ids * vocab`
@@ -315,59 +346,74 @@ pub unsafe extern "C" fn r1_model_logits(
     out: *mut f32,
     out_len: usize,
 ) -> r1_status {
-    guard(|| {
-        let m = model_ref(model)?;
-        let ids = array(ids, n_ids, "ids")?;
-        if ids.is_empty() {
-            return Err(Failure::invalid("no ids"));
-        }
-        let needed = ids.len().saturating_mul(m.engine.model().vocab_size());
-        if out_len < needed {
-            return Err(Failure::new(
-                r1_status::R1_ERROR_BUFFER_TOO_SMALL,
-                format!("out holds {out_len} floats, {needed} are needed"),
-            ));
-        }
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        let logits = m.engine.model().logits(ids)?;
-        logits.copy_to(std::slice::from_raw_parts_mut(out, needed))?;
-        Ok(())
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let m = model_ref(model)?;
+            let ids = array(ids, n_ids, "ids")?;
+            if ids.is_empty() {
+                return Err(Failure::invalid("no ids"));
+            }
+            let needed = ids.len().saturating_mul(m.engine.model().vocab_size());
+            if out_len < needed {
+                return Err(Failure::new(
+                    r1_status::R1_ERROR_BUFFER_TOO_SMALL,
+                    format!("out holds {out_len} floats, {needed} are needed"),
+                ));
+            }
+            if out.is_null() {
+                return Err(Failure::null("out"));
+            }
+            let logits = m.engine.model().logits(ids)?;
+            logits.copy_to(std::slice::from_raw_parts_mut(out, needed))?;
+            Ok(())
+        })
+    }
 }
 
 /// A new, empty conversation on `model`; free it with `r1_session_free`. The session keeps the
 /// model alive. Thread-safe (the model may be shared).
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_new(model: *const r1_model, out: *mut *mut r1_session) -> r1_status {
-    guard(|| {
-        let m = model_ref(model)?;
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        let session = m.engine.session();
-        let cancel = session.cancel_handle();
-        *out = Box::into_raw(Box::new(r1_session {
-            session: Mutex::new(session),
-            cancel,
-        }));
-        Ok(())
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let m = model_ref(model)?;
+            if out.is_null() {
+                return Err(Failure::null("out"));
+            }
+            let session = m.engine.session();
+            let cancel = session.cancel_handle();
+            *out = Box::into_raw(Box::new(r1_session {
+                session: Mutex::new(session),
+                cancel,
+            }));
+            Ok(())
+        })
+    }
 }
 
 /// Frees a session. NULL is fine; never twice, never while a call on it runs (not even
 /// `r1_session_cancel`).
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_free(session: *mut r1_session) {
-    guard_value((), || {
-        if !session.is_null() {
-            drop(Box::from_raw(session));
-        }
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard_value((), || {
+            if !session.is_null() {
+                drop(Box::from_raw(session));
+            }
+        })
+    }
 }
 
-fn session_ref<'a>(session: *const r1_session) -> Result<&'a r1_session, Failure> {
+/// # Safety
+/// `session` is NULL or a live session from `r1_session_new`.
+unsafe fn session_ref<'a>(session: *const r1_session) -> Result<&'a r1_session, Failure> {
+    // SAFETY: a non-NULL `session` is a live session (this function's contract).
     unsafe { session.as_ref() }.ok_or_else(|| Failure::null("session"))
 }
 
@@ -379,17 +425,29 @@ fn lock(s: &r1_session) -> std::sync::MutexGuard<'_, Session> {
 /// session.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_reset(session: *mut r1_session) -> r1_status {
-    guard(|| Ok(lock(session_ref(session)?).reset()?))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        guard(|| Ok(lock(session_ref(session)?).reset()?))
+    }
 }
 
 /// Stops the session's running generation at its next step (finish reason
 /// `R1_FINISH_CANCELLED`). Any thread; never blocks.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_cancel(session: *mut r1_session) -> r1_status {
-    guard(|| {
-        session_ref(session)?.cancel.cancel();
-        Ok(())
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        guard(|| {
+            session_ref(session)?.cancel.cancel();
+            Ok(())
+        })
+    }
 }
 
 fn channel(c: Channel) -> r1_channel {
@@ -420,52 +478,56 @@ unsafe fn run(
     user_data: *mut c_void,
     out: *mut r1_result,
 ) -> r1_status {
-    guard(|| {
-        let s = session_ref(session)?;
-        let prompt = prompt()?;
-        let params = gen_params(params)?;
-        let mut session = lock(s);
-        let mut generation = session.generate(&prompt, &params)?;
-        let mut result = None;
-        for event in generation.by_ref() {
-            let event = event?;
-            if let Some(cb) = on_token {
-                if !event.text.is_empty() || event.token.is_some() {
-                    let token = event.token.unwrap_or(u32::MAX);
-                    let go = cb(
-                        user_data,
-                        channel(event.channel),
-                        event.text.as_ptr().cast(),
-                        event.text.len(),
-                        token,
-                    );
-                    if !go {
-                        s.cancel.cancel();
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let s = session_ref(session)?;
+            let prompt = prompt()?;
+            let params = gen_params(params)?;
+            let mut session = lock(s);
+            let mut generation = session.generate(&prompt, &params)?;
+            let mut result = None;
+            for event in generation.by_ref() {
+                let event = event?;
+                if let Some(cb) = on_token {
+                    if !event.text.is_empty() || event.token.is_some() {
+                        let token = event.token.unwrap_or(u32::MAX);
+                        let go = cb(
+                            user_data,
+                            channel(event.channel),
+                            event.text.as_ptr().cast(),
+                            event.text.len(),
+                            token,
+                        );
+                        if !go {
+                            s.cancel.cancel();
+                        }
                     }
                 }
+                if let Some(f) = event.finish {
+                    let u = f.usage;
+                    result = Some(r1_result {
+                        finish_reason: finish_reason(f.reason),
+                        usage: r1_usage {
+                            prompt_tokens: u.prompt_tokens as u32,
+                            cached_prompt_tokens: u.cached_prompt_tokens as u32,
+                            reasoning_tokens: u.reasoning_tokens as u32,
+                            answer_tokens: u.answer_tokens as u32,
+                            prefill_tokens_per_s: u.prefill_tokens_per_s,
+                            decode_tokens_per_s: u.decode_tokens_per_s,
+                        },
+                    });
+                }
             }
-            if let Some(f) = event.finish {
-                let u = f.usage;
-                result = Some(r1_result {
-                    finish_reason: finish_reason(f.reason),
-                    usage: r1_usage {
-                        prompt_tokens: u.prompt_tokens as u32,
-                        cached_prompt_tokens: u.cached_prompt_tokens as u32,
-                        reasoning_tokens: u.reasoning_tokens as u32,
-                        answer_tokens: u.answer_tokens as u32,
-                        prefill_tokens_per_s: u.prefill_tokens_per_s,
-                        decode_tokens_per_s: u.decode_tokens_per_s,
-                    },
-                });
+            let result = result
+                .ok_or_else(|| Failure::new(r1_status::R1_ERROR_INTERNAL, "the generation ended without a finish"))?;
+            if !out.is_null() {
+                *out = result;
             }
-        }
-        let result = result
-            .ok_or_else(|| Failure::new(r1_status::R1_ERROR_INTERNAL, "the generation ended without a finish"))?;
-        if !out.is_null() {
-            *out = result;
-        }
-        Ok(())
-    })
+            Ok(())
+        })
+    }
 }
 
 /// Generates the reply to `messages`, the whole conversation so far (OpenAI style): the
@@ -483,14 +545,18 @@ pub unsafe extern "C" fn r1_session_chat(
     user_data: *mut c_void,
     out: *mut r1_result,
 ) -> r1_status {
-    run(
-        session,
-        || Ok(Prompt::Chat(convert::messages(messages, n_messages)?)),
-        params,
-        on_token,
-        user_data,
-        out,
-    )
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        run(
+            session,
+            || Ok(Prompt::Chat(convert::messages(messages, n_messages)?)),
+            params,
+            on_token,
+            user_data,
+            out,
+        )
+    }
 }
 
 /// Like `r1_session_chat` for raw text (NUL-terminated UTF-8), no template. Blocks until the
@@ -504,14 +570,18 @@ pub unsafe extern "C" fn r1_session_complete(
     user_data: *mut c_void,
     out: *mut r1_result,
 ) -> r1_status {
-    run(
-        session,
-        || Ok(Prompt::Raw(c_str(prompt, "prompt")?.to_string())),
-        params,
-        on_token,
-        user_data,
-        out,
-    )
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        run(
+            session,
+            || Ok(Prompt::Raw(c_str(prompt, "prompt")?.to_string())),
+            params,
+            on_token,
+            user_data,
+            out,
+        )
+    }
 }
 
 /// The last generation's generated token ids, under the length convention of `r1_tokenize`;
@@ -523,11 +593,15 @@ pub unsafe extern "C" fn r1_session_generated_ids(
     ids_cap: usize,
     n_out: *mut usize,
 ) -> r1_status {
-    guard(|| {
-        let s = session_ref(session)?;
-        let generated = lock(s).last_generated_ids();
-        write_array(&generated, ids, ids_cap, n_out)
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let s = session_ref(session)?;
+            let generated = lock(s).last_generated_ids();
+            write_array(&generated, ids, ids_cap, n_out)
+        })
+    }
 }
 
 /// A C string owned by a trace: interior NULs (which C cannot hold) become U+FFFD.
@@ -552,17 +626,21 @@ fn trace_handle(t: &r1_core::Trace) -> *mut r1_trace {
 /// session; the trace itself is independent of the session.
 #[no_mangle]
 pub unsafe extern "C" fn r1_session_trace(session: *const r1_session, out: *mut *mut r1_trace) -> r1_status {
-    guard(|| {
-        let s = session_ref(session)?;
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        let trace = lock(s)
-            .last_trace()
-            .ok_or_else(|| Failure::invalid("the session has not finished a generation yet"))?;
-        *out = trace_handle(&trace);
-        Ok(())
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let s = session_ref(session)?;
+            if out.is_null() {
+                return Err(Failure::null("out"));
+            }
+            let trace = lock(s)
+                .last_trace()
+                .ok_or_else(|| Failure::invalid("the session has not finished a generation yet"))?;
+            *out = trace_handle(&trace);
+            Ok(())
+        })
+    }
 }
 
 /// Parses recorded output (`len` bytes of UTF-8) into a new trace, to free with
@@ -574,19 +652,26 @@ pub unsafe extern "C" fn r1_trace_parse(
     starts_in_reasoning: bool,
     out: *mut *mut r1_trace,
 ) -> r1_status {
-    guard(|| {
-        let text = utf8(text, len, "text")?;
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
-        let start = raw::<u8, _>(&starts_in_reasoning as *const bool) != 0;
-        *out = trace_handle(&r1_core::Trace::parse(text, start));
-        Ok(())
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard(|| {
+            let text = utf8(text, len, "text")?;
+            if out.is_null() {
+                return Err(Failure::null("out"));
+            }
+            let start = raw::<u8, _>(&starts_in_reasoning as *const bool) != 0;
+            *out = trace_handle(&r1_core::Trace::parse(text, start));
+            Ok(())
+        })
+    }
 }
 
-fn trace_str(trace: *const r1_trace, f: impl FnOnce(&r1_trace) -> Option<&CString>) -> *const c_char {
+/// # Safety
+/// `trace` is NULL or a live trace.
+unsafe fn trace_str(trace: *const r1_trace, f: impl FnOnce(&r1_trace) -> Option<&CString>) -> *const c_char {
     guard_value(std::ptr::null(), || {
+        // SAFETY: a non-NULL `trace` is a live trace (this function's contract).
         unsafe { trace.as_ref() }
             .and_then(f)
             .map_or(std::ptr::null(), |c| c.as_ptr())
@@ -597,64 +682,110 @@ fn trace_str(trace: *const r1_trace, f: impl FnOnce(&r1_trace) -> Option<&CStrin
 /// for a NULL trace. Traces are immutable: any thread may read them.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_reasoning(trace: *const r1_trace) -> *const c_char {
-    trace_str(trace, |t| Some(&t.reasoning))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        trace_str(trace, |t| Some(&t.reasoning))
+    }
 }
 
 /// The answer text; owned by the trace, NUL-terminated (NULL for a NULL trace).
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_answer(trace: *const r1_trace) -> *const c_char {
-    trace_str(trace, |t| Some(&t.answer))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        trace_str(trace, |t| Some(&t.answer))
+    }
 }
 
 /// The final answer (`\boxed{…}`, else the answer's last line); NULL when none.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_final_answer(trace: *const r1_trace) -> *const c_char {
-    trace_str(trace, |t| t.final_answer.as_ref())
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        trace_str(trace, |t| t.final_answer.as_ref())
+    }
 }
 
 /// Whether the output ended inside the reasoning; false for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_truncated(trace: *const r1_trace) -> bool {
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
     guard_value(false, || unsafe { trace.as_ref() }.is_some_and(|t| t.truncated))
 }
 
 /// Number of reasoning steps; 0 for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_step_count(trace: *const r1_trace) -> usize {
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
     guard_value(0, || unsafe { trace.as_ref() }.map_or(0, |t| t.steps.len()))
 }
 
 /// Step `i`'s text; NULL past the end. Owned by the trace.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_step(trace: *const r1_trace, i: usize) -> *const c_char {
-    trace_str(trace, |t| t.steps.get(i))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        trace_str(trace, |t| t.steps.get(i))
+    }
 }
 
 /// Number of tool calls in the answer; 0 for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_tool_call_count(trace: *const r1_trace) -> usize {
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
     guard_value(0, || unsafe { trace.as_ref() }.map_or(0, |t| t.tool_names.len()))
 }
 
 /// Tool call `i`'s function name; NULL past the end. Owned by the trace.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_tool_call_name(trace: *const r1_trace, i: usize) -> *const c_char {
-    trace_str(trace, |t| t.tool_names.get(i))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        trace_str(trace, |t| t.tool_names.get(i))
+    }
 }
 
 /// Tool call `i`'s arguments as JSON text; NULL past the end. Owned by the trace.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_tool_call_arguments(trace: *const r1_trace, i: usize) -> *const c_char {
-    trace_str(trace, |t| t.tool_arguments.get(i))
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+        // for the length passed with it and live for the call; NULLs are checked before use.
+        trace_str(trace, |t| t.tool_arguments.get(i))
+    }
 }
 
 /// Frees a trace and its strings. NULL is fine; never twice, never while another thread reads
 /// it.
 #[no_mangle]
 pub unsafe extern "C" fn r1_trace_free(trace: *mut r1_trace) {
-    guard_value((), || {
-        if !trace.is_null() {
-            drop(Box::from_raw(trace));
-        }
-    })
+    // SAFETY: the caller keeps the C contract of include/r1.h: every non-NULL pointer is valid
+    // for the length passed with it and live for the call; NULLs are checked before use.
+    unsafe {
+        guard_value((), || {
+            if !trace.is_null() {
+                drop(Box::from_raw(trace));
+            }
+        })
+    }
 }

@@ -91,11 +91,15 @@ pub(crate) fn tiles(n: usize, widest: usize) -> impl Iterator<Item = std::ops::R
 mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
         f()
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
         f()
     }
 }
@@ -108,9 +112,13 @@ mod x86 {
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 pub(crate) unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    // SAFETY: this function's contract is what the operations below need: the caller has
+    // checked the CPU for its target features, and passes slices as long as its loads read.
+    unsafe {
+        use std::arch::x86_64::*;
+        let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
 }
 
 #[cfg(test)]

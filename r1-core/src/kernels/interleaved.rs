@@ -319,7 +319,9 @@ mod x86 {
     /// The eight rows' f16 scales at `at` as eight f32 lanes.
     #[inline(always)]
     unsafe fn scales(block: &[u8], at: usize) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(block[at..at + 16].as_ptr() as *const __m128i))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(block[at..at + 16].as_ptr() as *const __m128i)) }
     }
 
     /// Q5's fifth bits for register `j` (quants 4j..4j+4 of each row, see `tile`): `qh` holds
@@ -328,36 +330,44 @@ mod x86 {
     /// then each byte tests its own bit.
     #[inline(always)]
     unsafe fn high_bits(qh: __m256i, j: usize) -> __m256i {
-        let byte = (j / 2) as i32 * 0x0101_0101;
-        let pick = _mm256_add_epi32(
-            _mm256_set1_epi32(byte),
-            _mm256_setr_epi32(
-                0,
-                0x0404_0404,
-                0x0808_0808,
-                0x0c0c_0c0c,
-                0,
-                0x0404_0404,
-                0x0808_0808,
-                0x0c0c_0c0c,
-            ),
-        );
-        let shift = 4 * (j % 2) as u32;
-        let bits = i32::from_le_bytes([1u8 << shift, 2 << shift, 4 << shift, 8 << shift]);
-        let mask = _mm256_set1_epi32(bits);
-        let spread = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), mask);
-        _mm256_and_si256(_mm256_cmpeq_epi8(spread, mask), _mm256_set1_epi8(0x10))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let byte = (j / 2) as i32 * 0x0101_0101;
+            let pick = _mm256_add_epi32(
+                _mm256_set1_epi32(byte),
+                _mm256_setr_epi32(
+                    0,
+                    0x0404_0404,
+                    0x0808_0808,
+                    0x0c0c_0c0c,
+                    0,
+                    0x0404_0404,
+                    0x0808_0808,
+                    0x0c0c_0c0c,
+                ),
+            );
+            let shift = 4 * (j % 2) as u32;
+            let bits = i32::from_le_bytes([1u8 << shift, 2 << shift, 4 << shift, 8 << shift]);
+            let mask = _mm256_set1_epi32(bits);
+            let spread = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), mask);
+            _mm256_and_si256(_mm256_cmpeq_epi8(spread, mask), _mm256_set1_epi8(0x10))
+        }
     }
 
     /// Four activation quants, as one i32 broadcast to every lane.
     #[inline(always)]
     unsafe fn four(qs: &[i8], j: usize) -> __m256i {
-        _mm256_set1_epi32(i32::from_le_bytes([
-            qs[4 * j] as u8,
-            qs[4 * j + 1] as u8,
-            qs[4 * j + 2] as u8,
-            qs[4 * j + 3] as u8,
-        ]))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            _mm256_set1_epi32(i32::from_le_bytes([
+                qs[4 * j] as u8,
+                qs[4 * j + 1] as u8,
+                qs[4 * j + 2] as u8,
+                qs[4 * j + 3] as u8,
+            ]))
+        }
     }
 
     /// `N` activation rows against the group's eight rows, one block at a time: the block's
@@ -366,61 +376,65 @@ mod x86 {
     /// offset terms accumulate apart, so consecutive blocks do not wait on one FMA chain.
     #[inline(always)]
     unsafe fn tile<const N: usize>(format: Format, group: &[u8], acts: [&Act; N], out: &mut [f32]) {
-        let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
-        let off = offset(format);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut acc_m = [_mm256_setzero_ps(); N];
-        for (b, block) in group.chunks_exact(gbb).enumerate() {
-            let mut w = [_mm256_setzero_si256(); 8];
-            match format {
-                Format::Q8_0 => {
-                    for (j, w) in w.iter_mut().enumerate() {
-                        *w = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
-                    }
-                }
-                _ => {
-                    let low = _mm256_set1_epi8(0x0f);
-                    for j in 0..4 {
-                        let v = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
-                        w[j] = _mm256_and_si256(v, low);
-                        w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                    }
-                    if matches!(format, Format::Q5_0 | Format::Q5_1) {
-                        let qh = _mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i);
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
+            let off = offset(format);
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut acc_m = [_mm256_setzero_ps(); N];
+            for (b, block) in group.chunks_exact(gbb).enumerate() {
+                let mut w = [_mm256_setzero_si256(); 8];
+                match format {
+                    Format::Q8_0 => {
                         for (j, w) in w.iter_mut().enumerate() {
-                            *w = _mm256_or_si256(*w, high_bits(qh, j));
+                            *w = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
+                        }
+                    }
+                    _ => {
+                        let low = _mm256_set1_epi8(0x0f);
+                        for j in 0..4 {
+                            let v = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
+                            w[j] = _mm256_and_si256(v, low);
+                            w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        }
+                        if matches!(format, Format::Q5_0 | Format::Q5_1) {
+                            let qh = _mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i);
+                            for (j, w) in w.iter_mut().enumerate() {
+                                *w = _mm256_or_si256(*w, high_bits(qh, j));
+                            }
                         }
                     }
                 }
+                // Register j pairs with activation quants 4j..4j+4: for nibbles, the low halves are
+                // quants 4j.. (j < 4) and the high halves 16 + 4(j - 4).. = 4j.. as well.
+                let d = scales(block, qb);
+                let m = if format.has_offset() {
+                    scales(block, qb + 2 * R)
+                } else {
+                    _mm256_setzero_ps()
+                };
+                for t in 0..N {
+                    let a = &acts[t].blocks[b];
+                    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                    for j in (0..8).step_by(2) {
+                        s0 = _mm256_dpbusd_epi32(s0, w[j], four(&a.qs, j));
+                        s1 = _mm256_dpbusd_epi32(s1, w[j + 1], four(&a.qs, j + 1));
+                    }
+                    let mut isum = _mm256_add_epi32(s0, s1);
+                    if !format.has_offset() {
+                        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(off * acts[t].sums[b]));
+                    }
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                    acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[t]);
+                    if format.has_offset() {
+                        acc_m[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc_m[t]);
+                    }
+                }
             }
-            // Register j pairs with activation quants 4j..4j+4: for nibbles, the low halves are
-            // quants 4j.. (j < 4) and the high halves 16 + 4(j - 4).. = 4j.. as well.
-            let d = scales(block, qb);
-            let m = if format.has_offset() {
-                scales(block, qb + 2 * R)
-            } else {
-                _mm256_setzero_ps()
-            };
             for t in 0..N {
-                let a = &acts[t].blocks[b];
-                let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                for j in (0..8).step_by(2) {
-                    s0 = _mm256_dpbusd_epi32(s0, w[j], four(&a.qs, j));
-                    s1 = _mm256_dpbusd_epi32(s1, w[j + 1], four(&a.qs, j + 1));
-                }
-                let mut isum = _mm256_add_epi32(s0, s1);
-                if !format.has_offset() {
-                    isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(off * acts[t].sums[b]));
-                }
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[t]);
-                if format.has_offset() {
-                    acc_m[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc_m[t]);
-                }
+                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_add_ps(acc[t], acc_m[t]));
             }
-        }
-        for t in 0..N {
-            _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_add_ps(acc[t], acc_m[t]));
         }
     }
 
@@ -429,25 +443,29 @@ mod x86 {
     /// block for each of the group's blocks; `out.len() >= 8 * acts.len()`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]) {
-        for r in tiles(acts.len(), 8) {
-            let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
-            // One copy of the tile per format and size, so the format's branches fold away.
-            macro_rules! tiled {
-                ($f:expr) => {
-                    match a.len() {
-                        8 => tile::<8>($f, group, std::array::from_fn(|k| &a[k]), o),
-                        4 => tile::<4>($f, group, std::array::from_fn(|k| &a[k]), o),
-                        2 => tile::<2>($f, group, std::array::from_fn(|k| &a[k]), o),
-                        _ => tile::<1>($f, group, [&a[0]], o),
-                    }
-                };
-            }
-            match format {
-                Format::Q4_0 => tiled!(Format::Q4_0),
-                Format::Q4_1 => tiled!(Format::Q4_1),
-                Format::Q5_0 => tiled!(Format::Q5_0),
-                Format::Q5_1 => tiled!(Format::Q5_1),
-                Format::Q8_0 => tiled!(Format::Q8_0),
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            for r in tiles(acts.len(), 8) {
+                let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
+                // One copy of the tile per format and size, so the format's branches fold away.
+                macro_rules! tiled {
+                    ($f:expr) => {
+                        match a.len() {
+                            8 => tile::<8>($f, group, std::array::from_fn(|k| &a[k]), o),
+                            4 => tile::<4>($f, group, std::array::from_fn(|k| &a[k]), o),
+                            2 => tile::<2>($f, group, std::array::from_fn(|k| &a[k]), o),
+                            _ => tile::<1>($f, group, [&a[0]], o),
+                        }
+                    };
+                }
+                match format {
+                    Format::Q4_0 => tiled!(Format::Q4_0),
+                    Format::Q4_1 => tiled!(Format::Q4_1),
+                    Format::Q5_0 => tiled!(Format::Q5_0),
+                    Format::Q5_1 => tiled!(Format::Q5_1),
+                    Format::Q8_0 => tiled!(Format::Q8_0),
+                }
             }
         }
     }

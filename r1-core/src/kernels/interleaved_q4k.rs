@@ -54,7 +54,9 @@ impl Layout for Q4K {
 
     #[cfg(target_arch = "x86_64")]
     unsafe fn dots_vnni(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        x86::group_dots(group, acts, out)
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe { x86::group_dots(group, acts, out) }
     }
 }
 
@@ -136,17 +138,23 @@ mod x86 {
 
     #[inline(always)]
     unsafe fn four(qs: &[i8], at: usize) -> __m256i {
-        _mm256_set1_epi32(i32::from_le_bytes([
-            qs[at] as u8,
-            qs[at + 1] as u8,
-            qs[at + 2] as u8,
-            qs[at + 3] as u8,
-        ]))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            _mm256_set1_epi32(i32::from_le_bytes([
+                qs[at] as u8,
+                qs[at + 1] as u8,
+                qs[at + 2] as u8,
+                qs[at + 3] as u8,
+            ]))
+        }
     }
 
     #[inline(always)]
     unsafe fn halves(blk: &[u8], at: usize) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(blk[at..at + 16].as_ptr() as *const __m128i))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(blk[at..at + 16].as_ptr() as *const __m128i)) }
     }
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
@@ -155,55 +163,60 @@ mod x86 {
     /// mins term (four `vpmaddwd`) and two FMAs for all eight rows.
     #[inline(always)]
     unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut acc_m = [_mm256_setzero_ps(); N];
-        let low = _mm256_set1_epi8(0x0f);
-        for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
-            let mut isum = [_mm256_setzero_si256(); N];
-            for c in 0..4 {
-                let (mut lo, mut hi) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
-                for j in 0..8 {
-                    let v = _mm256_loadu_si256(blk[256 * c + 32 * j..].as_ptr() as *const __m256i);
-                    lo[j] = _mm256_and_si256(v, low);
-                    hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
-                }
-                let scale =
-                    |s: usize| _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk[SCALES + 8 * s..].as_ptr() as *const __m128i));
-                let (sc_lo, sc_hi) = (scale(2 * c), scale(2 * c + 1));
-                for t in 0..N {
-                    let qs = &acts[t][b].qs;
-                    let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut acc_m = [_mm256_setzero_ps(); N];
+            let low = _mm256_set1_epi8(0x0f);
+            for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+                let mut isum = [_mm256_setzero_si256(); N];
+                for c in 0..4 {
+                    let (mut lo, mut hi) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
                     for j in 0..8 {
-                        s_lo = _mm256_dpbusd_epi32(s_lo, lo[j], four(qs, 64 * c + 4 * j));
-                        s_hi = _mm256_dpbusd_epi32(s_hi, hi[j], four(qs, 64 * c + 32 + 4 * j));
+                        let v = _mm256_loadu_si256(blk[256 * c + 32 * j..].as_ptr() as *const __m256i);
+                        lo[j] = _mm256_and_si256(v, low);
+                        hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
                     }
-                    let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
-                    isum[t] = _mm256_add_epi32(isum[t], scaled);
+                    let scale = |s: usize| {
+                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk[SCALES + 8 * s..].as_ptr() as *const __m128i))
+                    };
+                    let (sc_lo, sc_hi) = (scale(2 * c), scale(2 * c + 1));
+                    for t in 0..N {
+                        let qs = &acts[t][b].qs;
+                        let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                        for j in 0..8 {
+                            s_lo = _mm256_dpbusd_epi32(s_lo, lo[j], four(qs, 64 * c + 4 * j));
+                            s_hi = _mm256_dpbusd_epi32(s_hi, hi[j], four(qs, 64 * c + 32 + 4 * j));
+                        }
+                        let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
+                        isum[t] = _mm256_add_epi32(isum[t], scaled);
+                    }
+                }
+                let mins: [__m256i; 4] = std::array::from_fn(|p| {
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(blk[MINS + 16 * p..].as_ptr() as *const __m128i))
+                });
+                let (d, dmin) = (halves(blk, D), halves(blk, DMIN));
+                for t in 0..N {
+                    let a = &acts[t][b];
+                    // Sub-block sums of the activations (pairs of the block's sums of 16), as i16
+                    // pairs (sub-blocks 2p, 2p + 1) broadcast for each p.
+                    let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
+                    let sums = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
+                    let pairs = _mm256_packs_epi32(sums, sums);
+                    let mut msum = _mm256_setzero_si256();
+                    for (p, idx) in [0, 1, 4, 5].into_iter().enumerate() {
+                        let pair = _mm256_permutevar8x32_epi32(pairs, _mm256_set1_epi32(idx));
+                        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], pair));
+                    }
+                    let ad = _mm256_set1_ps(a.d);
+                    acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(isum[t]), acc[t]);
+                    acc_m[t] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(msum), acc_m[t]);
                 }
             }
-            let mins: [__m256i; 4] = std::array::from_fn(|p| {
-                _mm256_cvtepu8_epi16(_mm_loadu_si128(blk[MINS + 16 * p..].as_ptr() as *const __m128i))
-            });
-            let (d, dmin) = (halves(blk, D), halves(blk, DMIN));
             for t in 0..N {
-                let a = &acts[t][b];
-                // Sub-block sums of the activations (pairs of the block's sums of 16), as i16
-                // pairs (sub-blocks 2p, 2p + 1) broadcast for each p.
-                let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
-                let sums = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
-                let pairs = _mm256_packs_epi32(sums, sums);
-                let mut msum = _mm256_setzero_si256();
-                for (p, idx) in [0, 1, 4, 5].into_iter().enumerate() {
-                    let pair = _mm256_permutevar8x32_epi32(pairs, _mm256_set1_epi32(idx));
-                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], pair));
-                }
-                let ad = _mm256_set1_ps(a.d);
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-                acc_m[t] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(msum), acc_m[t]);
+                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_sub_ps(acc[t], acc_m[t]));
             }
-        }
-        for t in 0..N {
-            _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_sub_ps(acc[t], acc_m[t]));
         }
     }
 
@@ -212,7 +225,11 @@ mod x86 {
     /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        tiles_of_four!(tile, group, acts, out);
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            tiles_of_four!(tile, group, acts, out);
+        }
     }
 }
 

@@ -48,7 +48,9 @@ impl Layout for Q6K {
 
     #[cfg(target_arch = "x86_64")]
     unsafe fn dots_vnni(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        x86::group_dots(group, acts, out)
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe { x86::group_dots(group, acts, out) }
     }
 }
 
@@ -118,12 +120,16 @@ mod x86 {
 
     #[inline(always)]
     unsafe fn four(qs: &[i8], at: usize) -> __m256i {
-        _mm256_set1_epi32(i32::from_le_bytes([
-            qs[at] as u8,
-            qs[at + 1] as u8,
-            qs[at + 2] as u8,
-            qs[at + 3] as u8,
-        ]))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            _mm256_set1_epi32(i32::from_le_bytes([
+                qs[at] as u8,
+                qs[at + 1] as u8,
+                qs[at + 2] as u8,
+                qs[at + 3] as u8,
+            ]))
+        }
     }
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
@@ -132,44 +138,49 @@ mod x86 {
     /// group sums (the `-32` of the stored quants, taken out in integers at the end).
     #[inline(always)]
     unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
-            let mut isum = [_mm256_setzero_si256(); N];
-            let mut corr = [_mm256_setzero_si256(); N];
-            let bsums: [__m256i; N] =
-                std::array::from_fn(|t| _mm256_loadu_si256(acts[t][b].bsums.as_ptr() as *const __m256i));
-            for k in 0..8 {
-                let mut w = [_mm256_setzero_si256(); 8];
-                for (j, w) in w.iter_mut().enumerate() {
-                    *w = _mm256_loadu_si256(blk[256 * k + 32 * j..].as_ptr() as *const __m256i);
-                }
-                // Dword r: (scale of group 2k, scale of group 2k + 1) of row r, as i16.
-                let pairs = _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[SCALES + 16 * k..].as_ptr() as *const __m128i));
-                let sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16);
-                let sc_hi = _mm256_srai_epi32(pairs, 16);
-                for t in 0..N {
-                    let qs = &acts[t][b].qs;
-                    let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                    for j in 0..4 {
-                        s_lo = _mm256_dpbusd_epi32(s_lo, w[j], four(qs, 32 * k + 4 * j));
-                        s_hi = _mm256_dpbusd_epi32(s_hi, w[4 + j], four(qs, 32 * k + 16 + 4 * j));
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+                let mut isum = [_mm256_setzero_si256(); N];
+                let mut corr = [_mm256_setzero_si256(); N];
+                let bsums: [__m256i; N] =
+                    std::array::from_fn(|t| _mm256_loadu_si256(acts[t][b].bsums.as_ptr() as *const __m256i));
+                for k in 0..8 {
+                    let mut w = [_mm256_setzero_si256(); 8];
+                    for (j, w) in w.iter_mut().enumerate() {
+                        *w = _mm256_loadu_si256(blk[256 * k + 32 * j..].as_ptr() as *const __m256i);
                     }
-                    let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
-                    isum[t] = _mm256_add_epi32(isum[t], scaled);
-                    // The activations' sums of groups 2k and 2k + 1, as an i16 pair in every dword.
-                    let group_sums = _mm256_permutevar8x32_epi32(bsums[t], _mm256_set1_epi32(k as i32));
-                    corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(pairs, group_sums));
+                    // Dword r: (scale of group 2k, scale of group 2k + 1) of row r, as i16.
+                    let pairs =
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[SCALES + 16 * k..].as_ptr() as *const __m128i));
+                    let sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16);
+                    let sc_hi = _mm256_srai_epi32(pairs, 16);
+                    for t in 0..N {
+                        let qs = &acts[t][b].qs;
+                        let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+                        for j in 0..4 {
+                            s_lo = _mm256_dpbusd_epi32(s_lo, w[j], four(qs, 32 * k + 4 * j));
+                            s_hi = _mm256_dpbusd_epi32(s_hi, w[4 + j], four(qs, 32 * k + 16 + 4 * j));
+                        }
+                        let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
+                        isum[t] = _mm256_add_epi32(isum[t], scaled);
+                        // The activations' sums of groups 2k and 2k + 1, as an i16 pair in every dword.
+                        let group_sums = _mm256_permutevar8x32_epi32(bsums[t], _mm256_set1_epi32(k as i32));
+                        corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(pairs, group_sums));
+                    }
+                }
+                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[D..D + 16].as_ptr() as *const __m128i));
+                for t in 0..N {
+                    let total = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(corr[t], 5));
+                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[t][b].d));
+                    acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[t]);
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[D..D + 16].as_ptr() as *const __m128i));
             for t in 0..N {
-                let total = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(corr[t], 5));
-                let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[t][b].d));
-                acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[t]);
+                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), acc[t]);
             }
-        }
-        for t in 0..N {
-            _mm256_storeu_ps(out[t * R..].as_mut_ptr(), acc[t]);
         }
     }
 
@@ -178,7 +189,11 @@ mod x86 {
     /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        tiles_of_four!(tile, group, acts, out);
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            tiles_of_four!(tile, group, acts, out);
+        }
     }
 }
 

@@ -246,86 +246,96 @@ mod x86 {
 
     #[inline(always)]
     unsafe fn pair(lo: i32, hi: i32) -> __m256i {
-        _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe { _mm256_set_m128i(_mm_set1_epi16(hi as i16), _mm_set1_epi16(lo as i16)) }
     }
 
     #[inline(always)]
     unsafe fn unpack(format: KFormat, b: &[u8]) -> Unpacked {
-        let mask4 = _mm256_set1_epi8(0x0f);
-        let mut out = Unpacked {
-            u: [_mm256_setzero_si256(); 8],
-            scales: [_mm256_setzero_si256(); 8],
-            d: 0.0,
-            dmin: 0.0,
-            bsum_weights: _mm256_setzero_si256(),
-        };
-        match format {
-            KFormat::Q4K => {
-                out.d = f16_at(b, 0);
-                out.dmin = f16_at(b, 2);
-                let (sc, mins) = scales_mins_k4(&b[4..16]);
-                // The eight scales as i16 in both 128-bit lanes; scales[j] broadcasts scale j
-                // (bytes 2j, 2j + 1) over the register with one shuffle.
-                let sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
-                let sc256 = _mm256_broadcastsi128_si256(sc16);
-                for (j, s) in out.scales.iter_mut().enumerate() {
-                    let pick = _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8));
-                    *s = _mm256_shuffle_epi8(sc256, pick);
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let mask4 = _mm256_set1_epi8(0x0f);
+            let mut out = Unpacked {
+                u: [_mm256_setzero_si256(); 8],
+                scales: [_mm256_setzero_si256(); 8],
+                d: 0.0,
+                dmin: 0.0,
+                bsum_weights: _mm256_setzero_si256(),
+            };
+            match format {
+                KFormat::Q4K => {
+                    out.d = f16_at(b, 0);
+                    out.dmin = f16_at(b, 2);
+                    let (sc, mins) = scales_mins_k4(&b[4..16]);
+                    // The eight scales as i16 in both 128-bit lanes; scales[j] broadcasts scale j
+                    // (bytes 2j, 2j + 1) over the register with one shuffle.
+                    let sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
+                    let sc256 = _mm256_broadcastsi128_si256(sc16);
+                    for (j, s) in out.scales.iter_mut().enumerate() {
+                        let pick = _mm256_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8));
+                        *s = _mm256_shuffle_epi8(sc256, pick);
+                    }
+                    // Each min once per group of 16: m0 m0 m1 m1 ... m7 m7 as i16.
+                    let m8 = _mm_loadl_epi64(mins.as_ptr() as *const __m128i);
+                    out.bsum_weights = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+                    for c in 0..4 {
+                        let v = _mm256_loadu_si256(b[16 + 32 * c..].as_ptr() as *const __m256i);
+                        out.u[2 * c] = _mm256_and_si256(v, mask4);
+                        out.u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask4);
+                    }
                 }
-                // Each min once per group of 16: m0 m0 m1 m1 ... m7 m7 as i16.
-                let m8 = _mm_loadl_epi64(mins.as_ptr() as *const __m128i);
-                out.bsum_weights = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-                for c in 0..4 {
-                    let v = _mm256_loadu_si256(b[16 + 32 * c..].as_ptr() as *const __m256i);
-                    out.u[2 * c] = _mm256_and_si256(v, mask4);
-                    out.u[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask4);
-                }
-            }
-            KFormat::Q6K => {
-                out.d = f16_at(b, 208);
-                let mut sc = [0i32; 16];
-                let mut neg32 = [0i16; 16];
-                for g in 0..16 {
-                    sc[g] = b[192 + g] as i8 as i32;
-                    neg32[g] = (-32 * sc[g]) as i16;
-                }
-                out.bsum_weights = _mm256_loadu_si256(neg32.as_ptr() as *const __m256i);
-                let mask2 = _mm256_set1_epi8(3);
-                for h in 0..2 {
-                    let ql0 = _mm256_loadu_si256(b[64 * h..].as_ptr() as *const __m256i);
-                    let ql1 = _mm256_loadu_si256(b[64 * h + 32..].as_ptr() as *const __m256i);
-                    let qh = _mm256_loadu_si256(b[128 + 32 * h..].as_ptr() as *const __m256i);
-                    let high = |shift: i32| -> __m256i {
-                        let bits = match shift {
-                            0 => qh,
-                            2 => _mm256_srli_epi16(qh, 2),
-                            4 => _mm256_srli_epi16(qh, 4),
-                            _ => _mm256_srli_epi16(qh, 6),
+                KFormat::Q6K => {
+                    out.d = f16_at(b, 208);
+                    let mut sc = [0i32; 16];
+                    let mut neg32 = [0i16; 16];
+                    for g in 0..16 {
+                        sc[g] = b[192 + g] as i8 as i32;
+                        neg32[g] = (-32 * sc[g]) as i16;
+                    }
+                    out.bsum_weights = _mm256_loadu_si256(neg32.as_ptr() as *const __m256i);
+                    let mask2 = _mm256_set1_epi8(3);
+                    for h in 0..2 {
+                        let ql0 = _mm256_loadu_si256(b[64 * h..].as_ptr() as *const __m256i);
+                        let ql1 = _mm256_loadu_si256(b[64 * h + 32..].as_ptr() as *const __m256i);
+                        let qh = _mm256_loadu_si256(b[128 + 32 * h..].as_ptr() as *const __m256i);
+                        let high = |shift: i32| -> __m256i {
+                            let bits = match shift {
+                                0 => qh,
+                                2 => _mm256_srli_epi16(qh, 2),
+                                4 => _mm256_srli_epi16(qh, 4),
+                                _ => _mm256_srli_epi16(qh, 6),
+                            };
+                            _mm256_slli_epi16(_mm256_and_si256(bits, mask2), 4)
                         };
-                        _mm256_slli_epi16(_mm256_and_si256(bits, mask2), 4)
-                    };
-                    let lo0 = _mm256_and_si256(ql0, mask4);
-                    let lo1 = _mm256_and_si256(ql1, mask4);
-                    let hi0 = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask4);
-                    let hi1 = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask4);
-                    out.u[4 * h] = _mm256_or_si256(lo0, high(0));
-                    out.u[4 * h + 1] = _mm256_or_si256(lo1, high(2));
-                    out.u[4 * h + 2] = _mm256_or_si256(hi0, high(4));
-                    out.u[4 * h + 3] = _mm256_or_si256(hi1, high(6));
-                }
-                for k in 0..8 {
-                    out.scales[k] = pair(sc[2 * k], sc[2 * k + 1]);
+                        let lo0 = _mm256_and_si256(ql0, mask4);
+                        let lo1 = _mm256_and_si256(ql1, mask4);
+                        let hi0 = _mm256_and_si256(_mm256_srli_epi16(ql0, 4), mask4);
+                        let hi1 = _mm256_and_si256(_mm256_srli_epi16(ql1, 4), mask4);
+                        out.u[4 * h] = _mm256_or_si256(lo0, high(0));
+                        out.u[4 * h + 1] = _mm256_or_si256(lo1, high(2));
+                        out.u[4 * h + 2] = _mm256_or_si256(hi0, high(4));
+                        out.u[4 * h + 3] = _mm256_or_si256(hi1, high(6));
+                    }
+                    for k in 0..8 {
+                        out.scales[k] = pair(sc[2 * k], sc[2 * k + 1]);
+                    }
                 }
             }
+            out
         }
-        out
     }
 
     #[inline(always)]
     unsafe fn hsum_ps(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
     }
 
     /// `N` activation rows against one weight row: each super-block is unpacked once for all of
@@ -335,33 +345,37 @@ mod x86 {
     /// features of their own, so they are compiled inside `dot_many`, with its features.
     #[inline(always)]
     unsafe fn tile<const N: usize>(format: KFormat, row: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
-        let mut sums = [_mm256_setzero_ps(); N];
-        let mut offsets = [_mm256_setzero_ps(); N];
-        for (i, b) in row.chunks_exact(format.block_bytes()).enumerate() {
-            let w = unpack(format, b);
-            for t in 0..N {
-                let a = &acts[t][i];
-                let mut sum = _mm256_setzero_si256();
-                for k in 0..8 {
-                    let y = _mm256_loadu_si256(a.qs[32 * k..].as_ptr() as *const __m256i);
-                    let p16 = _mm256_maddubs_epi16(w.u[k], y);
-                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p16, w.scales[k]));
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let mut sums = [_mm256_setzero_ps(); N];
+            let mut offsets = [_mm256_setzero_ps(); N];
+            for (i, b) in row.chunks_exact(format.block_bytes()).enumerate() {
+                let w = unpack(format, b);
+                for t in 0..N {
+                    let a = &acts[t][i];
+                    let mut sum = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        let y = _mm256_loadu_si256(a.qs[32 * k..].as_ptr() as *const __m256i);
+                        let p16 = _mm256_maddubs_epi16(w.u[k], y);
+                        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p16, w.scales[k]));
+                    }
+                    let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
+                    let corr = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, w.bsum_weights));
+                    let d = a.d * w.d;
+                    sums[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sum), sums[t]);
+                    // Q4_K subtracts dmin · Σ_g min_g · bsum_g; Q6_K's stored bytes are q + 32,
+                    // undone by -32 · Σ_g sc_g · bsum_g at the block's own scale.
+                    let c = match format {
+                        KFormat::Q4K => -a.d * w.dmin,
+                        KFormat::Q6K => d,
+                    };
+                    offsets[t] = _mm256_fmadd_ps(_mm256_set1_ps(c), corr, offsets[t]);
                 }
-                let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
-                let corr = _mm256_cvtepi32_ps(_mm256_madd_epi16(bsums, w.bsum_weights));
-                let d = a.d * w.d;
-                sums[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sum), sums[t]);
-                // Q4_K subtracts dmin · Σ_g min_g · bsum_g; Q6_K's stored bytes are q + 32,
-                // undone by -32 · Σ_g sc_g · bsum_g at the block's own scale.
-                let c = match format {
-                    KFormat::Q4K => -a.d * w.dmin,
-                    KFormat::Q6K => d,
-                };
-                offsets[t] = _mm256_fmadd_ps(_mm256_set1_ps(c), corr, offsets[t]);
             }
-        }
-        for t in 0..N {
-            out[t] = hsum_ps(_mm256_add_ps(sums[t], offsets[t]));
+            for t in 0..N {
+                out[t] = hsum_ps(_mm256_add_ps(sums[t], offsets[t]));
+            }
         }
     }
 
@@ -370,13 +384,17 @@ mod x86 {
     /// has as many blocks; `out.len() == acts.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_many(format: KFormat, row: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
-        for r in super::super::cpu::tiles(acts.len(), 8) {
-            let (a, o) = (&acts[r.clone()], &mut out[r]);
-            match a.len() {
-                8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
-                4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
-                2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
-                _ => tile::<1>(format, row, [a[0].as_slice()], o),
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            for r in super::super::cpu::tiles(acts.len(), 8) {
+                let (a, o) = (&acts[r.clone()], &mut out[r]);
+                match a.len() {
+                    8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
+                    4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
+                    2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o),
+                    _ => tile::<1>(format, row, [a[0].as_slice()], o),
+                }
             }
         }
     }

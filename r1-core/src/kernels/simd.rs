@@ -52,10 +52,14 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn nibbles(qs: &[u8]) -> __m256i {
-        let v = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
-        let lo = _mm_and_si128(v, _mm_set1_epi8(0x0f));
-        let hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0f));
-        _mm256_set_m128i(hi, lo)
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let v = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+            let lo = _mm_and_si128(v, _mm_set1_epi8(0x0f));
+            let hi = _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi8(0x0f));
+            _mm256_set_m128i(hi, lo)
+        }
     }
 
     /// The 32 bits of `qh` as 32 bytes: 0xFF where the bit is set, 0 elsewhere.
@@ -82,7 +86,9 @@ mod x86 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256 {
-        mul_sum_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe { mul_sum_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)) }
     }
 
     #[inline]
@@ -105,58 +111,66 @@ mod x86 {
         act: &[Q8Block],
         block: F,
     ) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut offsets = [0f32; 4];
-        let (row4, act4) = (row.chunks_exact(4 * size), act.chunks_exact(4));
-        let (row_rest, act_rest) = (row4.remainder(), act4.remainder());
-        for (b4, a4) in row4.zip(act4) {
-            for k in 0..4 {
-                let (sums, d, offset) = block(&b4[k * size..(k + 1) * size], &a4[k]);
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a4[k].d), sums, acc[k]);
-                offsets[k] += offset;
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut offsets = [0f32; 4];
+            let (row4, act4) = (row.chunks_exact(4 * size), act.chunks_exact(4));
+            let (row_rest, act_rest) = (row4.remainder(), act4.remainder());
+            for (b4, a4) in row4.zip(act4) {
+                for k in 0..4 {
+                    let (sums, d, offset) = block(&b4[k * size..(k + 1) * size], &a4[k]);
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a4[k].d), sums, acc[k]);
+                    offsets[k] += offset;
+                }
             }
+            for (b, a) in row_rest.chunks_exact(size).zip(act_rest) {
+                let (sums, d, offset) = block(b, a);
+                acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[0]);
+                offsets[0] += offset;
+            }
+            let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            hsum(acc) + (offsets[0] + offsets[1]) + (offsets[2] + offsets[3])
         }
-        for (b, a) in row_rest.chunks_exact(size).zip(act_rest) {
-            let (sums, d, offset) = block(b, a);
-            acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[0]);
-            offsets[0] += offset;
-        }
-        let acc = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        hsum(acc) + (offsets[0] + offsets[1]) + (offsets[2] + offsets[3])
     }
 
     /// A weight block unpacked to 32 bytes: (bytes, signed?, d_w, m_w).
     #[inline(always)]
     unsafe fn unpack(format: Format, b: &[u8]) -> (__m256i, bool, f32, f32) {
-        match format {
-            Format::Q4_0 => (
-                _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8)),
-                true,
-                f16_at(b, 0),
-                0.0,
-            ),
-            Format::Q4_1 => (nibbles(&b[4..20]), false, f16_at(b, 0), f16_at(b, 2)),
-            Format::Q5_0 => {
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0_u8 as i8));
-                (_mm256_or_si256(nibbles(&b[6..22]), high), true, f16_at(b, 0), 0.0)
-            }
-            Format::Q5_1 => {
-                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
-                (
-                    _mm256_or_si256(nibbles(&b[8..24]), high),
-                    false,
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            match format {
+                Format::Q4_0 => (
+                    _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8)),
+                    true,
                     f16_at(b, 0),
-                    f16_at(b, 2),
-                )
+                    0.0,
+                ),
+                Format::Q4_1 => (nibbles(&b[4..20]), false, f16_at(b, 0), f16_at(b, 2)),
+                Format::Q5_0 => {
+                    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                    let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0_u8 as i8));
+                    (_mm256_or_si256(nibbles(&b[6..22]), high), true, f16_at(b, 0), 0.0)
+                }
+                Format::Q5_1 => {
+                    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                    let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
+                    (
+                        _mm256_or_si256(nibbles(&b[8..24]), high),
+                        false,
+                        f16_at(b, 0),
+                        f16_at(b, 2),
+                    )
+                }
+                Format::Q8_0 => (
+                    _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i),
+                    true,
+                    f16_at(b, 0),
+                    0.0,
+                ),
             }
-            Format::Q8_0 => (
-                _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i),
-                true,
-                f16_at(b, 0),
-                0.0,
-            ),
         }
     }
 
@@ -176,28 +190,32 @@ mod x86 {
         out: &mut [f32],
         dot: impl Fn(__m256i, __m256i) -> __m256i,
     ) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut offsets = [0f32; N];
-        for (i, b) in row.chunks_exact(format.block_bytes()).enumerate() {
-            let (x, signed, d, m) = unpack(format, b);
-            // Signed weights: |x| on the left, x's sign moved onto the activations.
-            let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
-            for k in 0..N {
-                // SAFETY: the caller guarantees `i` is within every activation row.
-                let a = unsafe { acts[k].get_unchecked(i) };
-                let mut y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-                if signed {
-                    y = _mm256_sign_epi8(y, x);
-                }
-                let sums = _mm256_cvtepi32_ps(dot(ax, y));
-                acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[k]);
-                if format.has_offset() {
-                    offsets[k] += m * a.s;
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut offsets = [0f32; N];
+            for (i, b) in row.chunks_exact(format.block_bytes()).enumerate() {
+                let (x, signed, d, m) = unpack(format, b);
+                // Signed weights: |x| on the left, x's sign moved onto the activations.
+                let ax = if signed { _mm256_sign_epi8(x, x) } else { x };
+                for k in 0..N {
+                    // SAFETY: the caller guarantees `i` is within every activation row.
+                    let a = acts[k].get_unchecked(i);
+                    let mut y = _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+                    if signed {
+                        y = _mm256_sign_epi8(y, x);
+                    }
+                    let sums = _mm256_cvtepi32_ps(dot(ax, y));
+                    acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * a.d), sums, acc[k]);
+                    if format.has_offset() {
+                        offsets[k] += m * a.s;
+                    }
                 }
             }
-        }
-        for k in 0..N {
-            out[k] = hsum(acc[k]) + offsets[k];
+            for k in 0..N {
+                out[k] = hsum(acc[k]) + offsets[k];
+            }
         }
     }
 
@@ -211,16 +229,20 @@ mod x86 {
         wide: bool,
         dot: impl Fn(__m256i, __m256i) -> __m256i + Copy,
     ) {
-        // Tiles of sixteen (`wide`: AVX-512's 32 vector registers hold the accumulators) or eight,
-        // then the remainder as tiles of four, two and one.
-        for r in super::super::cpu::tiles(acts.len(), if wide { 16 } else { 8 }) {
-            let (a, o) = (&acts[r.clone()], &mut out[r]);
-            match a.len() {
-                16 => tile::<16>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
-                8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
-                4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
-                2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
-                _ => tile::<1>(format, row, [a[0].as_slice()], o, dot),
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            // Tiles of sixteen (`wide`: AVX-512's 32 vector registers hold the accumulators) or eight,
+            // then the remainder as tiles of four, two and one.
+            for r in super::super::cpu::tiles(acts.len(), if wide { 16 } else { 8 }) {
+                let (a, o) = (&acts[r.clone()], &mut out[r]);
+                match a.len() {
+                    16 => tile::<16>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                    8 => tile::<8>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                    4 => tile::<4>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                    2 => tile::<2>(format, row, std::array::from_fn(|k| a[k].as_slice()), o, dot),
+                    _ => tile::<1>(format, row, [a[0].as_slice()], o, dot),
+                }
             }
         }
     }
@@ -235,12 +257,16 @@ mod x86 {
         wide: bool,
         dot: impl Fn(__m256i, __m256i) -> __m256i + Copy,
     ) {
-        match format {
-            Format::Q4_0 => tiles(Format::Q4_0, row, acts, out, wide, dot),
-            Format::Q4_1 => tiles(Format::Q4_1, row, acts, out, wide, dot),
-            Format::Q5_0 => tiles(Format::Q5_0, row, acts, out, wide, dot),
-            Format::Q5_1 => tiles(Format::Q5_1, row, acts, out, wide, dot),
-            Format::Q8_0 => tiles(Format::Q8_0, row, acts, out, wide, dot),
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            match format {
+                Format::Q4_0 => tiles(Format::Q4_0, row, acts, out, wide, dot),
+                Format::Q4_1 => tiles(Format::Q4_1, row, acts, out, wide, dot),
+                Format::Q5_0 => tiles(Format::Q5_0, row, acts, out, wide, dot),
+                Format::Q5_1 => tiles(Format::Q5_1, row, acts, out, wide, dot),
+                Format::Q8_0 => tiles(Format::Q8_0, row, acts, out, wide, dot),
+            }
         }
     }
 
@@ -248,9 +274,13 @@ mod x86 {
     /// As [`dot`]; `out.len() >= acts.len()` and every `acts[t]` holds the row's block count.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_many(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
-        tiles_per_format(format, row, acts, out, false, |ax, y| {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(ax, y), _mm256_set1_epi16(1))
-        })
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            tiles_per_format(format, row, acts, out, false, |ax, y| {
+                _mm256_madd_epi16(_mm256_maddubs_epi16(ax, y), _mm256_set1_epi16(1))
+            })
+        }
     }
 
     /// [`dot_many`] with AVX-512 VNNI's `vpdpbusd` (u8 × i8 → i32 in one instruction).
@@ -259,49 +289,57 @@ mod x86 {
     /// As [`dot_many`], and the CPU must support AVX512-VNNI and AVX512-VL.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
     pub unsafe fn dot_many_vnni(format: Format, row: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
-        tiles_per_format(format, row, acts, out, true, |ax, y| {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, y)
-        })
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            tiles_per_format(format, row, acts, out, true, |ax, y| {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, y)
+            })
+        }
     }
 
     /// # Safety
     /// The CPU must support AVX2 and FMA; `row` holds whole blocks, `act` at least as many.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot(format: Format, row: &[u8], act: &[Q8Block]) -> f32 {
-        let size = format.block_bytes();
-        let y = |a: &Q8Block| _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
-        match format {
-            Format::Q4_0 => blocks(size, row, act, |b, a| {
-                let x = _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8));
-                (mul_sum_i8(x, y(a)), f16_at(b, 0), 0.0)
-            }),
-            Format::Q4_1 => blocks(size, row, act, |b, a| {
-                (mul_sum_us8(nibbles(&b[4..20]), y(a)), f16_at(b, 0), f16_at(b, 2) * a.s)
-            }),
-            Format::Q5_0 => blocks(size, row, act, |b, a| {
-                // (nibble | bit << 4) - 16 = nibble - 16 where the bit is clear: set the top four
-                // bits (0xF0) of those bytes, reading them as i8.
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0_u8 as i8));
-                (
-                    mul_sum_i8(_mm256_or_si256(nibbles(&b[6..22]), high), y(a)),
-                    f16_at(b, 0),
-                    0.0,
-                )
-            }),
-            Format::Q5_1 => blocks(size, row, act, |b, a| {
-                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
-                (
-                    mul_sum_us8(_mm256_or_si256(nibbles(&b[8..24]), high), y(a)),
-                    f16_at(b, 0),
-                    f16_at(b, 2) * a.s,
-                )
-            }),
-            Format::Q8_0 => blocks(size, row, act, |b, a| {
-                let x = _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i);
-                (mul_sum_i8(x, y(a)), f16_at(b, 0), 0.0)
-            }),
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            let size = format.block_bytes();
+            let y = |a: &Q8Block| _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i);
+            match format {
+                Format::Q4_0 => blocks(size, row, act, |b, a| {
+                    let x = _mm256_sub_epi8(nibbles(&b[2..18]), _mm256_set1_epi8(8));
+                    (mul_sum_i8(x, y(a)), f16_at(b, 0), 0.0)
+                }),
+                Format::Q4_1 => blocks(size, row, act, |b, a| {
+                    (mul_sum_us8(nibbles(&b[4..20]), y(a)), f16_at(b, 0), f16_at(b, 2) * a.s)
+                }),
+                Format::Q5_0 => blocks(size, row, act, |b, a| {
+                    // (nibble | bit << 4) - 16 = nibble - 16 where the bit is clear: set the top four
+                    // bits (0xF0) of those bytes, reading them as i8.
+                    let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                    let high = _mm256_andnot_si256(bit_bytes(qh), _mm256_set1_epi8(0xf0_u8 as i8));
+                    (
+                        mul_sum_i8(_mm256_or_si256(nibbles(&b[6..22]), high), y(a)),
+                        f16_at(b, 0),
+                        0.0,
+                    )
+                }),
+                Format::Q5_1 => blocks(size, row, act, |b, a| {
+                    let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                    let high = _mm256_and_si256(bit_bytes(qh), _mm256_set1_epi8(0x10));
+                    (
+                        mul_sum_us8(_mm256_or_si256(nibbles(&b[8..24]), high), y(a)),
+                        f16_at(b, 0),
+                        f16_at(b, 2) * a.s,
+                    )
+                }),
+                Format::Q8_0 => blocks(size, row, act, |b, a| {
+                    let x = _mm256_loadu_si256(b[2..34].as_ptr() as *const __m256i);
+                    (mul_sum_i8(x, y(a)), f16_at(b, 0), 0.0)
+                }),
+            }
         }
     }
 }

@@ -334,6 +334,7 @@ fn metadata_of(
 }
 
 /// The metadata of GGUF bytes held in memory (the fuzz targets' entry: no file, no mapping).
+#[cfg(feature = "internals")]
 pub(crate) fn metadata_of_bytes(data: &[u8], path: &Path) -> Result<Metadata> {
     let (_, metadata, tensors) = parse(data).map_err(|msg| Error::BadWeights {
         path: path.to_path_buf(),
