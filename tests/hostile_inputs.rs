@@ -526,3 +526,68 @@ fn extreme_but_valid_parameters_work() {
     banned.sampling.logit_bias = vec![(greedy[0], f32::NEG_INFINITY)];
     assert_ne!(run(&banned)[0], greedy[0]);
 }
+
+#[test]
+fn a_tokenizer_that_panics_gives_an_error() {
+    // The tokenizers crate asserts `stride < max_length` when it truncates; a tokenizer.json
+    // may say otherwise, and the assertion fires on the first long input.
+    let dir = scratch("llama_tiny", "tokpanic");
+    let src = fixtures_dir().join("llama_tiny");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(src.join("tokenizer.json")).unwrap()).unwrap();
+    t["truncation"] = json!({"direction": "Right", "max_length": 2, "strategy": "LongestFirst", "stride": 4});
+    std::fs::write(dir.join("tokenizer.json"), t.to_string()).unwrap();
+    let engine = Engine::load(&dir, &LoadOptions::default()).unwrap();
+    let e = engine
+        .generate(
+            &Prompt::Raw("a long enough prompt to truncate".into()),
+            &GenerateParams::greedy(2),
+        )
+        .err()
+        .expect("the broken tokenizer encoded");
+    assert!(
+        e.to_string().contains("panicked") && e.to_string().contains("stride"),
+        "{e}"
+    );
+    // The engine is still usable for token ids.
+    assert!(engine
+        .generate(&Prompt::Tokens(vec![5, 6]), &GenerateParams::greedy(2))
+        .is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_million_characters_encode_in_linear_time() {
+    let path = common::models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !path.exists() {
+        return common::missing_data("SmolLM2-135M-Instruct.Q4_1.gguf (scripts/fetch-models.sh smollm2)");
+    }
+    let engine = Engine::load(&path, &LoadOptions::default()).unwrap();
+    let tok = engine.tokenizer();
+    // One word of a million letters (one pre-token: the worst case of BPE's merge loop), a
+    // million digits, and ordinary text; each timed at 1/10 and at full size.
+    let words = "the quick brown fox jumps over the lazy dog ".repeat(25_000);
+    for (what, text) in [
+        ("letters", "a".repeat(1_000_000)),
+        ("digits", "7".repeat(1_000_000)),
+        ("words", words),
+    ] {
+        let time = |s: &str| {
+            let t0 = std::time::Instant::now();
+            let n = tok.encode(s, false).unwrap().len();
+            (n, t0.elapsed().as_secs_f64())
+        };
+        let (n_small, small) = time(&text[..text.len() / 10]);
+        let (n, full) = time(&text);
+        eprintln!(
+            "{what}: {} chars -> {n} tokens in {full:.2} s; a tenth -> {n_small} in {small:.3} s",
+            text.len()
+        );
+        assert!(full < 20.0, "{what}: {full} s");
+        // Linear, with room for noise: ten times the input costs at most 30 times the time.
+        assert!(
+            full < 30.0 * small.max(0.01),
+            "{what}: {small} s for a tenth, {full} s for all"
+        );
+    }
+}
