@@ -82,7 +82,8 @@ fn greedy_chat_equals_transformers() {
 #[test]
 fn threads_share_one_engine_and_match_serial_runs() {
     let e = Arc::new(engine("deepseek_v3_tiny"));
-    let prompts: Vec<Prompt> = ["one", "two two", "three three three", "four"]
+    // Eight threads on two cores: more than the pool, so steps interleave.
+    let prompts: Vec<Prompt> = ["one", "two two", "three three three", "four", "five", "six six", "seven", "eight"]
         .iter()
         .map(|t| Prompt::Chat(vec![Message::user(t)]))
         .collect();
