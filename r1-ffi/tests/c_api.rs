@@ -215,3 +215,16 @@ fn the_example_in_docs_c_api_md_compiles_and_runs() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("answer tokens"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn leak_loop_keeps_the_heap_flat_over_a_thousand_generations() {
+    // Not a `c_` test: scripts/c-memcheck.sh runs those under valgrind, where 1,000
+    // generations would take minutes; valgrind's leak check is test_api.c's.
+    let dir = scratch("leak_loop");
+    let exe = compile("cc", "-std=c99", "tests/c/leak_loop.c", &dir.join("leak_loop"));
+    let out = run(&exe).arg(repo().join("tests/fixtures/deepseek_v3_tiny")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
