@@ -83,10 +83,19 @@ fn greedy_chat_equals_transformers() {
 fn threads_share_one_engine_and_match_serial_runs() {
     let e = Arc::new(engine("deepseek_v3_tiny"));
     // Eight threads on two cores: more than the pool, so steps interleave.
-    let prompts: Vec<Prompt> = ["one", "two two", "three three three", "four", "five", "six six", "seven", "eight"]
-        .iter()
-        .map(|t| Prompt::Chat(vec![Message::user(t)]))
-        .collect();
+    let prompts: Vec<Prompt> = [
+        "one",
+        "two two",
+        "three three three",
+        "four",
+        "five",
+        "six six",
+        "seven",
+        "eight",
+    ]
+    .iter()
+    .map(|t| Prompt::Chat(vec![Message::user(t)]))
+    .collect();
     let params = GenerateParams::default()
         .with_max_tokens(16)
         .with_sampling(SamplingParams::deepseek_r1().with_seed(3));

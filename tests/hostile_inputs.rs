@@ -591,3 +591,33 @@ fn a_million_characters_encode_in_linear_time() {
         );
     }
 }
+
+#[test]
+fn a_file_rewritten_while_it_loads_is_an_error() {
+    let witness = Witness::new();
+    for original in [
+        fixtures_dir().join("gguf/llama_tiny.f32.gguf"),
+        fixtures_dir().join("llama_tiny/model.safetensors"),
+    ] {
+        let bytes = std::fs::read(&original).unwrap();
+        let path = place(&original, &bytes, "rewrite");
+        let file = if path.is_dir() {
+            path.join("model.safetensors")
+        } else {
+            path.clone()
+        };
+        let rewritten = std::sync::atomic::AtomicBool::new(false);
+        // On the first progress report, the same bytes written again: same size, same
+        // contents, a new modification time, as when another program saves over the file.
+        let options = LoadOptions::default().with_progress(move |_, _| {
+            if !rewritten.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::fs::write(&file, &bytes).unwrap();
+            }
+            true
+        });
+        let e = Model::load(&path, &options).expect_err("a rewritten file loaded");
+        assert!(e.to_string().contains("changed while the model was loading"), "{e}");
+    }
+    witness.still_works();
+}

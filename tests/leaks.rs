@@ -103,5 +103,8 @@ fn a_thousand_generations_keep_memory_flat() {
     // Measured: 0 bytes. A leaked cache would be 10 KB a generation even for this tiny model,
     // a leaked token vector some tens of bytes.
     assert!(live_slope < 16.0, "the heap grows {live_slope:.0} bytes per generation");
-    assert!(rss_slope < 1024.0, "the resident set grows {rss_slope:.0} bytes per generation");
+    assert!(
+        rss_slope < 1024.0,
+        "the resident set grows {rss_slope:.0} bytes per generation"
+    );
 }

@@ -316,6 +316,7 @@ impl Model {
             }
         };
         let model = Self::from_weights(config, &weights, options.prefill_chunk)?;
+        weights.check_unchanged()?;
         weights.finish_progress()?;
         Ok((model, source))
     }

@@ -222,7 +222,10 @@ fn leak_loop_keeps_the_heap_flat_over_a_thousand_generations() {
     // generations would take minutes; valgrind's leak check is test_api.c's.
     let dir = scratch("leak_loop");
     let exe = compile("cc", "-std=c99", "tests/c/leak_loop.c", &dir.join("leak_loop"));
-    let out = run(&exe).arg(repo().join("tests/fixtures/deepseek_v3_tiny")).output().unwrap();
+    let out = run(&exe)
+        .arg(repo().join("tests/fixtures/deepseek_v3_tiny"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}");

@@ -5,6 +5,7 @@
 //! tensor infos (name, dims innermost first, ggml type, offset), then the data section at the
 //! next multiple of `general.alignment` (default 32).
 
+use super::Stamp;
 use crate::error::{Error, Result};
 use crate::metadata::{MetaValue, Metadata};
 use candle_core::quantized::GgmlDType;
@@ -43,6 +44,7 @@ pub(crate) fn has_gguf_magic(path: &Path) -> bool {
 pub struct GgufFile {
     path: PathBuf,
     mmap: Mmap,
+    stamp: Stamp,
     /// Metadata by key.
     pub(crate) metadata: HashMap<String, MetaValue>,
     /// Tensor infos by name.
@@ -233,7 +235,8 @@ impl GgufFile {
     ///
     /// The mapping is shared and read-only: the file must not be truncated or rewritten while
     /// a model loads from it (a truncated mapping faults with SIGBUS, as in every mmap-based
-    /// loader). A file changed before it is opened is caught here, by these checks.
+    /// loader). A file broken before it is opened is caught here, by these checks; one
+    /// rewritten while the model loads, by its [`Stamp`] at the end of the load.
     pub fn open(path: &Path) -> Result<Self> {
         let io_err = |source| Error::Io {
             path: path.to_path_buf(),
@@ -251,6 +254,7 @@ impl GgufFile {
         let (_version, metadata, tensors) = parse(&mmap).map_err(bad)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
+            stamp: Stamp::of(path, &file)?,
             mmap,
             metadata,
             tensors,
@@ -260,6 +264,11 @@ impl GgufFile {
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The file's size and modification time when it was mapped.
+    pub(crate) fn stamp(&self) -> &Stamp {
+        &self.stamp
     }
 
     /// What the file says about the model, for `config` and `tokenizer`: the metadata, the

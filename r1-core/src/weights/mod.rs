@@ -22,7 +22,7 @@ use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Reports loading progress: called with (bytes of weights read so far, total bytes of the
@@ -150,6 +150,15 @@ impl Weights {
             }
         }
         Ok(())
+    }
+
+    /// An error if a file the weights were read from was changed since it was opened: a
+    /// model built from a file rewritten under it would hold a mix of two files' weights.
+    pub fn check_unchanged(&self) -> Result<()> {
+        match &self.source {
+            Source::Gguf(g) => g.stamp().check(),
+            Source::Safetensors(store) => store.stamps().try_for_each(Stamp::check),
+        }
     }
 
     /// Tells the progress callback that loading is done (headers and skipped tensors are
@@ -436,4 +445,45 @@ fn decode<const N: usize, T>(raw: &RawTensor, from_le: fn([u8; N]) -> T) -> Vec<
         .chunks_exact(N)
         .map(|c| from_le(c.try_into().expect("chunks_exact yields N bytes")))
         .collect()
+}
+
+/// A file's size and modification time when it was mapped: what shows that it changed while
+/// a model was read from it.
+#[derive(Debug, Clone)]
+pub(crate) struct Stamp {
+    path: PathBuf,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl Stamp {
+    /// The stamp of the open `file` at `path`.
+    pub(crate) fn of(path: &Path, file: &std::fs::File) -> Result<Stamp> {
+        let m = file.metadata().map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Stamp {
+            path: path.to_path_buf(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+
+    /// An error naming the file if its size or modification time is no longer the stamp's.
+    pub(crate) fn check(&self) -> Result<()> {
+        let now = std::fs::metadata(&self.path).map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        if now.len() != self.len || now.modified().ok() != self.modified {
+            return Err(Error::BadWeights {
+                path: self.path.clone(),
+                msg: "the file changed while the model was loading from it (model files must not be \
+                      written while they load)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
 }

@@ -4,6 +4,7 @@
 //! Headers are parsed once; tensor bytes are read straight from the mapping when a tensor is
 //! requested, so nothing is copied until it is converted to the compute layout.
 
+use super::Stamp;
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub struct SafetensorsFile {
     path: PathBuf,
     mmap: Mmap,
+    stamp: Stamp,
     /// Offset of the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
@@ -40,8 +42,10 @@ impl SafetensorsFile {
             source,
         };
         let file = File::open(path).map_err(io_err)?;
-        // SAFETY: the mapping is read-only; r1 documents that model files must not be modified
-        // while a model is loaded (as every mmap-based loader does).
+        // SAFETY: a shared read-only mapping of a file, which r1 never writes. The memory stays
+        // valid for the map's lifetime; its contents are the file's, so the file must not be
+        // truncated while a model loads from it (a read past the new end faults with SIGBUS,
+        // as in every mmap-based loader); a file rewritten meanwhile is caught by its `Stamp`.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
         let bad = |msg: String| Error::BadWeights {
             path: path.to_path_buf(),
@@ -55,6 +59,7 @@ impl SafetensorsFile {
         let data_start = 8 + header_len;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
+            stamp: Stamp::of(path, &file)?,
             mmap,
             data_start,
             metadata,
@@ -161,6 +166,11 @@ impl SafetensorsStore {
     /// Total size of the files.
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.mmap.len() as u64).sum()
+    }
+
+    /// Each file's size and modification time when it was mapped.
+    pub(crate) fn stamps(&self) -> impl Iterator<Item = &Stamp> {
+        self.files.iter().map(|f| &f.stamp)
     }
 
     /// Whether any shard holds `name`.
