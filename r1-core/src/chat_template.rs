@@ -436,6 +436,7 @@ mod tests {
             }
         }
         assert!(took < std::time::Duration::from_secs(1), "{name:?} took {took:?}");
+        eprintln!("{name:?}: refused in {:.1} ms", took.as_secs_f64() * 1e3);
     }
 
     #[test]
