@@ -122,13 +122,21 @@ impl Stage {
             } if !(presence.is_finite() && frequency.is_finite()) => {
                 bad("presence and frequency penalties must be finite".into())
             }
-            Stage::LogitBias(ref bias) => match bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
-                Some((id, b)) => bad(format!("logit_bias of token {id} is {b}: a bias is finite, or -inf")),
+            Stage::LogitBias(ref bias) => match bad_bias(bias) {
+                Some(m) => bad(m),
                 None => Ok(()),
             },
             _ => Ok(()),
         }
     }
+}
+
+/// What is wrong with a logit bias's values, if anything: each is finite, or -inf to ban.
+fn bad_bias(bias: &[(u32, f32)]) -> Option<String> {
+    let &(id, b) = bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY)?;
+    Some(format!(
+        "logit_bias of token {id} is {b}: a bias is finite, or -inf to ban the token"
+    ))
 }
 
 /// Highest logit first; ties by lower token id.
@@ -382,10 +390,8 @@ impl SamplingParams {
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
             return bad("presence and frequency penalties must be finite".into());
         }
-        if let Some(&(id, b)) = self.logit_bias.iter().find(|(_, b)| b.is_nan() || *b == f32::INFINITY) {
-            return bad(format!(
-                "logit_bias of token {id} is {b}: a bias is finite, or -inf to ban the token"
-            ));
+        if let Some(m) = bad_bias(&self.logit_bias) {
+            return bad(m);
         }
         let mut ids: Vec<u32> = self.logit_bias.iter().map(|&(id, _)| id).collect();
         ids.sort_unstable();

@@ -27,6 +27,19 @@ macro_rules! tiles_of_four {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use tiles_of_four;
 
+/// Activation quants `at..at + 4` broadcast to every 32-bit lane: the operand one `vpdpbusd`
+/// takes against four quants of each of eight interleaved rows (both k-quant layouts' kernels).
+///
+/// # Safety
+/// The CPU has AVX2 (the callers run inside their `#[target_feature]` kernels).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn four(qs: &[i8], at: usize) -> std::arch::x86_64::__m256i {
+    let bytes = [qs[at] as u8, qs[at + 1] as u8, qs[at + 2] as u8, qs[at + 3] as u8];
+    // SAFETY: the caller's CPU has AVX2 (this function's contract); the indexing is checked.
+    unsafe { std::arch::x86_64::_mm256_set1_epi32(i32::from_le_bytes(bytes)) }
+}
+
 /// One k-quant format's interleaved layout.
 pub(crate) trait Layout {
     /// Bytes of the file's block (one row, 256 weights).

@@ -133,22 +133,8 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, DMIN, GROUP_BLOCK, MINS, R, SCALES};
-    use crate::kernels::interleaved_k::tiles_of_four;
+    use crate::kernels::interleaved_k::{four, tiles_of_four};
     use std::arch::x86_64::*;
-
-    #[inline(always)]
-    unsafe fn four(qs: &[i8], at: usize) -> __m256i {
-        // SAFETY: this function's contract is what the operations below need: the caller has
-        // checked the CPU for its target features, and passes slices as long as its loads read.
-        unsafe {
-            _mm256_set1_epi32(i32::from_le_bytes([
-                qs[at] as u8,
-                qs[at + 1] as u8,
-                qs[at + 2] as u8,
-                qs[at + 3] as u8,
-            ]))
-        }
-    }
 
     #[inline(always)]
     unsafe fn halves(blk: &[u8], at: usize) -> __m256 {

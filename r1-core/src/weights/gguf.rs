@@ -311,9 +311,10 @@ impl GgufFile {
     /// Releases the pages of `bytes`, a slice of this file's mapping (anything else is left
     /// alone), once their contents were copied elsewhere.
     pub fn release_bytes(&self, bytes: &[u8]) {
+        // A slice from elsewhere gives an offset outside the mapping, which `release` ignores.
         let start = (bytes.as_ptr() as usize).wrapping_sub(self.mmap.as_ptr() as usize);
-        if start <= self.mmap.len() && bytes.len() <= self.mmap.len() - start {
-            release(&self.mmap, (start, start + bytes.len()));
+        if let Some(end) = start.checked_add(bytes.len()) {
+            release(&self.mmap, (start, end));
         }
     }
 }
