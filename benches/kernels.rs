@@ -67,7 +67,7 @@ fn main() {
     for (name, kind, cols) in kinds {
         let rows_layout = matrix(kind, rows, cols);
         // The eight-row interleaved layout, where this CPU and format have one.
-        let interleaved = QuantMatrix::interleaved(kind, rows, cols, rows_layout.bytes(), |_| {});
+        let interleaved = QuantMatrix::interleaved(kind, rows, cols, rows_layout.bytes());
         let layouts = std::iter::once(("rows", &rows_layout)).chain(interleaved.as_ref().map(|m| ("interleaved", m)));
         for (layout, m) in layouts {
             for t in [1, 128] {

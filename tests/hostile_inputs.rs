@@ -592,32 +592,61 @@ fn a_million_characters_encode_in_linear_time() {
     }
 }
 
+/// Loads a copy of each fixture model (GGUF, safetensors) while `meddle(file, bytes)` changes
+/// its weights file at the first progress report; the load errors, one per model.
+fn load_while(tag: &str, meddle: fn(&Path, &[u8])) -> Vec<r1_core::Error> {
+    let originals = [
+        fixtures_dir().join("gguf/llama_tiny.f32.gguf"),
+        fixtures_dir().join("llama_tiny/model.safetensors"),
+    ];
+    originals
+        .iter()
+        .map(|original| {
+            let bytes = std::fs::read(original).unwrap();
+            let path = place(original, &bytes, tag);
+            let file = if path.is_dir() {
+                path.join("model.safetensors")
+            } else {
+                path.clone()
+            };
+            let done = std::sync::atomic::AtomicBool::new(false);
+            let options = LoadOptions::default().with_progress(move |_, _| {
+                if !done.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    meddle(&file, &bytes);
+                }
+                true
+            });
+            Model::load(&path, &options).expect_err("the file loaded")
+        })
+        .collect()
+}
+
 #[test]
 fn a_file_rewritten_while_it_loads_is_an_error() {
     let witness = Witness::new();
-    for original in [
-        fixtures_dir().join("gguf/llama_tiny.f32.gguf"),
-        fixtures_dir().join("llama_tiny/model.safetensors"),
-    ] {
-        let bytes = std::fs::read(&original).unwrap();
-        let path = place(&original, &bytes, "rewrite");
-        let file = if path.is_dir() {
-            path.join("model.safetensors")
-        } else {
-            path.clone()
-        };
-        let rewritten = std::sync::atomic::AtomicBool::new(false);
-        // On the first progress report, the same bytes written again: same size, same
-        // contents, a new modification time, as when another program saves over the file.
-        let options = LoadOptions::default().with_progress(move |_, _| {
-            if !rewritten.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                std::fs::write(&file, &bytes).unwrap();
-            }
-            true
-        });
-        let e = Model::load(&path, &options).expect_err("a rewritten file loaded");
+    // The same bytes written again: same size, same contents, a new modification time, as
+    // when another program saves over the file.
+    for e in load_while("rewrite", |file, bytes| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::write(file, bytes).unwrap();
+    }) {
         assert!(e.to_string().contains("changed while the model was loading"), "{e}");
+    }
+    witness.still_works();
+}
+
+#[test]
+fn a_file_truncated_while_it_loads_is_an_error() {
+    let witness = Witness::new();
+    // The file cut to half its size: a read through a mapping of the lost half would kill the
+    // process with SIGBUS.
+    for e in load_while("truncate", |file, bytes| {
+        let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        f.set_len(bytes.len() as u64 / 2).unwrap();
+    }) {
+        let msg = e.to_string();
+        assert!(msg.contains("ends before byte") && msg.contains("truncated"), "{msg}");
+        assert_eq!(e.code(), r1_core::ErrorCode::Format, "{msg}");
     }
     witness.still_works();
 }

@@ -19,7 +19,7 @@ pub enum ErrorCode {
     InvalidArgument = 2,
     /// Text that must be UTF-8 is not.
     InvalidUtf8 = 3,
-    /// A file could not be found, opened, mapped or read.
+    /// A file could not be found, opened or read.
     Io = 4,
     /// A file is malformed: config, weights, tokenizer, index.
     Format = 5,
@@ -80,7 +80,7 @@ impl std::fmt::Display for ErrorCode {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A file could not be opened, mapped or read.
+    /// A file could not be opened or read.
     #[error("{path}: {source}")]
     Io {
         /// The file.

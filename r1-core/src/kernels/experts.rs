@@ -225,7 +225,7 @@ mod tests {
             bytes.extend(b);
         }
         let kind = Kind::K(super::super::kquant::KFormat::Q4K);
-        QuantMatrix::interleaved(kind, rows, cols, &bytes, |_| {})
+        QuantMatrix::interleaved(kind, rows, cols, &bytes)
             .unwrap_or_else(|| QuantMatrix::new(kind, rows, cols, &bytes).unwrap())
     }
 

@@ -99,15 +99,7 @@ impl Interleaved {
 
     /// Repacks row-major blocks (`rows` rows of `cols / 32` blocks); `None` for a format
     /// without an interleaved form.
-    /// `done` is called with each range of `src` the repacking has finished reading (a group's
-    /// rows), so a caller can let those mapped pages go while it packs.
-    pub(crate) fn repack(
-        format: Format,
-        rows: usize,
-        cols: usize,
-        src: &[u8],
-        mut done: impl FnMut(Range<usize>),
-    ) -> Option<Self> {
+    pub(crate) fn repack(format: Format, rows: usize, cols: usize, src: &[u8]) -> Option<Self> {
         if !Self::supports(format) || !cols.is_multiple_of(QK) {
             return None;
         }
@@ -130,7 +122,6 @@ impl Interleaved {
                     pack_block(format, block, r, out);
                 }
             }
-            done(g * R * blocks * bb..((g + 1) * R).min(rows) * blocks * bb);
         }
         Some(Interleaved {
             format,
@@ -138,6 +129,17 @@ impl Interleaved {
             cols,
             data,
         })
+    }
+
+    /// The rows of `next` after these (a matrix packed a piece at a time): `None` unless
+    /// these rows fill whole groups and `next` has the same format and columns.
+    pub(crate) fn append(&mut self, next: Interleaved) -> Option<()> {
+        if !self.rows.is_multiple_of(R) || next.format != self.format || next.cols != self.cols {
+            return None;
+        }
+        self.rows += next.rows;
+        self.data.extend_from_slice(&next.data);
+        Some(())
     }
 
     /// Row `r` as row-major blocks, as the file stored it.
@@ -506,7 +508,7 @@ mod tests {
             // 19 rows: two full groups and a partial one; 23 tokens: tiles of 8, 8, 4, 2, 1.
             let (rows, blocks, t) = (19, 3, 23);
             let src = random_matrix(format, rows, blocks, &mut state);
-            let m = Interleaved::repack(format, rows, blocks * QK, &src, |_| {}).unwrap();
+            let m = Interleaved::repack(format, rows, blocks * QK, &src).unwrap();
             let row_bytes = blocks * format.block_bytes();
             let (mut got, mut want) = (Vec::new(), Vec::new());
             for r in 0..rows {
@@ -543,6 +545,6 @@ mod tests {
                 }
             }
         }
-        assert!(Interleaved::repack(Format::Q5_0, 8, 64, &[0; 8 * 22], |_| {}).is_none());
+        assert!(Interleaved::repack(Format::Q5_0, 8, 64, &[0; 8 * 22]).is_none());
     }
 }

@@ -7,7 +7,6 @@ use super::interleaved::over_groups;
 pub(crate) use super::interleaved::R;
 use super::kquant::{quantize_q8k, Q8KBlock, QK_K};
 use std::marker::PhantomData;
-use std::ops::Range;
 
 /// `$tile::<N>(group, acts, out)` over `$acts` in tiles of four, two and one rows: the
 /// dispatch both k-quant layouts' VNNI kernels run (their tiles are const-generic over `N`).
@@ -76,9 +75,8 @@ impl<L: Layout> Grouped<L> {
         self.cols / QK_K
     }
 
-    /// Repacks the file's row-major blocks; `done` is told each range of `src` it finished
-    /// reading (a group's rows), so the caller can let those mapped pages go.
-    pub(crate) fn repack(rows: usize, cols: usize, src: &[u8], mut done: impl FnMut(Range<usize>)) -> Option<Self> {
+    /// Repacks the file's row-major blocks.
+    pub(crate) fn repack(rows: usize, cols: usize, src: &[u8]) -> Option<Self> {
         let blocks = cols / QK_K;
         if !cols.is_multiple_of(QK_K) || src.len() != rows * blocks * L::ROW_BLOCK {
             return None;
@@ -96,7 +94,6 @@ impl<L: Layout> Grouped<L> {
                     );
                 }
             }
-            done(g * R * row_bytes..((g + 1) * R).min(rows) * row_bytes);
         }
         Some(Grouped {
             rows,
@@ -104,6 +101,17 @@ impl<L: Layout> Grouped<L> {
             data,
             layout: PhantomData,
         })
+    }
+
+    /// The rows of `next` after these (a matrix packed a piece at a time): `None` unless
+    /// these rows fill whole groups and `next` has the same columns.
+    pub(crate) fn append(&mut self, next: Grouped<L>) -> Option<()> {
+        if !self.rows.is_multiple_of(R) || next.cols != self.cols {
+            return None;
+        }
+        self.rows += next.rows;
+        self.data.extend_from_slice(&next.data);
+        Some(())
     }
 
     /// The blocks of group `g`.
@@ -156,7 +164,7 @@ impl<L: Layout> Grouped<L> {
 #[cfg(test)]
 pub(crate) fn check_layout<L: Layout>(format: super::kquant::KFormat, src: &[u8], rows: usize, blocks: usize) {
     use super::kquant::dot_scalar;
-    let m = Grouped::<L>::repack(rows, blocks * QK_K, src, |_| {}).unwrap();
+    let m = Grouped::<L>::repack(rows, blocks * QK_K, src).unwrap();
     let row = |r: usize| &src[r * blocks * L::ROW_BLOCK..(r + 1) * blocks * L::ROW_BLOCK];
     for r in 0..rows {
         assert_eq!(m.row_bytes(r), row(r), "row {r}");
@@ -188,5 +196,5 @@ pub(crate) fn check_layout<L: Layout>(format: super::kquant::KFormat, src: &[u8]
             assert!(r >= R || close(scalar[tok * R + r]), "plain form, token {tok} row {r}");
         }
     }
-    assert!(Grouped::<L>::repack(rows, 100, src, |_| {}).is_none());
+    assert!(Grouped::<L>::repack(rows, 100, src).is_none());
 }

@@ -152,26 +152,16 @@ impl QuantMatrix {
     }
 
     /// The matrix of row-major blocks `src` in the interleaved layout ([`Interleaved`]), when
-    /// this CPU has its kernel (AVX-512 VNNI) and the format has one. `release` is told which
-    /// bytes of `src` were packed, as the packing goes.
-    pub fn interleaved(
-        kind: Kind,
-        rows: usize,
-        cols: usize,
-        src: &[u8],
-        release: impl FnMut(Range<usize>),
-    ) -> Option<Self> {
-        if super::cpu::level() < super::cpu::Level::Avx512 {
+    /// this CPU has its kernel (AVX-512 VNNI) and the format has one.
+    pub fn interleaved(kind: Kind, rows: usize, cols: usize, src: &[u8]) -> Option<Self> {
+        if !Self::has_layout(kind) {
             return None;
         }
         Self::check(kind, rows, cols, src.len()).ok()?;
         let packed = match kind {
-            Kind::Legacy(f) if Interleaved::supports(f) => {
-                Packed::Legacy(Interleaved::repack(f, rows, cols, src, release)?)
-            }
-            Kind::K(KFormat::Q4K) => Packed::Q4K(Grouped::repack(rows, cols, src, release)?),
-            Kind::K(KFormat::Q6K) => Packed::Q6K(Grouped::repack(rows, cols, src, release)?),
-            _ => return None,
+            Kind::Legacy(f) => Packed::Legacy(Interleaved::repack(f, rows, cols, src)?),
+            Kind::K(KFormat::Q4K) => Packed::Q4K(Grouped::repack(rows, cols, src)?),
+            Kind::K(KFormat::Q6K) => Packed::Q6K(Grouped::repack(rows, cols, src)?),
         };
         Some(QuantMatrix {
             kind,
@@ -180,6 +170,66 @@ impl QuantMatrix {
             data: Vec::new(),
             interleaved: Some(packed),
         })
+    }
+
+    /// Whether this CPU and `kind` have an interleaved layout.
+    fn has_layout(kind: Kind) -> bool {
+        super::cpu::level() >= super::cpu::Level::Avx512
+            && match kind {
+                Kind::Legacy(f) => Interleaved::supports(f),
+                Kind::K(KFormat::Q4K | KFormat::Q6K) => true,
+            }
+    }
+
+    /// The matrix `[rows, cols]` whose `len` bytes of row-major blocks `read(range)` returns a
+    /// range at a time. With `interleave`, and where this CPU and kind have an interleaved
+    /// layout, it is read and packed a few megabytes of rows at a time, so the file's form of
+    /// the matrix is never held whole beside the packed one; otherwise it is read whole and
+    /// kept as it is.
+    pub fn read(
+        kind: Kind,
+        rows: usize,
+        cols: usize,
+        len: usize,
+        interleave: bool,
+        mut read: impl FnMut(Range<usize>) -> Result<Vec<u8>>,
+    ) -> Result<Self> {
+        const PIECE_BYTES: usize = 8 << 20;
+        Self::check(kind, rows, cols, len)?;
+        if !interleave || rows == 0 || !Self::has_layout(kind) {
+            return Self::from_vec(kind, rows, cols, read(0..len)?);
+        }
+        let row_bytes = cols / kind.block_len() * kind.block_bytes();
+        let piece_rows = (PIECE_BYTES / row_bytes.max(1))
+            .max(1)
+            .next_multiple_of(super::interleaved::R);
+        let unpacked = || Error::Internal(format!("{kind:?} [{rows}, {cols}] did not pack in pieces"));
+        let mut packed: Option<QuantMatrix> = None;
+        for first in (0..rows).step_by(piece_rows) {
+            let n = piece_rows.min(rows - first);
+            let bytes = read(first * row_bytes..(first + n) * row_bytes)?;
+            let piece = Self::interleaved(kind, n, cols, &bytes).ok_or_else(unpacked)?;
+            match packed.as_mut() {
+                None => packed = Some(piece),
+                Some(m) => m.append(piece).ok_or_else(unpacked)?,
+            }
+        }
+        packed.ok_or_else(unpacked)
+    }
+
+    /// The rows of `next` after these: both interleaved, these rows filling whole groups.
+    fn append(&mut self, next: QuantMatrix) -> Option<()> {
+        if next.kind != self.kind || next.cols != self.cols {
+            return None;
+        }
+        match (self.interleaved.as_mut()?, next.interleaved?) {
+            (Packed::Legacy(a), Packed::Legacy(b)) => a.append(b)?,
+            (Packed::Q4K(a), Packed::Q4K(b)) => a.append(b)?,
+            (Packed::Q6K(a), Packed::Q6K(b)) => a.append(b)?,
+            _ => return None,
+        }
+        self.rows += next.rows;
+        Some(())
     }
 
     fn row(&self, r: usize) -> Cow<'_, [u8]> {
@@ -327,5 +377,45 @@ mod tests {
             }
         }
         assert!(m.matmul(&x[1..], t).is_err());
+    }
+    #[test]
+    fn a_matrix_read_in_pieces_holds_the_rows_of_the_whole() {
+        // Q8_0, 4,100 rows of 2,176 bytes: 8.9 MB, two pieces of 8 MB of whole groups of rows,
+        // the last group a partial one.
+        let (kind, rows, cols) = (Kind::Legacy(Format::Q8_0), 4100, 2048);
+        let mut state = 0x9e37_79b9_u32;
+        let mut bytes = Vec::new();
+        for _ in 0..rows * cols / QK {
+            bytes.extend(half::f16::from_f32(0.01).to_le_bytes());
+            bytes.extend((0..QK).map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                state as u8
+            }));
+        }
+        let whole = QuantMatrix::new(kind, rows, cols, &bytes).unwrap();
+        let mut reads = Vec::new();
+        let m = QuantMatrix::read(kind, rows, cols, bytes.len(), true, |r| {
+            reads.push(r.clone());
+            Ok(bytes[r].to_vec())
+        })
+        .unwrap();
+        let layout = QuantMatrix::has_layout(kind);
+        assert_eq!(m.interleaved.is_some(), layout);
+        assert_eq!(reads.len(), if layout { 2 } else { 1 }, "{reads:?}");
+        assert_eq!(reads.last().unwrap().end, bytes.len());
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            m.dequantize_row(r, &mut a);
+            whole.dequantize_row(r, &mut b);
+            assert_eq!(a, b, "row {r}");
+        }
+        // A short source is an error, and so is a read that fails.
+        assert!(QuantMatrix::read(kind, rows, cols, bytes.len() - 1, true, |_| Ok(vec![])).is_err());
+        let failing = QuantMatrix::read(kind, rows, cols, bytes.len(), true, |_| {
+            Err(Error::InvalidArgument("cut".into()))
+        });
+        assert!(failing.is_err());
     }
 }

@@ -1,5 +1,6 @@
-//! GGUF files (llama.cpp's format, v2 and v3) through `memmap2`: metadata, tensor infos and
-//! alignment are parsed from the mapping; tensor bytes are borrowed from it, never copied here.
+//! GGUF files (llama.cpp's format, v2 and v3): metadata, tensor infos and alignment are parsed
+//! from the header; a tensor's bytes are read when the model asks for them (see
+//! [`super::read_at`] for why by positioned reads, not a mapping).
 //!
 //! Layout: magic `GGUF`, version, tensor count, metadata count, the metadata key/values, the
 //! tensor infos (name, dims innermost first, ggml type, offset), then the data section at the
@@ -9,7 +10,6 @@ use super::Stamp;
 use crate::error::{Error, Result};
 use crate::metadata::{MetaValue, Metadata};
 use candle_core::quantized::GgmlDType;
-use memmap2::Mmap;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ pub struct TensorInfo {
     /// The ggml type.
     pub dtype: GgmlDType,
     /// Byte range in the file, checked against the file when it was parsed (private, so that
-    /// no caller can hand the mapping a range of its own).
+    /// no caller can hand the reader a range of its own).
     range: (usize, usize),
 }
 
@@ -40,11 +40,13 @@ pub(crate) fn has_gguf_magic(path: &Path) -> bool {
     File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF"
 }
 
-/// A mapped GGUF file.
+/// An open GGUF file and its parsed header.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    file: File,
     stamp: Stamp,
+    /// `rope_freqs.weight`, the one tensor that is configuration, read with the header.
+    rope_freqs: Option<std::result::Result<Vec<f64>, String>>,
     /// Metadata by key.
     pub(crate) metadata: HashMap<String, MetaValue>,
     /// Tensor infos by name.
@@ -68,6 +70,8 @@ pub(crate) mod limits {
     pub const ARRAY_NESTING: usize = 2;
     /// Largest `general.alignment`.
     pub const ALIGNMENT: u64 = 1 << 20;
+    /// Bytes of the header (metadata and tensor infos); real ones are tens of megabytes.
+    pub const HEADER_BYTES: usize = 1 << 28;
     /// Dimensions of a tensor (ggml's `GGML_MAX_DIMS`).
     pub const DIMS: usize = 4;
     /// Largest dimension (ggml stores them as `int64_t`).
@@ -117,36 +121,46 @@ fn min_encoded_size(ty: u32) -> usize {
     }
 }
 
-/// A bounds-checked reader over the mapping, with the file's allocation budget.
+/// A bounds-checked reader over the first bytes of a file, with the file's allocation budget.
 struct Cursor<'a> {
+    /// The bytes read so far: the whole file, or a prefix of it.
     data: &'a [u8],
+    /// The file's size, which bounds every count.
+    file_len: usize,
     pos: usize,
     /// Array items the rest of the file may still hold ([`limits::ARRAY_ITEMS`]).
     array_items_left: u64,
+    /// Set when the header runs past `data` but not past the file: how far it needs.
+    needs: Option<usize>,
 }
 
 type Parse<T> = std::result::Result<T, String>;
 
 impl<'a> Cursor<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    fn new(data: &'a [u8], file_len: usize) -> Self {
         Cursor {
             data,
+            file_len: file_len.max(data.len()),
             pos: 0,
             array_items_left: limits::ARRAY_ITEMS,
+            needs: None,
         }
     }
 
     fn take(&mut self, n: usize) -> Parse<&'a [u8]> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or_else(|| {
-                format!(
-                    "unexpected end of file at byte {} (needed {n} more bytes; truncated file?)",
-                    self.pos
-                )
-            })?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.file_len).ok_or_else(|| {
+            format!(
+                "unexpected end of file at byte {} (needed {n} more bytes; truncated file?)",
+                self.pos
+            )
+        })?;
+        if end > limits::HEADER_BYTES {
+            return Err(format!("the header runs past {} bytes", limits::HEADER_BYTES));
+        }
+        if end > self.data.len() {
+            self.needs = Some(end);
+            return Err(format!("the header runs past the first {} bytes read", self.data.len()));
+        }
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -174,7 +188,7 @@ impl<'a> Cursor<'a> {
         if n > max {
             return Err(format!("{what} count {n} at byte {at} is over the limit of {max}"));
         }
-        let left = (self.data.len() - self.pos) as u64;
+        let left = (self.file_len - self.pos) as u64;
         if n.saturating_mul(min_size as u64) > left {
             return Err(format!(
                 "{what} count {n} at byte {at} needs more than the {left} bytes left in the file (corrupt file?)"
@@ -231,31 +245,32 @@ impl<'a> Cursor<'a> {
 }
 
 impl GgufFile {
-    /// Maps and parses `path`.
-    ///
-    /// The mapping is shared and read-only: the file must not be truncated or rewritten while
-    /// a model loads from it (a truncated mapping faults with SIGBUS, as in every mmap-based
-    /// loader). A file broken before it is opened is caught here, by these checks; one
-    /// rewritten while the model loads, by its [`Stamp`] at the end of the load.
+    /// Opens `path` and reads its header. A file broken before it is opened is caught here,
+    /// by these checks; one truncated while the model loads, by the read that finds it short;
+    /// one rewritten meanwhile, by its [`Stamp`] at the end of the load.
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io {
+        let file = File::open(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
+        })?;
+        let stamp = Stamp::of(path, &file)?;
+        let (_version, metadata, tensors) = read_header(path, &file, stamp.len)?;
+        let rope_freqs = match tensors.get("rope_freqs.weight") {
+            Some(info) if info.dtype != GgmlDType::F32 => {
+                Some(Err(format!("rope_freqs.weight of type {:?}", info.dtype)))
+            }
+            Some(info) if info.range.1 - info.range.0 > 1 << 20 => Some(Err(format!(
+                "rope_freqs.weight of {} bytes (a megabyte at most)",
+                info.range.1 - info.range.0
+            ))),
+            Some(info) => Some(Ok(f32s(&super::read_at(&file, path, info.range.0..info.range.1)?))),
+            None => None,
         };
-        let file = File::open(path).map_err(io_err)?;
-        // SAFETY: a shared read-only mapping of a file, which r1 never writes. The memory stays
-        // valid for the map's lifetime; its contents are the file's, which is why the file must
-        // not change while loaded (see above).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-        let bad = |msg: String| Error::BadWeights {
-            path: path.to_path_buf(),
-            msg,
-        };
-        let (_version, metadata, tensors) = parse(&mmap).map_err(bad)?;
         Ok(GgufFile {
             path: path.to_path_buf(),
-            stamp: Stamp::of(path, &file)?,
-            mmap,
+            file,
+            stamp,
+            rope_freqs,
             metadata,
             tensors,
         })
@@ -274,67 +289,73 @@ impl GgufFile {
     /// What the file says about the model, for `config` and `tokenizer`: the metadata, the
     /// tensor names and the rope frequency factors (the one tensor that is configuration).
     pub fn metadata(&self) -> Metadata {
-        metadata_of(&self.path, &self.mmap, &self.metadata, &self.tensors)
+        metadata_of(&self.path, &self.metadata, &self.tensors, self.rope_freqs.clone())
     }
 
-    /// The file's size in bytes.
+    /// The file's size in bytes when it was opened.
     pub fn file_bytes(&self) -> usize {
-        self.mmap.len()
+        self.stamp.len
     }
 
-    /// The bytes of a tensor of this file (empty for a tensor of another, larger file).
-    pub fn bytes(&self, info: &TensorInfo) -> &[u8] {
-        self.mmap.get(info.range.0..info.range.1).unwrap_or_default()
+    /// The size of a tensor's bytes.
+    pub fn byte_len(&self, info: &TensorInfo) -> usize {
+        info.range.1 - info.range.0
     }
 
-    /// Tells the kernel a tensor's pages are no longer needed, once its bytes were copied into
-    /// the model: without this, the mapped file and the loaded weights both count in the
-    /// process's memory until loading ends (twice the file at the peak).
-    pub fn release(&self, info: &TensorInfo) {
-        self.release_bytes(self.bytes(info));
+    /// The bytes of a tensor of this file.
+    pub fn bytes(&self, info: &TensorInfo) -> Result<Vec<u8>> {
+        self.part(info, 0..self.byte_len(info))
     }
 
-    /// A copy of `bytes` (a slice of this file's mapping), made a few megabytes at a time with
-    /// each piece's pages released once copied: the mapped pages and the copy of a tensor never
-    /// both count in full, so the peak while loading stays near the file's size rather than the
-    /// file plus its largest tensor.
-    pub fn copy_out(&self, bytes: &[u8]) -> Vec<u8> {
-        const PIECE: usize = 8 << 20;
-        let mut out = Vec::with_capacity(bytes.len());
-        for piece in bytes.chunks(PIECE) {
-            out.extend_from_slice(piece);
-            self.release_bytes(piece);
-        }
-        out
-    }
-
-    /// Releases the pages of `bytes`, a slice of this file's mapping (anything else is left
-    /// alone), once their contents were copied elsewhere.
-    pub fn release_bytes(&self, bytes: &[u8]) {
-        // A slice from elsewhere gives an offset outside the mapping, which `release` ignores.
-        let start = (bytes.as_ptr() as usize).wrapping_sub(self.mmap.as_ptr() as usize);
-        if let Some(end) = start.checked_add(bytes.len()) {
-            release(&self.mmap, (start, end));
+    /// Bytes `part` of a tensor of this file (`part` counted from the tensor's first byte):
+    /// an error for a part outside the tensor, or a tensor outside the file as it was opened.
+    pub fn part(&self, info: &TensorInfo, part: std::ops::Range<usize>) -> Result<Vec<u8>> {
+        let (start, end) = info.range;
+        let range = start.checked_add(part.start).zip(start.checked_add(part.end));
+        match range {
+            Some((a, b)) if a <= b && b <= end && end <= self.stamp.len => super::read_at(&self.file, &self.path, a..b),
+            _ => Err(Error::Internal(format!(
+                "{}: bytes {part:?} of a tensor at {start}..{end} are not in the file",
+                self.path.display()
+            ))),
         }
     }
 }
 
-/// What `data`, the bytes of a GGUF file, says about the model (see [`GgufFile::metadata`]).
+/// The header of the open `file`, read in growing prefixes: its size is known only once it
+/// is parsed, and reading the whole file to find it would double the memory of a load.
+fn read_header(path: &Path, file: &File, file_len: usize) -> Result<Parsed> {
+    let mut want = file_len.min(1 << 20);
+    loop {
+        let prefix = super::read_at(file, path, 0..want)?;
+        match parse(&prefix, file_len) {
+            Ok(parsed) => return Ok(parsed),
+            Err(Failure { needs: Some(end), .. }) if want < file_len => want = end.max(want * 4).min(file_len),
+            Err(Failure { msg, .. }) => {
+                return Err(Error::BadWeights {
+                    path: path.to_path_buf(),
+                    msg,
+                })
+            }
+        }
+    }
+}
+
+/// Little-endian f32 bytes as f64.
+fn f32s(bytes: &[u8]) -> Vec<f64> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+        .collect()
+}
+
+/// What a GGUF header says about the model (see [`GgufFile::metadata`]).
 fn metadata_of(
     path: &Path,
-    data: &[u8],
     metadata: &HashMap<String, MetaValue>,
     tensors: &HashMap<String, TensorInfo>,
+    rope_freqs: Option<std::result::Result<Vec<f64>, String>>,
 ) -> Metadata {
-    let rope_freqs = tensors.get("rope_freqs.weight").map(|info| match info.dtype {
-        GgmlDType::F32 => Ok(data
-            .get(info.range.0..info.range.1)
-            .unwrap_or_default()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-            .collect()),
-        other => Err(format!("rope_freqs.weight of type {other:?}")),
-    });
     Metadata {
         path: path.to_path_buf(),
         values: metadata.clone(),
@@ -343,14 +364,19 @@ fn metadata_of(
     }
 }
 
-/// The metadata of GGUF bytes held in memory (the fuzz targets' entry: no file, no mapping).
+/// The metadata of GGUF bytes held in memory (the fuzz targets' entry: no file).
 #[cfg(feature = "internals")]
 pub(crate) fn metadata_of_bytes(data: &[u8], path: &Path) -> Result<Metadata> {
-    let (_, metadata, tensors) = parse(data).map_err(|msg| Error::BadWeights {
+    let bad = |msg: String| Error::BadWeights {
         path: path.to_path_buf(),
         msg,
-    })?;
-    Ok(metadata_of(path, data, &metadata, &tensors))
+    };
+    let (_, metadata, tensors) = parse_all(data).map_err(bad)?;
+    let rope_freqs = tensors.get("rope_freqs.weight").map(|info| match info.dtype {
+        GgmlDType::F32 => Ok(f32s(&data[info.range.0..info.range.1])),
+        other => Err(format!("rope_freqs.weight of type {other:?}")),
+    });
+    Ok(metadata_of(path, &metadata, &tensors, rope_freqs))
 }
 
 type Parsed = (u32, HashMap<String, MetaValue>, HashMap<String, TensorInfo>);
@@ -363,8 +389,26 @@ struct RawInfo {
     offset: u64,
 }
 
-fn parse(data: &[u8]) -> Parse<Parsed> {
-    let mut c = Cursor::new(data);
+/// Why a header did not parse, and whether reading more of the file could help.
+struct Failure {
+    msg: String,
+    /// The header runs past the bytes given: how many it needs, at least.
+    needs: Option<usize>,
+}
+
+/// Parses a whole file held in memory.
+#[cfg(any(test, feature = "internals"))]
+fn parse_all(data: &[u8]) -> Parse<Parsed> {
+    parse(data, data.len()).map_err(|f| f.msg)
+}
+
+/// Parses the header from `data`, the first bytes of a file of `file_len` bytes.
+fn parse(data: &[u8], file_len: usize) -> std::result::Result<Parsed, Failure> {
+    let mut c = Cursor::new(data, file_len);
+    parse_header(&mut c).map_err(|msg| Failure { msg, needs: c.needs })
+}
+
+fn parse_header(c: &mut Cursor) -> Parse<Parsed> {
     if c.take(4)
         .map_err(|_| "file is shorter than a GGUF header".to_string())?
         != b"GGUF"
@@ -379,18 +423,16 @@ fn parse(data: &[u8]) -> Parse<Parsed> {
     let n_tensors = c.count("tensor", 32, limits::TENSORS)?;
     // The smallest key/value: an empty key (8), a type (4) and a one-byte value.
     let n_meta = c.count("metadata key", 13, limits::KEYS)?;
-    let (metadata, alignment) = read_metadata(&mut c, n_meta)?;
-    let infos = (0..n_tensors)
-        .map(|_| read_tensor_info(&mut c))
-        .collect::<Parse<Vec<_>>>()?;
+    let (metadata, alignment) = read_metadata(c, n_meta)?;
+    let infos = (0..n_tensors).map(|_| read_tensor_info(c)).collect::<Parse<Vec<_>>>()?;
     let data_start = c.pos.next_multiple_of(alignment);
-    if n_tensors > 0 && data_start > data.len() {
+    if n_tensors > 0 && data_start > c.file_len {
         return Err(format!(
             "the data section starts at byte {data_start}, past the end of the file ({} bytes; truncated?)",
-            data.len()
+            c.file_len
         ));
     }
-    let tensors = lay_out(infos, data_start, alignment, data.len())?;
+    let tensors = lay_out(infos, data_start, alignment, c.file_len)?;
     Ok((version, metadata, tensors))
 }
 
@@ -576,23 +618,6 @@ pub fn gguf_name(hf: &str) -> Option<GgufName> {
     whole(blk(&format!("{g}.{param}")))
 }
 
-/// `MADV_DONTNEED` over the whole pages of a byte range of a read-only mapping (best effort;
-/// a range outside the mapping is ignored).
-pub(crate) fn release(mmap: &Mmap, (start, end): (usize, usize)) {
-    const PAGE: usize = 4096;
-    if start > end || end > mmap.len() {
-        return;
-    }
-    // Whole pages, rounded outward: a page shared with a neighbour is only dropped from
-    // memory, and read again from the file when the neighbour is loaded.
-    let (from, to) = (start / PAGE * PAGE, end.next_multiple_of(PAGE).min(mmap.len()));
-    // SAFETY: `from..to` lies inside this mapping (checked above; the mapping starts on a page).
-    // It is a shared read-only mapping of a file, so dropping its pages loses nothing: the
-    // next access reads them again from the page cache or the file, and every slice into the
-    // range stays valid and sees the same bytes (the file must not change while loaded).
-    let _ = unsafe { mmap.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from) };
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -693,7 +718,7 @@ mod tests {
 
         /// The parse error, which must name `needle`.
         fn fails_with(&self, needle: &str) {
-            let e = match parse(&self.bytes()) {
+            let e = match parse_all(&self.bytes()) {
                 Ok(_) => panic!("parsed, but should fail with {needle:?}"),
                 Err(e) => e,
             };
@@ -711,7 +736,7 @@ mod tests {
     #[test]
     fn parses_a_minimal_file() {
         let f = Gguf::new().kv("x.list", 9, array(4, 2, &[1, 0, 0, 0, 2, 0, 0, 0]));
-        let (version, meta, tensors) = parse(&f.bytes()).unwrap();
+        let (version, meta, tensors) = parse_all(&f.bytes()).unwrap();
         assert_eq!(version, 3);
         assert_eq!(meta["general.architecture"].as_str(), Some("llama"));
         assert_eq!(
@@ -724,8 +749,8 @@ mod tests {
 
     #[test]
     fn rejects_garbage_and_truncation() {
-        assert!(parse(b"GGU").unwrap_err().contains("shorter"));
-        assert!(parse(b"NOPE\x03\0\0\0").unwrap_err().contains("magic"));
+        assert!(parse_all(b"GGU").unwrap_err().contains("shorter"));
+        assert!(parse_all(b"NOPE\x03\0\0\0").unwrap_err().contains("magic"));
         Gguf {
             version: 1,
             ..Gguf::new()
@@ -742,7 +767,7 @@ mod tests {
             .kv("x.list", 9, array(4, 2, &[1, 0, 0, 0, 2, 0, 0, 0]))
             .bytes();
         for n in 0..whole.len() {
-            assert!(parse(&whole[..n]).is_err(), "a prefix of {n} bytes parsed");
+            assert!(parse_all(&whole[..n]).is_err(), "a prefix of {n} bytes parsed");
         }
     }
 
@@ -777,7 +802,7 @@ mod tests {
         let two = [array(0, 6, &[0; 6]), array(0, 6, &[0; 6])].concat();
         let mut c = Cursor {
             array_items_left: 10,
-            ..Cursor::new(&two)
+            ..Cursor::new(&two, two.len())
         };
         assert!(c.value(9, 0).is_ok());
         assert!(c
@@ -830,7 +855,7 @@ mod tests {
         Gguf::new()
             .kv("general.alignment", 10, 32u64.to_le_bytes().to_vec())
             .fails_with("not u32");
-        assert!(parse(&align(64).bytes()).is_ok());
+        assert!(parse_all(&align(64).bytes()).is_ok());
         let offset = |o: u64| {
             Gguf {
                 tensors: vec![],
@@ -842,14 +867,14 @@ mod tests {
         offset(4).fails_with("offset 4 is not a multiple of the alignment 32");
         offset(1 << 62).fails_with("runs past the end");
         offset(u64::MAX - 31).fails_with("runs past the end");
-        assert!(parse(&offset(64).bytes()).is_ok());
+        assert!(parse_all(&offset(64).bytes()).is_ok());
         // Two tensors over the same bytes, in either order of their infos.
         let f = Gguf {
             data: vec![0; 96],
             ..Gguf::new()
         }
         .tensor("b.weight", &[16], 0, 32);
-        assert!(parse(&f.bytes()).is_ok());
+        assert!(parse_all(&f.bytes()).is_ok());
         let f = Gguf {
             data: vec![0; 96],
             ..Gguf::new()
@@ -880,6 +905,34 @@ mod tests {
     }
 
     #[test]
+    fn a_header_longer_than_the_first_read_is_read_in_growing_prefixes() {
+        // A 3 MB string: the header runs past the first megabyte read, and past four.
+        let long = "x".repeat(3 << 20);
+        let path = std::env::temp_dir().join(format!("r1-gguf-long-{}", std::process::id()));
+        std::fs::write(&path, Gguf::new().kv("x.long", 8, enc_str(&long)).bytes()).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        assert_eq!(g.metadata["x.long"], MetaValue::Str(long));
+        assert_eq!(g.bytes(&g.tensors["a.weight"]).unwrap().len(), 32);
+        std::fs::remove_file(&path).unwrap();
+        // A prefix says how much more it needs; the whole file parsed alone does not.
+        let whole = Gguf::new().bytes();
+        let f = parse(&whole[..40], whole.len()).err().unwrap();
+        assert!(f.needs.is_some_and(|n| n > 40), "{}", f.msg);
+        assert!(parse(&whole[..40], 40).err().unwrap().needs.is_none());
+    }
+
+    #[test]
+    fn a_header_past_its_limit_is_refused() {
+        let mut c = Cursor::new(&[], usize::MAX);
+        assert!(c
+            .take(limits::HEADER_BYTES + 1)
+            .unwrap_err()
+            .contains("header runs past"));
+        assert!(c.needs.is_none());
+        assert!(c.take(16).is_err() && c.needs == Some(16));
+    }
+
+    #[test]
     fn ranges_from_elsewhere_are_never_used() {
         let dir = std::env::temp_dir().join(format!("r1-gguf-range-{}", std::process::id()));
         std::fs::write(&dir, Gguf::new().bytes()).unwrap();
@@ -889,11 +942,12 @@ mod tests {
             dtype: GgmlDType::F32,
             range: (0, 1 << 40),
         };
-        assert!(g.bytes(&forged).is_empty());
-        g.release(&forged);
-        g.release_bytes(&[0u8; 64]);
-        release(&g.mmap, (1 << 40, 1 << 41));
-        assert_eq!(g.bytes(&g.tensors["a.weight"]).len(), 32);
+        assert!(g.bytes(&forged).is_err());
+        let a = &g.tensors["a.weight"];
+        assert!(g.part(a, 16..40).is_err());
+        assert!(g.part(a, usize::MAX - 1..usize::MAX).is_err());
+        assert_eq!(g.bytes(a).unwrap().len(), 32);
+        assert_eq!(g.part(a, 8..16).unwrap().len(), 8);
         std::fs::remove_file(&dir).unwrap();
     }
 }

@@ -222,39 +222,21 @@ impl Weights {
             };
             if let Some((gname, info, expert)) = found {
                 if let Some(format) = kernel_format(info.dtype) {
-                    let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
+                    let part = self.gguf_part(g, &gname, info, expert, &[rows, cols])?;
                     // The MoE kernel reads experts (routed and shared) in groups of eight rows,
                     // interleaved for Q4_K only; other formats stay row-major for it (Q6_K's
                     // interleaved form is 30% larger than the file's).
                     let moe = expert.is_some() || gname.contains("_shexp");
-                    let interleaved = match expert {
-                        _ if !moe || format == Kind::K(KFormat::Q4K) => {
-                            // Let the packed pages go every 8 MB, then all of them (the kernel
-                            // maps pages around each fault, so a page let go early can return).
-                            let mut upto = 0;
-                            let m = QuantMatrix::interleaved(format, rows, cols, bytes, |r| {
-                                if r.end - upto >= 8 << 20 {
-                                    g.release_bytes(&bytes[upto..r.end]);
-                                    upto = r.end;
-                                }
-                            });
-                            g.release_bytes(bytes);
-                            m
-                        }
-                        _ => None,
-                    };
-                    let m = match interleaved {
-                        Some(m) => m,
-                        None => QuantMatrix::from_vec(format, rows, cols, g.copy_out(bytes))?,
-                    };
+                    let interleave = !moe || format == Kind::K(KFormat::Q4K);
+                    let m = QuantMatrix::read(format, rows, cols, part.len(), interleave, |r| {
+                        g.part(info, part.start + r.start..part.start + r.end)
+                    })?;
                     return Ok(Matrix::Blocks(Arc::new(m)));
                 }
                 if !matches!(info.dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
-                    let bytes = self.gguf_bytes(g, &gname, info, expert, &[rows, cols])?;
-                    let storage = QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?;
-                    if expert.is_none() {
-                        g.release(info);
-                    }
+                    let part = self.gguf_part(g, &gname, info, expert, &[rows, cols])?;
+                    let bytes = g.part(info, part)?;
+                    let storage = QStorage::from_data(Cow::Owned(bytes), &self.device, info.dtype)?;
                     return Ok(Matrix::Quantized(Arc::new(QTensor::new(storage, (rows, cols))?)));
                 }
             }
@@ -286,11 +268,7 @@ impl Weights {
 
     fn load(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         let tensor = match &self.source {
-            Source::Safetensors(store) => {
-                let t = self.load_safetensors(store, name, shape)?;
-                store.release(name);
-                t
-            }
+            Source::Safetensors(store) => self.load_safetensors(store, name, shape)?,
             Source::Gguf(g) => self.load_gguf(g, name, shape)?,
         };
         Ok(tensor.to_dtype(dtype)?)
@@ -304,7 +282,7 @@ impl Weights {
     }
 
     fn load_safetensors(&self, store: &SafetensorsStore, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let raw = store.get(name).ok_or_else(|| self.missing(name))?;
+        let raw = store.get(name).ok_or_else(|| self.missing(name))??;
         self.advance(raw.bytes.len())?;
         let bad = |msg: String| Error::BadWeights {
             path: raw.path.to_path_buf(),
@@ -343,42 +321,42 @@ impl Weights {
             .tensors
             .get(&gname)
             .ok_or_else(|| self.missing(&format!("{gname} ({name})")))?;
-        let bytes = self.gguf_bytes(g, &gname, info, expert, shape)?;
+        let part = self.gguf_part(g, &gname, info, expert, shape)?;
         let q = QTensor::new(
-            QStorage::from_data(Cow::Borrowed(bytes), &self.device, info.dtype)?,
+            QStorage::from_data(Cow::Owned(g.part(info, part)?), &self.device, info.dtype)?,
             shape,
         )?;
         Ok(q.dequantize(&self.device)?)
     }
 
-    /// The bytes of a whole GGUF tensor or of one expert of a stacked one, after checking the
-    /// shape the model expects.
-    fn gguf_bytes<'a>(
+    /// Where the bytes of a whole GGUF tensor or of one expert of a stacked one are (counted
+    /// from the tensor's first byte), after checking the shape the model expects.
+    fn gguf_part(
         &self,
-        g: &'a GgufFile,
+        g: &GgufFile,
         gname: &str,
         info: &TensorInfo,
         expert: Option<usize>,
         shape: &[usize],
-    ) -> Result<&'a [u8]> {
+    ) -> Result<std::ops::Range<usize>> {
         let bad = |msg: String| Error::BadWeights {
             path: g.path().to_path_buf(),
             msg: format!("tensor `{gname}`: {msg}"),
         };
         let full = info.shape();
-        let bytes = g.bytes(info);
+        let len = g.byte_len(info);
         match expert {
             None if full == shape => {
-                self.advance(bytes.len())?;
-                Ok(bytes)
+                self.advance(len)?;
+                Ok(0..len)
             }
             Some(e) if full.len() == 3 && full[1..] == *shape => {
                 if e >= full[0] {
                     return Err(bad(format!("expert {e} of {}", full[0])));
                 }
-                let per = bytes.len() / full[0];
+                let per = len / full[0];
                 self.advance(per)?;
-                Ok(&bytes[e * per..(e + 1) * per])
+                Ok(e * per..(e + 1) * per)
             }
             _ => Err(bad(format!(
                 "shape {full:?}, but the config implies {shape:?}{}",
@@ -394,7 +372,7 @@ impl Weights {
             let info = g.tensors.get(n).ok_or_else(|| self.missing(&format!("{n} ({name})")))?;
             let s = info.shape();
             let q = QTensor::new(
-                QStorage::from_data(Cow::Borrowed(g.bytes(info)), &self.device, info.dtype)?,
+                QStorage::from_data(Cow::Owned(g.bytes(info)?), &self.device, info.dtype)?,
                 s,
             )?;
             Ok(q.dequantize(&self.device)?)
@@ -433,13 +411,13 @@ impl Weights {
             .load(&scale_name, &scale_shape, DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let values = fp8::dequantize_blocks(raw.bytes, &scales, rows, cols, block);
+        let values = fp8::dequantize_blocks(&raw.bytes, &scales, rows, cols, block);
         Ok(Tensor::from_vec(values, (rows, cols), &self.device)?)
     }
 }
 
-/// Little-endian bytes → values. Safetensors does not promise alignment inside a mapping, so the
-/// bytes are decoded rather than reinterpreted.
+/// Little-endian bytes → values. Safetensors does not promise alignment, so the bytes are
+/// decoded rather than reinterpreted.
 fn decode<const N: usize, T>(raw: &RawTensor, from_le: fn([u8; N]) -> T) -> Vec<T> {
     raw.bytes
         .chunks_exact(N)
@@ -447,12 +425,55 @@ fn decode<const N: usize, T>(raw: &RawTensor, from_le: fn([u8; N]) -> T) -> Vec<
         .collect()
 }
 
-/// A file's size and modification time when it was mapped: what shows that it changed while
+/// Bytes `range` of `file` (opened from `path`), read with one positioned read.
+///
+/// Model files are read, not mapped: every tensor is converted or repacked into r1's own
+/// layouts while the model loads, so a mapping would save no memory afterwards, and a file
+/// truncated under a mapping kills the process with SIGBUS. A read that finds the file
+/// shorter than it was is an error naming the file instead.
+pub(crate) fn read_at(file: &std::fs::File, path: &Path, range: std::ops::Range<usize>) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; range.len()];
+    let read = {
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut bytes, range.start as u64)
+        }
+        #[cfg(windows)]
+        {
+            let mut done = 0;
+            loop {
+                match std::os::windows::fs::FileExt::seek_read(file, &mut bytes[done..], (range.start + done) as u64) {
+                    Ok(0) if done < bytes.len() => break Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) if done + n < bytes.len() => done += n,
+                    Ok(_) => break Ok(()),
+                    Err(e) => break Err(e),
+                }
+            }
+        }
+    };
+    match read {
+        Ok(()) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::BadWeights {
+            path: path.to_path_buf(),
+            msg: format!(
+                "the file ends before byte {} (was it truncated while the model loaded from it?)",
+                range.end
+            ),
+        }),
+        Err(source) => Err(Error::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A file's size and modification time when it was opened: what shows that it changed while
 /// a model was read from it.
 #[derive(Debug, Clone)]
 pub(crate) struct Stamp {
     path: PathBuf,
-    len: u64,
+    /// The size in bytes, which bounds every read of the file.
+    pub(crate) len: usize,
     modified: Option<std::time::SystemTime>,
 }
 
@@ -463,9 +484,13 @@ impl Stamp {
             path: path.to_path_buf(),
             source,
         })?;
+        let len = usize::try_from(m.len()).map_err(|_| Error::BadWeights {
+            path: path.to_path_buf(),
+            msg: format!("{} bytes do not fit this machine's address space", m.len()),
+        })?;
         Ok(Stamp {
             path: path.to_path_buf(),
-            len: m.len(),
+            len,
             modified: m.modified().ok(),
         })
     }
@@ -476,7 +501,7 @@ impl Stamp {
             path: self.path.clone(),
             source,
         })?;
-        if now.len() != self.len || now.modified().ok() != self.modified {
+        if now.len() != self.len as u64 || now.modified().ok() != self.modified {
             return Err(Error::BadWeights {
                 path: self.path.clone(),
                 msg: "the file changed while the model was loading from it (model files must not be \

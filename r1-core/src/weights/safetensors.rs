@@ -1,28 +1,29 @@
-//! Safetensors checkpoints through `memmap2`: one file, or shards listed by
-//! `model.safetensors.index.json`.
+//! Safetensors checkpoints: one file, or shards listed by `model.safetensors.index.json`.
 //!
-//! Headers are parsed once; tensor bytes are read straight from the mapping when a tensor is
-//! requested, so nothing is copied until it is converted to the compute layout.
+//! Headers are read and checked once, when the files are opened; a tensor's bytes are read
+//! when the model asks for it (see [`super::read_at`] for why by positioned reads).
 
 use super::Stamp;
 use crate::error::{Error, Result};
-use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-/// One mapped safetensors file and its parsed header.
+/// The safetensors crate's bound on a header (`MAX_HEADER_SIZE`), kept by r1's reader too.
+const MAX_HEADER_BYTES: usize = 100_000_000;
+
+/// One open safetensors file and its parsed header.
 pub struct SafetensorsFile {
     path: PathBuf,
-    mmap: Mmap,
+    file: File,
     stamp: Stamp,
     /// Offset of the data section (8-byte length + JSON header).
     data_start: usize,
     metadata: Metadata,
 }
 
-/// A tensor's bytes in a mapped file, with its stored dtype and shape.
+/// A tensor's bytes, read from its file, with its stored dtype and shape.
 pub struct RawTensor<'a> {
     /// The file it lives in.
     pub path: &'a Path,
@@ -31,36 +32,22 @@ pub struct RawTensor<'a> {
     /// The stored shape.
     pub shape: &'a [usize],
     /// The little-endian bytes.
-    pub bytes: &'a [u8],
+    pub bytes: Vec<u8>,
 }
 
 impl SafetensorsFile {
-    /// Maps `path` and validates its header against the file size.
+    /// Opens `path` and validates its header against the file size.
     pub fn open(path: &Path) -> Result<Self> {
-        let io_err = |source| Error::Io {
+        let file = File::open(path).map_err(|source| Error::Io {
             path: path.to_path_buf(),
             source,
-        };
-        let file = File::open(path).map_err(io_err)?;
-        // SAFETY: a shared read-only mapping of a file, which r1 never writes. The memory stays
-        // valid for the map's lifetime; its contents are the file's, so the file must not be
-        // truncated while a model loads from it (a read past the new end faults with SIGBUS,
-        // as in every mmap-based loader); a file rewritten meanwhile is caught by its `Stamp`.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-        let bad = |msg: String| Error::BadWeights {
-            path: path.to_path_buf(),
-            msg,
-        };
-        // The crate's checks (its audited rules): a header of at most 100 MB inside the file,
-        // offsets contiguous from 0 without overlap, each tensor's bytes its shape times its
-        // dtype, and no bytes after the last tensor.
-        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| bad(format!("not a valid safetensors file (truncated or corrupt?): {e}")))?;
-        let data_start = 8 + header_len;
+        })?;
+        let stamp = Stamp::of(path, &file)?;
+        let (data_start, metadata) = read_header(path, &file, stamp.len)?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
-            stamp: Stamp::of(path, &file)?,
-            mmap,
+            file,
+            stamp,
             data_start,
             metadata,
         })
@@ -71,26 +58,58 @@ impl SafetensorsFile {
         self.metadata.tensors().into_keys().collect()
     }
 
-    /// Drops the pages of tensor `name` from memory once it was copied (see
-    /// [`super::gguf::GgufFile::release`]).
-    pub fn release(&self, name: &str) {
-        if let Some(info) = self.metadata.info(name) {
-            let (s, e) = info.data_offsets;
-            super::gguf::release(&self.mmap, (self.data_start + s, self.data_start + e));
-        }
-    }
-
-    /// The raw tensor `name`, if the file has it.
-    pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
+    /// The raw tensor `name`, if the file has it (its bytes read now).
+    pub fn get(&self, name: &str) -> Option<Result<RawTensor<'_>>> {
         let info = self.metadata.info(name)?;
         let (s, e) = info.data_offsets;
-        Some(RawTensor {
-            path: &self.path,
-            dtype: info.dtype,
-            shape: &info.shape,
-            bytes: &self.mmap[self.data_start + s..self.data_start + e],
-        })
+        Some(
+            super::read_at(&self.file, &self.path, self.data_start + s..self.data_start + e).map(|bytes| RawTensor {
+                path: &self.path,
+                dtype: info.dtype,
+                shape: &info.shape,
+                bytes,
+            }),
+        )
     }
+}
+
+/// The header of the open `file` of `file_len` bytes: where the data section starts, and the
+/// tensors. The checks are the crate's (its audited rules): a header of at most 100 MB inside
+/// the file, offsets contiguous from 0 without overlap, each tensor's bytes its shape times its
+/// dtype (all in its `Metadata`), and no bytes after the last tensor.
+fn read_header(path: &Path, file: &File, file_len: usize) -> Result<(usize, Metadata)> {
+    let bad = |msg: String| Error::BadWeights {
+        path: path.to_path_buf(),
+        msg: format!("not a valid safetensors file (truncated or corrupt?): {msg}"),
+    };
+    if file_len < 8 {
+        return Err(bad(format!("{file_len} bytes, fewer than the header's 8-byte length")));
+    }
+    let len_bytes = super::read_at(file, path, 0..8)?;
+    let n = u64::from_le_bytes(<[u8; 8]>::try_from(&len_bytes[..]).map_err(|_| bad("no header length".into()))?);
+    let header_len = usize::try_from(n)
+        .ok()
+        .filter(|&n| n <= MAX_HEADER_BYTES)
+        .ok_or_else(|| bad(format!("a header of {n} bytes (at most {MAX_HEADER_BYTES})")))?;
+    let data_start = 8 + header_len;
+    if data_start > file_len {
+        return Err(bad(format!("a header of {header_len} bytes in a file of {file_len}")));
+    }
+    let header = super::read_at(file, path, 8..data_start)?;
+    let metadata: Metadata = serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+    let data_len = metadata
+        .tensors()
+        .values()
+        .map(|info| info.data_offsets.1)
+        .max()
+        .unwrap_or(0);
+    if data_start + data_len != file_len {
+        return Err(bad(format!(
+            "the tensors take {data_len} bytes after the header, the file has {}",
+            file_len - data_start
+        )));
+    }
+    Ok((data_start, metadata))
 }
 
 /// All safetensors files of a checkpoint, with a name → file index.
@@ -151,24 +170,17 @@ impl SafetensorsStore {
         &self.root
     }
 
-    /// The raw tensor `name` from whichever shard holds it.
-    pub fn get(&self, name: &str) -> Option<RawTensor<'_>> {
+    /// The raw tensor `name` from whichever shard holds it (its bytes read now).
+    pub fn get(&self, name: &str) -> Option<Result<RawTensor<'_>>> {
         self.index.get(name).and_then(|&i| self.files[i].get(name))
-    }
-
-    /// Drops the pages of tensor `name` once it was copied.
-    pub fn release(&self, name: &str) {
-        if let Some(&i) = self.index.get(name) {
-            self.files[i].release(name);
-        }
     }
 
     /// Total size of the files.
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.mmap.len() as u64).sum()
+        self.files.iter().map(|f| f.stamp.len as u64).sum()
     }
 
-    /// Each file's size and modification time when it was mapped.
+    /// Each file's size and modification time when it was opened.
     pub(crate) fn stamps(&self) -> impl Iterator<Item = &Stamp> {
         self.files.iter().map(|f| &f.stamp)
     }
@@ -281,6 +293,11 @@ mod tests {
         }
     }
 
+    fn fails(dir: &Path, bytes: &[u8], needle: &str) {
+        let e = open_err(dir, bytes);
+        assert!(e.contains(needle), "{e:?} does not contain {needle:?}");
+    }
+
     #[test]
     fn headers_follow_the_safetensors_rules() {
         let d = folder("rules");
@@ -289,23 +306,32 @@ mod tests {
         // The header's length past the end of the file, and over 100 MB.
         let mut v = file(ONE, &[0; 8]);
         v[..8].copy_from_slice(&1000u64.to_le_bytes());
-        assert!(open_err(&d, &v).contains("invalid header length"));
+        fails(&d, &v, "a header of 1000 bytes in a file of");
         v[..8].copy_from_slice(&(200u64 << 20).to_le_bytes());
-        assert!(open_err(&d, &v).contains("header too large"));
-        assert!(open_err(&d, &[1, 2, 3]).contains("header too small"));
+        fails(&d, &v, "at most 100000000");
+        fails(&d, &[1, 2, 3], "3 bytes, fewer than the header's 8-byte length");
         // Offsets with a gap, overlapping, and bytes that are not the shape's.
         let gap = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
-        assert!(open_err(&d, &file(gap, &[0; 12])).contains("invalid offset for tensor `b`"));
+        fails(&d, &file(gap, &[0; 12]), "invalid offset for tensor `b`");
         let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
-        assert!(open_err(&d, &file(overlap, &[0; 8])).contains("invalid offset for tensor `b`"));
+        fails(&d, &file(overlap, &[0; 8]), "invalid offset for tensor `b`");
         let wrong = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
-        assert!(open_err(&d, &file(wrong, &[0; 8])).contains("invalid shape, data type, or offset"));
+        fails(&d, &file(wrong, &[0; 8]), "invalid shape, data type, or offset");
         let huge = r#"{"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}"#;
-        assert!(open_err(&d, &file(huge, &[0; 8])).contains("overflow computing buffer size"));
-        // Truncated data, and data after the last tensor.
-        assert!(open_err(&d, &file(ONE, &[0; 4])).contains("file not fully covered"));
-        assert!(open_err(&d, &file(ONE, &[0; 12])).contains("file not fully covered"));
-        assert!(open_err(&d, &file("{not json", &[])).contains("invalid JSON in header"));
+        fails(&d, &file(huge, &[0; 8]), "overflow computing buffer size");
+        // Truncated data, and data after the last tensor (the crate's rule, checked by r1, which
+        // reads the header alone).
+        fails(
+            &d,
+            &file(ONE, &[0; 4]),
+            "the tensors take 8 bytes after the header, the file has 4",
+        );
+        fails(
+            &d,
+            &file(ONE, &[0; 12]),
+            "the tensors take 8 bytes after the header, the file has 12",
+        );
+        fails(&d, &file("{not json", &[]), "header: key must be a string");
     }
 
     fn index(dir: &Path, map: &str) {
