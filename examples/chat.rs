@@ -163,12 +163,5 @@ fn run(a: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("chat: {msg}");
-            ExitCode::FAILURE
-        }
-    }
+    r1_examples::exit_code("chat", run(&Args::parse()))
 }

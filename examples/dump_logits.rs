@@ -55,12 +55,5 @@ fn run(args: &Args) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dump_logits: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    r1_examples::exit_code("dump_logits", run(&Args::parse()))
 }

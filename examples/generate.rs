@@ -7,10 +7,16 @@
 //! `.safetensors` file in such a folder, or a GGUF file. `--help` lists every flag. With
 //! `--ids-out FILE` the prompt and generated ids are written as JSON, and with
 //! `--top-logprobs K` also each generated token's log-probability and its K best alternatives.
+//! `--samples N` samples N answers (seeds `--seed`, `--seed` + 1, ...) and votes on their final
+//! answers (self-consistency); `--distill-out FILE` (`.jsonl` or `.safetensors`, with
+//! `--top-logprobs K`) appends the generation, or every sample, to a distillation dataset.
 
 use clap::Parser;
-use r1_core::{Channel, DType, Engine, GenerateParams, LoadOptions, Message, Prompt, QuantizeTo, SamplingParams};
-use r1_examples::peak_rss_kib;
+use r1_core::{
+    Channel, Consensus, DType, DistillRecord, DistillWriter, Engine, Event, Finish, GenerateParams, LoadOptions,
+    Message, Prompt, QuantizeTo, SamplingParams,
+};
+use r1_examples::{peak_rss_kib, progress_bar};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -84,9 +90,18 @@ struct Args {
     /// Thinking budget: close the reasoning after N tokens.
     #[arg(long)]
     max_reasoning_tokens: Option<usize>,
-    /// Write {"prompt_ids", "generated_ids"[, "logprobs", "top_logprobs"]} as JSON.
+    /// Write {"prompt_ids", "generated_ids"[, "logprobs", "top_logprobs"]} as JSON (with
+    /// --samples: {"prompt_ids", "samples": [{"generated_ids", "final_answer", "seed"}], "vote"}).
     #[arg(long)]
     ids_out: Option<String>,
+    /// Self-consistency: sample N answers (seeds --seed, --seed + 1, ...) and vote on their
+    /// final answers.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Append the generation (every sample, with --samples) to a distillation dataset, .jsonl
+    /// or .safetensors; needs --top-logprobs.
+    #[arg(long)]
+    distill_out: Option<String>,
 }
 
 fn sampling(a: &Args) -> SamplingParams {
@@ -128,23 +143,6 @@ fn prompt(a: &Args) -> Result<Prompt, String> {
     Ok(Prompt::Chat(messages))
 }
 
-/// A loading bar on stderr, fed by the library's progress callback; it clears itself when done.
-fn progress_bar() -> impl Fn(u64, u64) -> bool + Send + Sync + 'static {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("loading {bar:40} {bytes}/{total_bytes} ({eta})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    move |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-        if done >= total {
-            bar.finish_and_clear();
-        }
-        true
-    }
-}
-
 fn load_options(a: &Args) -> Result<LoadOptions, String> {
     let dtype: DType = a.dtype.parse().map_err(|e: r1_core::Error| e.to_string())?;
     let quantize: Option<QuantizeTo> = a.quantize.as_deref().map(str::parse).transpose()?;
@@ -159,56 +157,116 @@ fn load_options(a: &Args) -> Result<LoadOptions, String> {
     Ok(o)
 }
 
-fn run(a: &Args) -> Result<(), String> {
-    let engine = Engine::load(&a.model, &load_options(a)?).map_err(|e| e.to_string())?;
+/// Streams events to stdout: a header where the channel changes, reasoning dimmed on a terminal.
+struct Printer {
+    color: bool,
+    current: Option<Channel>,
+}
+
+impl Printer {
+    fn new() -> Self {
+        Printer {
+            color: std::io::stdout().is_terminal(),
+            current: None,
+        }
+    }
+
+    fn event(&mut self, event: &Event) {
+        let mut out = std::io::stdout().lock();
+        if !event.text.is_empty() && self.current != Some(event.channel) {
+            let reasoning = event.channel == Channel::Reasoning;
+            let header = if reasoning { "\n[reasoning]\n" } else { "\n[answer]\n" };
+            let style = match (self.color, reasoning) {
+                (true, true) => "\x1b[2m",
+                (true, false) => "\x1b[0m",
+                _ => "",
+            };
+            let _ = write!(out, "{}{header}{style}", if self.color { "\x1b[0m" } else { "" });
+            self.current = Some(event.channel);
+        }
+        let _ = write!(out, "{}", event.text);
+        let _ = out.flush();
+    }
+
+    /// Ends a stream: the style reset and the usage line.
+    fn finish(&mut self, finish: Option<&Finish>) {
+        let mut out = std::io::stdout().lock();
+        if self.color {
+            let _ = write!(out, "\x1b[0m");
+        }
+        self.current = None;
+        if let Some(f) = finish {
+            let u = f.usage;
+            let _ = writeln!(
+                out,
+                "\n\n[usage] prompt {} tokens, reasoning {}, answer {}{}; prefill {:.1} tok/s, decode {:.1} tok/s; finish: {}",
+                u.prompt_tokens,
+                u.reasoning_tokens,
+                u.answer_tokens,
+                if u.reasoning_budget_hit { " (thinking budget hit)" } else { "" },
+                u.prefill_tokens_per_s,
+                u.decode_tokens_per_s,
+                f.reason.name()
+            );
+        }
+    }
+}
+
+fn params(a: &Args) -> GenerateParams {
     let mut params = GenerateParams::default()
         .with_max_tokens(a.max_tokens)
         .with_sampling(sampling(a))
         .with_stop(a.stop.clone());
     params.top_logprobs = a.top_logprobs;
     params.max_reasoning_tokens = a.max_reasoning_tokens;
-    let mut generation = engine.generate(&prompt(a)?, &params).map_err(|e| e.to_string())?;
-    let color = std::io::stdout().is_terminal();
-    let mut out = std::io::stdout().lock();
-    let mut current: Option<Channel> = None;
+    params
+}
+
+fn distill_writer(a: &Args) -> Result<Option<DistillWriter>, String> {
+    let Some(path) = &a.distill_out else {
+        return Ok(None);
+    };
+    let k = a.top_logprobs.ok_or("--distill-out needs --top-logprobs K")?;
+    DistillWriter::create(path, k).map(Some).map_err(|e| e.to_string())
+}
+
+fn run(a: &Args) -> Result<(), String> {
+    let mut distill = distill_writer(a)?;
+    let engine = Engine::load(&a.model, &load_options(a)?).map_err(|e| e.to_string())?;
+    let prompt = prompt(a)?;
+    let prompt_text = engine
+        .prompt_text(&prompt)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
+    let params = params(a);
+    if let Some(n) = a.samples {
+        let c = run_samples(&engine, &prompt, &params, n)?;
+        if let Some(w) = distill.as_mut() {
+            for i in 0..c.samples.len() {
+                let record = DistillRecord::from_sample(&prompt_text, &c, i).map_err(|e| e.to_string())?;
+                w.write(&record).map_err(|e| e.to_string())?;
+            }
+        }
+        if let Some(path) = &a.ids_out {
+            std::fs::write(path, samples_json(&c).to_string()).map_err(|e| format!("{path}: {e}"))?;
+        }
+        return distill.map_or(Ok(()), |w| w.finish().map_err(|e| e.to_string()));
+    }
+    let mut generation = engine.generate(&prompt, &params).map_err(|e| e.to_string())?;
+    let mut printer = Printer::new();
     let mut finish = None;
     for event in generation.by_ref() {
         let event = event.map_err(|e| e.to_string())?;
-        if !event.text.is_empty() && current != Some(event.channel) {
-            // Set the reasoning apart: a header per channel, and dim text on a terminal.
-            let reasoning = event.channel == Channel::Reasoning;
-            let header = if reasoning { "\n[reasoning]\n" } else { "\n[answer]\n" };
-            let style = match (color, reasoning) {
-                (true, true) => "\x1b[2m",
-                (true, false) => "\x1b[0m",
-                _ => "",
-            };
-            let _ = write!(out, "{}{header}{style}", if color { "\x1b[0m" } else { "" });
-            current = Some(event.channel);
-        }
-        let _ = write!(out, "{}", event.text);
-        let _ = out.flush();
+        printer.event(&event);
         finish = event.finish.or(finish);
     }
-    if color {
-        let _ = write!(out, "\x1b[0m");
-    }
-    if let Some(f) = finish {
-        let u = f.usage;
-        let _ = writeln!(
-            out,
-            "\n\n[usage] prompt {} tokens, reasoning {}, answer {}{}; prefill {:.1} tok/s, decode {:.1} tok/s; finish: {}",
-            u.prompt_tokens,
-            u.reasoning_tokens,
-            u.answer_tokens,
-            if u.reasoning_budget_hit { " (thinking budget hit)" } else { "" },
-            u.prefill_tokens_per_s,
-            u.decode_tokens_per_s,
-            f.reason.name()
-        );
-    }
+    printer.finish(finish.as_ref());
     if let Some(kib) = peak_rss_kib() {
         eprintln!("[memory] peak RSS {} MB", kib / 1024);
+    }
+    if let Some(mut w) = distill {
+        let record = DistillRecord::from_generation(&prompt_text, &generation).map_err(|e| e.to_string())?;
+        w.write(&record).and_then(|_| w.finish()).map_err(|e| e.to_string())?;
     }
     if let Some(path) = &a.ids_out {
         let mut json =
@@ -231,13 +289,43 @@ fn run(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Self-consistency: each sample streamed under its own header, then the vote.
+fn run_samples(engine: &Engine, prompt: &Prompt, params: &GenerateParams, n: usize) -> Result<Consensus, String> {
+    let mut printer = Printer::new();
+    let mut current = None;
+    let c = engine
+        .self_consistency_streamed(prompt, params, n, |i, event| {
+            if current != Some(i) {
+                println!("\n[sample {i}]");
+                current = Some(i);
+            }
+            printer.event(event);
+            if event.finish.is_some() {
+                printer.finish(event.finish.as_ref());
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let counts: Vec<String> = c.vote.counts.iter().map(|(a, n)| format!("{a:?}: {n}")).collect();
+    println!("[vote] {:?} ({})", c.vote.answer, counts.join(", "));
+    Ok(c)
+}
+
+/// The --ids-out JSON of a self-consistency run.
+fn samples_json(c: &Consensus) -> serde_json::Value {
+    let samples: Vec<serde_json::Value> = c
+        .samples
+        .iter()
+        .map(|s| serde_json::json!({"generated_ids": s.generated_ids, "final_answer": s.final_answer, "seed": s.seed}))
+        .collect();
+    let counts: serde_json::Map<String, serde_json::Value> =
+        c.vote.counts.iter().map(|(a, n)| (a.clone(), (*n).into())).collect();
+    serde_json::json!({
+        "prompt_ids": c.prompt_ids,
+        "samples": samples,
+        "vote": {"answer": c.vote.answer, "counts": counts},
+    })
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => {
-            eprintln!("generate: {msg}");
-            ExitCode::FAILURE
-        }
-    }
+    r1_examples::exit_code("generate", run(&Args::parse()))
 }

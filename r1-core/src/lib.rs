@@ -1,8 +1,8 @@
 //! # r1-core
 //!
 //! Embeddable inference for DeepSeek-R1-family reasoning models: Hugging Face checkpoints and
-//! GGUF files of Llama, Qwen2 (the R1 distills), DeepSeek-V2 and DeepSeek-V3/R1, loaded through
-//! mmap, streamed with the reasoning split from the answer.
+//! GGUF files of Llama, Qwen2 (the R1 distills), DeepSeek-V2 and DeepSeek-V3/R1, streamed with
+//! the reasoning split from the answer; self-consistency votes and distillation datasets on top.
 //!
 //! ```no_run
 //! use r1_core::{Engine, GenerateParams, LoadOptions, Message};
@@ -31,6 +31,8 @@ mod attention;
 mod cache;
 mod chat_template;
 mod config;
+mod consistency;
+mod distill;
 mod engine;
 mod error;
 mod generate;
@@ -51,6 +53,8 @@ mod weights;
 pub use cache::Cache;
 pub use chat_template::{ChatTemplate, Message, DEEPSEEK_R1_TEMPLATE};
 pub use config::Architecture;
+pub use consistency::{normalize_answer, Consensus, Sample, Vote, MAX_SAMPLES};
+pub use distill::{DistillFormat, DistillRecord, DistillWriter, DEFAULT_SHARD_GENERATIONS};
 pub use engine::Engine;
 pub use error::{Error, ErrorCode, Result};
 pub use generate::{CancelHandle, Event, Finish, FinishReason, GenerateParams, Generation, Prompt, Usage};
