@@ -8,13 +8,14 @@
 //! `--ids-out FILE` the prompt and generated ids are written as JSON, and with
 //! `--top-logprobs K` also each generated token's log-probability and its K best alternatives.
 //! `--samples N` samples N answers (seeds `--seed`, `--seed` + 1, ...) and votes on their final
-//! answers (self-consistency); `--distill-out FILE` (`.jsonl` or `.safetensors`, with
+//! answers (self-consistency); `--reject-step-regex RE` rejects reasoning steps matching RE,
+//! each sampled again up to `--max-step-retries N` times; `--distill-out FILE` (`.jsonl` or `.safetensors`, with
 //! `--top-logprobs K`) appends the generation, or every sample, to a distillation dataset.
 
 use clap::Parser;
 use r1_core::{
     Channel, Consensus, DType, DistillRecord, DistillWriter, Engine, Event, Finish, GenerateParams, LoadOptions,
-    Message, Prompt, QuantizeTo, SamplingParams,
+    Message, Prompt, QuantizeTo, SamplingParams, StepVerifier, Verdict,
 };
 use r1_examples::{peak_rss_kib, progress_bar};
 use std::io::{IsTerminal, Write};
@@ -102,6 +103,12 @@ struct Args {
     /// or .safetensors; needs --top-logprobs.
     #[arg(long)]
     distill_out: Option<String>,
+    /// A step verifier that rejects every reasoning step matching this regular expression.
+    #[arg(long)]
+    reject_step_regex: Option<String>,
+    /// How many times a rejected step is sampled again (with --reject-step-regex).
+    #[arg(long, default_value_t = 3)]
+    max_step_retries: usize,
 }
 
 fn sampling(a: &Args) -> SamplingParams {
@@ -212,14 +219,22 @@ impl Printer {
     }
 }
 
-fn params(a: &Args) -> GenerateParams {
+fn params(a: &Args) -> Result<GenerateParams, String> {
     let mut params = GenerateParams::default()
         .with_max_tokens(a.max_tokens)
         .with_sampling(sampling(a))
         .with_stop(a.stop.clone());
     params.top_logprobs = a.top_logprobs;
     params.max_reasoning_tokens = a.max_reasoning_tokens;
-    params
+    if let Some(re) = &a.reject_step_regex {
+        let re = regex::Regex::new(re).map_err(|e| format!("--reject-step-regex: {e}"))?;
+        let verifier = StepVerifier::new(move |step, _| match re.is_match(step) {
+            true => Verdict::Reject,
+            false => Verdict::Accept,
+        });
+        params.verifier = Some(verifier.with_max_retries(a.max_step_retries));
+    }
+    Ok(params)
 }
 
 fn distill_writer(a: &Args) -> Result<Option<DistillWriter>, String> {
@@ -238,7 +253,7 @@ fn run(a: &Args) -> Result<(), String> {
         .prompt_text(&prompt)
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
-    let params = params(a);
+    let params = params(a)?;
     if let Some(n) = a.samples {
         let c = run_samples(&engine, &prompt, &params, n)?;
         if let Some(w) = distill.as_mut() {
@@ -283,6 +298,17 @@ fn run(a: &Args) -> Result<(), String> {
                         .collect::<serde_json::Value>()
                 })
                 .collect();
+        }
+        if a.reject_step_regex.is_some() {
+            let steps: Vec<serde_json::Value> = generation
+                .steps()
+                .iter()
+                .map(
+                    |s| serde_json::json!({"text": s.text, "tries": s.tries, "retries_exhausted": s.retries_exhausted}),
+                )
+                .collect();
+            json["steps"] = steps.into();
+            json["rejected_steps"] = generation.usage().rejected_steps.into();
         }
         std::fs::write(path, json.to_string()).map_err(|e| format!("{path}: {e}"))?;
     }

@@ -286,3 +286,47 @@ fn distill_writes_each_prompt_once_and_resumes() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn generate_rejects_steps_matching_a_regex() {
+    let model = fixtures_dir().join("deepseek_v3_tiny");
+    let dir = scratch("verify");
+    let ids_file = dir.join("ids.json");
+    let status = Command::new(example_binary("generate"))
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "Think.",
+            "--temperature",
+            "1.0",
+        ])
+        .args(["--max-tokens", "48", "--seed", "3", "--reject-step-regex", "[aeiou]{2}"])
+        .args(["--max-step-retries", "4", "--ids-out", ids_file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let v = read_json(&ids_file);
+    let steps = v["steps"].as_array().unwrap();
+    assert!(!steps.is_empty());
+    let tries: u64 = steps.iter().map(|s| s["tries"].as_u64().unwrap() - 1).sum();
+    assert_eq!(v["rejected_steps"].as_u64(), Some(tries));
+    assert!(steps
+        .iter()
+        .all(|s| s["tries"].as_u64().unwrap() <= 5 && s["text"].is_string()));
+    let bad = Command::new(example_binary("generate"))
+        .args([
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--reject-step-regex",
+            "(",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--reject-step-regex"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

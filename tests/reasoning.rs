@@ -249,3 +249,148 @@ fn a_distillation_dataset_resumes_where_it_stopped() {
     assert!(DistillWriter::create(dir.join("e.jsonl"), 0).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Steps cut at every space: random-weight models write few blank lines.
+fn word_steps() -> r1_core::StepConfig {
+    r1_core::StepConfig::with_markers(&[]).with_separators(&[" "])
+}
+
+/// Runs a generation to its end; the events' texts concatenated.
+fn run(g: &mut r1_core::Generation) -> String {
+    let mut text = String::new();
+    for e in g.by_ref() {
+        text.push_str(&e.unwrap().text);
+    }
+    text
+}
+
+#[test]
+fn a_rollback_continues_as_a_fresh_generation_from_the_kept_tokens() {
+    use r1_core::{StepVerifier, Verdict};
+    for fixture in ["qwen2_tiny", "deepseek_v3_tiny"] {
+        let engine = engine(fixture);
+        let prompt = Prompt::Chat(vec![Message::user("Think it through.")]);
+        // Reject the second step once; accept everything else.
+        let state = std::sync::Arc::new(std::sync::Mutex::new((0usize, false)));
+        let s = state.clone();
+        let verifier = StepVerifier::new(move |_, _| {
+            let mut s = s.lock().unwrap();
+            if s.0 == 1 && !s.1 {
+                s.1 = true;
+                return Verdict::Reject;
+            }
+            s.0 += 1;
+            Verdict::Accept
+        })
+        .with_steps(word_steps());
+        let sampling = SamplingParams::deepseek_r1().with_temperature(1.0).with_seed(1);
+        let params = GenerateParams::default()
+            .with_max_tokens(40)
+            .with_sampling(sampling.clone())
+            .with_top_logprobs(3)
+            .with_verifier(verifier);
+        let mut g = engine.generate(&prompt, &params).unwrap();
+        let streamed = run(&mut g);
+        assert_eq!(streamed, g.text(), "{fixture}: the stream shows what stands");
+        let steps = g.steps();
+        assert!(
+            steps.len() > 2,
+            "{fixture}: {steps:?} {:?} {:?}",
+            g.trace(),
+            g.finish_reason()
+        );
+        assert_eq!((steps[1].tries, g.usage().rejected_steps), (2, 1), "{fixture}");
+        assert_eq!(steps[1].verdicts, [Verdict::Reject, Verdict::Accept]);
+        // A fresh generation from the kept tokens, seeded as the retry was (seed + 1).
+        let k = steps[1].first_token;
+        let kept: Vec<u32> = g.prompt_ids().iter().chain(&g.generated_ids()[..k]).copied().collect();
+        let fresh_params = GenerateParams::default()
+            .with_max_tokens(40 - k)
+            .with_sampling(sampling.with_seed(2))
+            .with_top_logprobs(3);
+        let mut fresh = engine.generate(&Prompt::Tokens(kept), &fresh_params).unwrap();
+        run(&mut fresh);
+        assert_eq!(&g.generated_ids()[k..], fresh.generated_ids(), "{fixture}");
+        for (a, b) in g.logprobs()[k..].iter().zip(fresh.logprobs()) {
+            assert!(
+                (a.logprob - b.logprob).abs() < 1e-4,
+                "{fixture}: {} vs {}",
+                a.logprob,
+                b.logprob
+            );
+        }
+    }
+}
+
+#[test]
+fn a_verifier_that_rejects_a_pattern_leaves_no_accepted_step_matching_it() {
+    use r1_core::{StepVerifier, Verdict};
+    let engine = engine("deepseek_v3_tiny");
+    let prompt = Prompt::Chat(vec![Message::user("Think it through.")]);
+    let verifier = StepVerifier::new(|step, _| match step.contains('e') {
+        true => Verdict::Reject,
+        false => Verdict::Accept,
+    })
+    .with_max_retries(30)
+    .with_steps(word_steps());
+    let params = GenerateParams::default()
+        .with_max_tokens(60)
+        .with_sampling(SamplingParams::deepseek_r1().with_temperature(1.0).with_seed(3))
+        .with_verifier(verifier);
+    let mut g = engine.generate(&prompt, &params).unwrap();
+    let streamed = run(&mut g);
+    assert!(g.usage().rejected_steps > 0, "the pattern never came up");
+    let checked: Vec<_> = g.steps().iter().filter(|s| !s.verdicts.is_empty()).collect();
+    assert!(!checked.is_empty());
+    for s in &checked {
+        // A step the generation ended inside has no verdict on its last try.
+        if s.verdicts.len() == s.tries {
+            assert!(s.retries_exhausted || !s.text.contains('e'), "{s:?}");
+        } else {
+            assert_eq!(s.verdicts.len() + 1, s.tries, "{s:?}");
+        }
+    }
+    assert_eq!(
+        g.usage().rejected_steps,
+        g.steps()
+            .iter()
+            .map(|s| s.verdicts.iter().filter(|v| **v == Verdict::Reject).count())
+            .sum::<usize>()
+    );
+    // What was streamed is what stands: each accepted step, in order, in the reasoning.
+    assert_eq!(streamed, g.text());
+    let reasoning = &g.trace().unwrap().reasoning;
+    let mut at = 0;
+    for s in g.steps() {
+        at += reasoning[at..]
+            .find(s.text.as_str())
+            .expect("the step is in the reasoning")
+            + s.text.len();
+    }
+}
+
+#[test]
+fn stop_closes_the_reasoning_after_the_step() {
+    use r1_core::{StepVerifier, Verdict};
+    let engine = engine("qwen2_tiny");
+    let prompt = Prompt::Chat(vec![Message::user("Think it through.")]);
+    let verifier = StepVerifier::new(|_, _| Verdict::Stop).with_steps(word_steps());
+    let params = GenerateParams::default()
+        .with_max_tokens(40)
+        .with_sampling(SamplingParams::deepseek_r1().with_temperature(1.0).with_seed(5))
+        .with_verifier(verifier);
+    let mut g = engine.generate(&prompt, &params).unwrap();
+    run(&mut g);
+    let steps = g.steps();
+    assert_eq!(steps.len(), 1, "{steps:?}");
+    assert_eq!(steps[0].verdicts, [Verdict::Stop]);
+    let trace = g.trace().unwrap();
+    assert!(!trace.truncated, "the reasoning was closed");
+    // The token that ends the step may carry the next step's first letters: they stay.
+    assert!(
+        trace.reasoning.trim().starts_with(&steps[0].text),
+        "{:?}",
+        trace.reasoning
+    );
+    assert!(g.usage().answer_tokens > 0 || g.finish_reason() != Some(r1_core::FinishReason::MaxTokens));
+}

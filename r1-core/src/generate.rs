@@ -31,6 +31,7 @@ use crate::session::Home;
 use crate::stop::StopMatcher;
 use crate::tokenizer::Detokenizer;
 use crate::trace::{Channel, Trace, TraceParser};
+use crate::verify::{Action, StepGate, StepVerifier, VerifiedStep, MAX_STEP_RETRIES};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -79,6 +80,9 @@ pub struct GenerateParams {
     /// A thinking budget: when the reasoning reaches this many tokens, the engine writes
     /// `</think>` and a blank line itself and the model goes on with the answer.
     pub max_reasoning_tokens: Option<usize>,
+    /// A step verifier: called at each reasoning step, it accepts the step, has it sampled
+    /// again, or closes the reasoning (see [`StepVerifier`]).
+    pub verifier: Option<StepVerifier>,
 }
 
 impl Default for GenerateParams {
@@ -92,6 +96,7 @@ impl Default for GenerateParams {
             cancel: None,
             top_logprobs: None,
             max_reasoning_tokens: None,
+            verifier: None,
         }
     }
 }
@@ -151,6 +156,12 @@ impl GenerateParams {
     /// Sets [`GenerateParams::max_reasoning_tokens`].
     pub fn with_max_reasoning_tokens(mut self, n: usize) -> Self {
         self.max_reasoning_tokens = Some(n);
+        self
+    }
+
+    /// Sets [`GenerateParams::verifier`].
+    pub fn with_verifier(mut self, verifier: StepVerifier) -> Self {
+        self.verifier = Some(verifier);
         self
     }
 }
@@ -255,6 +266,8 @@ pub struct Usage {
     pub answer_tokens: usize,
     /// Whether the thinking budget closed the reasoning.
     pub reasoning_budget_hit: bool,
+    /// Reasoning steps the verifier rejected (each rejection is one try sampled again).
+    pub rejected_steps: usize,
     /// Prompt tokens run per second of the prefill.
     pub prefill_tokens_per_s: f64,
     /// Generated tokens per second after the first.
@@ -292,6 +305,9 @@ pub struct Event {
 /// What a generation checked before it takes a cache: everything that can fail up front.
 pub(crate) struct Prepared {
     sampler: Sampler,
+    /// The sampling settings with the seed fixed (drawn when none was given), so that a
+    /// verifier's retries can reseed from it.
+    sampling: SamplingParams,
     starts_in_reasoning: bool,
     end_tokens: Vec<u32>,
     think_close: Vec<u32>,
@@ -323,6 +339,17 @@ pub struct Generation {
     top_logprobs: Option<usize>,
     logprobs: Vec<TokenLogprobs>,
     queue: VecDeque<Event>,
+    /// The step verifier's state, when there is one.
+    gate: Option<StepGate>,
+    /// Events waiting for their step's verdict, with their token's index in the generated ids.
+    held: VecDeque<(usize, Event)>,
+    /// Per generated token: the text's length before its events, and its channel.
+    marks: Vec<(usize, Channel)>,
+    /// Per generated token: the reasoning's length once it was processed.
+    reasoning_ends: Vec<usize>,
+    sampling: SamplingParams,
+    stop_strings: Vec<String>,
+    starts_in_reasoning: bool,
     text: String,
     usage: Usage,
     decode_time: Duration,
@@ -373,6 +400,14 @@ impl GenerateParams {
         if let Some(k) = self.top_logprobs.filter(|&k| k > MAX_TOP_LOGPROBS) {
             return bad(format!("top_logprobs {k}: at most {MAX_TOP_LOGPROBS}"));
         }
+        if let Some(n) = self
+            .verifier
+            .as_ref()
+            .map(StepVerifier::max_retries)
+            .filter(|&n| n > MAX_STEP_RETRIES)
+        {
+            return bad(format!("verifier max_retries {n}: at most {MAX_STEP_RETRIES}"));
+        }
         Ok(())
     }
 }
@@ -405,14 +440,19 @@ impl Generation {
                 text.trim_end_matches('\n').ends_with("<think>")
             }
         };
-        let think_close = match params.max_reasoning_tokens {
-            Some(_) => tokenizer.encode(THINK_CLOSE, false)?,
-            None => vec![],
+        let think_close = match params.max_reasoning_tokens.is_some() || params.verifier.is_some() {
+            true => tokenizer.encode(THINK_CLOSE, false)?,
+            false => vec![],
         };
         let mut end_tokens = tokenizer.eos().to_vec();
         end_tokens.extend(&params.stop_token_ids);
+        let sampling = params
+            .sampling
+            .clone()
+            .with_seed(params.sampling.seed.unwrap_or_else(rand::random));
         Ok(Prepared {
-            sampler: Sampler::from_params(&params.sampling)?,
+            sampler: Sampler::from_params(&sampling)?,
+            sampling,
             starts_in_reasoning,
             end_tokens,
             think_close,
@@ -459,6 +499,13 @@ impl Generation {
             top_logprobs: params.top_logprobs,
             logprobs: vec![],
             queue: VecDeque::new(),
+            gate: params.verifier.clone().map(StepGate::new),
+            held: VecDeque::new(),
+            marks: vec![],
+            reasoning_ends: vec![],
+            sampling: prepared.sampling,
+            stop_strings: params.stop.clone(),
+            starts_in_reasoning: prepared.starts_in_reasoning,
             text: String::new(),
             usage,
             decode_time: Duration::ZERO,
@@ -520,6 +567,11 @@ impl Generation {
     /// The code of the error the generation ended with, if it ended with one.
     pub fn error(&self) -> Option<ErrorCode> {
         self.error
+    }
+
+    /// The reasoning steps and the verifier's verdicts on them (empty without a verifier).
+    pub fn steps(&self) -> &[VerifiedStep] {
+        self.gate.as_ref().map_or(&[], |g| g.steps())
     }
 
     /// Whether the generation has ended (finished or failed).
@@ -611,6 +663,7 @@ impl Generation {
             self.logprobs.push(lp.clone());
         }
         self.history.push(token);
+        self.marks.push((self.text.len(), channel_before));
         self.count(channel_before);
         if !forced && self.end_tokens.contains(&token) {
             self.push_event(Some(token), String::new(), channel_before, logprobs);
@@ -624,7 +677,85 @@ impl Generation {
             None => vec![],
         };
         self.queue_segments(token, segments, channel_before, logprobs);
+        if self.gate.is_some() && self.verify()? {
+            return Ok(None); // rolled back: what stopped was dropped
+        }
         Ok(stopped.then_some(FinishReason::StopSequence))
+    }
+
+    /// Asks the verifier about the steps this token completed and does what it says; `true`
+    /// when tokens were rolled back.
+    fn verify(&mut self) -> Result<bool> {
+        let (Some(gate), Some(parser)) = (self.gate.as_mut(), self.parser.as_ref()) else {
+            return Ok(false);
+        };
+        self.reasoning_ends.push(parser.reasoning().len());
+        if self.usage.reasoning_budget_hit {
+            gate.finish(parser.reasoning()); // the budget has closed the reasoning
+        }
+        let action = gate.after_token(parser.reasoning(), parser.reasoning_over(), &self.reasoning_ends);
+        self.usage.rejected_steps = gate.rejections();
+        let rolled_back = match action {
+            Action::Continue => false,
+            Action::Rollback { to, reseed } => {
+                self.rollback(to)?;
+                let seed = self.sampling.seed.unwrap_or(0).wrapping_add(reseed);
+                self.sampler = Sampler::from_params(&self.sampling.clone().with_seed(seed))?;
+                true
+            }
+            Action::Close { to } => {
+                self.rollback(to)?;
+                self.forced = self.think_close.iter().copied().collect();
+                true
+            }
+        };
+        self.release_held(false);
+        Ok(rolled_back)
+    }
+
+    /// Moves the held events whose step was accepted (all of them with `all`) to the queue.
+    fn release_held(&mut self, all: bool) {
+        let from = match (all, &self.gate) {
+            (false, Some(g)) => g.held_from(),
+            _ => usize::MAX,
+        };
+        while self.held.front().is_some_and(|(j, _)| *j < from) {
+            if let Some((_, ev)) = self.held.pop_front() {
+                self.queue.push_back(ev);
+            }
+        }
+    }
+
+    /// Keeps the first `k` generated tokens: the cache, the history, the counts, the text and
+    /// the parsers as they were after token `k - 1`, that token pending, so that sampling goes
+    /// on exactly as a fresh generation from those tokens would.
+    fn rollback(&mut self, k: usize) -> Result<()> {
+        let n = self.prompt_len + k;
+        if k >= self.generated_ids().len() {
+            return Ok(());
+        }
+        self.history.truncate(n);
+        self.logprobs.truncate(k);
+        self.cache.truncate(n - 1);
+        self.pending_token = Some(self.history[n - 1]);
+        self.text.truncate(self.marks[k].0);
+        self.marks.truncate(k);
+        self.reasoning_ends.truncate(k);
+        self.held.retain(|(j, _)| *j < k);
+        self.forced.clear();
+        let reasoning = self.marks.iter().filter(|m| m.1 == Channel::Reasoning).count();
+        self.usage.reasoning_tokens = reasoning;
+        self.usage.answer_tokens = k - reasoning;
+        // The text pipeline again from the kept tokens: it holds state (partial characters,
+        // possible stop sequences and tags) that cannot be unwound.
+        let (mut detok, mut stops) = (Detokenizer::new(), StopMatcher::new(&self.stop_strings));
+        let mut parser = TraceParser::new(self.starts_in_reasoning);
+        for &t in &self.history[self.prompt_len..] {
+            let delta = detok.push(self.engine.tokenizer(), t)?;
+            parser.push(&stops.push(&delta).0);
+        }
+        (self.detok, self.stops, self.parser) = (detok, stops, Some(parser));
+        Ok(())
     }
 
     fn count(&mut self, ch: Channel) {
@@ -636,13 +767,18 @@ impl Generation {
 
     fn push_event(&mut self, token: Option<u32>, text: String, channel: Channel, logprobs: Option<TokenLogprobs>) {
         self.text.push_str(&text);
-        self.queue.push_back(Event {
+        let event = Event {
             token,
             text,
             channel,
             logprobs,
             finish: None,
-        });
+        };
+        match (&self.gate, token) {
+            // A token's events wait for its step's verdict.
+            (Some(_), Some(_)) => self.held.push_back((self.generated_ids().len() - 1, event)),
+            _ => self.queue.push_back(event),
+        }
     }
 
     fn queue_segments(
@@ -670,6 +806,10 @@ impl Generation {
         let Some(mut parser) = self.parser.take() else {
             return Ok(());
         };
+        if let Some(gate) = self.gate.as_mut() {
+            gate.finish(parser.reasoning());
+        }
+        self.release_held(true);
         let mut segments = parser.push(&tail);
         let (rest, trace) = parser.finish();
         segments.extend(rest);

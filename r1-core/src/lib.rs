@@ -48,6 +48,7 @@ mod stop;
 mod threads;
 mod tokenizer;
 mod trace;
+mod verify;
 mod weights;
 
 pub use cache::Cache;
@@ -65,6 +66,7 @@ pub use session::Session;
 pub use threads::{set_threads, threads};
 pub use tokenizer::{Detokenizer, Tokenizer};
 pub use trace::{final_answer, steps, Channel, Step, StepConfig, ToolCall, Trace, TraceParser};
+pub use verify::{StepVerifier, Verdict, VerifiedStep, MAX_STEP_RETRIES};
 pub use weights::quantize::QuantizeTo;
 pub use weights::Progress;
 

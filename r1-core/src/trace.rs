@@ -68,6 +68,16 @@ impl TraceParser {
         }
     }
 
+    /// The reasoning released so far.
+    pub(crate) fn reasoning(&self) -> &str {
+        &self.reasoning
+    }
+
+    /// Whether the reasoning has ended (`</think>` came, or the output has none).
+    pub(crate) fn reasoning_over(&self) -> bool {
+        self.state == State::Answer
+    }
+
     /// The channel the next text goes to, as far as known now.
     pub fn channel(&self) -> Channel {
         match self.state {
@@ -188,12 +198,14 @@ impl ToolCall {
     }
 }
 
-/// What the reasoning is cut at, besides paragraph breaks.
+/// Where the reasoning is cut into steps.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct StepConfig {
     /// Words that start a new step when they open a sentence ("Wait", "Alternatively"…).
     pub markers: Vec<String>,
+    /// Strings every occurrence of which ends a step (default: a blank line, `"\n\n"`).
+    pub separators: Vec<String>,
 }
 
 impl StepConfig {
@@ -201,7 +213,14 @@ impl StepConfig {
     pub fn with_markers(markers: &[&str]) -> Self {
         StepConfig {
             markers: markers.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
         }
+    }
+
+    /// Sets [`StepConfig::separators`].
+    pub fn with_separators(mut self, separators: &[&str]) -> Self {
+        self.separators = separators.iter().map(|m| m.to_string()).collect();
+        self
     }
 }
 
@@ -211,6 +230,7 @@ impl Default for StepConfig {
             markers: ["Wait", "Alternatively", "Let me check", "But"]
                 .map(String::from)
                 .to_vec(),
+            separators: vec!["\n\n".into()],
         }
     }
 }
@@ -266,26 +286,10 @@ impl Trace {
     }
 }
 
-/// Cuts `text` at paragraph breaks and before step markers that open a sentence.
+/// Cuts `text` at separators (blank lines) and before step markers that open a sentence.
 pub fn steps(text: &str, cfg: &StepConfig) -> Vec<Step> {
-    let mut cuts = vec![0, text.len()];
-    // Paragraph breaks: a blank line.
-    let mut from = 0;
-    while let Some(i) = text[from..].find("\n\n") {
-        cuts.push(from + i);
-        from += i + 2;
-    }
-    for m in &cfg.markers {
-        for (i, _) in text.match_indices(m.as_str()) {
-            let after = text[i + m.len()..].chars().next();
-            let word_ends = after.is_none_or(|c| !c.is_alphanumeric());
-            let before = text[..i].trim_end_matches([' ', '\t']);
-            let opens_sentence = before.is_empty() || before.ends_with(['.', '!', '?', '\n', ':']);
-            if word_ends && opens_sentence {
-                cuts.push(i);
-            }
-        }
-    }
+    let mut cuts = cuts(text, cfg, false);
+    cuts.extend([0, text.len()]);
     cuts.sort_unstable();
     cuts.dedup();
     cuts.windows(2)
@@ -299,6 +303,36 @@ pub fn steps(text: &str, cfg: &StepConfig) -> Vec<Step> {
             })
         })
         .collect()
+}
+
+/// Where `text` is cut into steps, sorted. `streaming`: `text` may still grow, so a marker at its
+/// very end (which more letters could make another word) is not a cut yet.
+pub(crate) fn cuts(text: &str, cfg: &StepConfig, streaming: bool) -> Vec<usize> {
+    let mut cuts = Vec::new();
+    for sep in cfg.separators.iter().filter(|s| !s.is_empty()) {
+        let mut from = 0;
+        while let Some(i) = text[from..].find(sep.as_str()) {
+            cuts.push(from + i);
+            from += i + sep.len();
+        }
+    }
+    for m in cfg.markers.iter().filter(|m| !m.is_empty()) {
+        for (i, _) in text.match_indices(m.as_str()) {
+            let after = text[i + m.len()..].chars().next();
+            let word_ends = match after {
+                None => !streaming,
+                Some(c) => !c.is_alphanumeric(),
+            };
+            let before = text[..i].trim_end_matches([' ', '\t']);
+            let opens_sentence = before.is_empty() || before.ends_with(['.', '!', '?', '\n', ':']);
+            if word_ends && opens_sentence {
+                cuts.push(i);
+            }
+        }
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
 }
 
 /// The content of the last `\boxed{…}` (braces balanced), else the last non-empty line.
