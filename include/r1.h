@@ -92,6 +92,23 @@ typedef enum r1_status {
   R1_ERROR_INTERNAL = 12,
 } r1_status;
 
+// A step verifier's answer (what an `r1_step_verifier` returns).
+typedef enum r1_verdict {
+  // The step stands.
+  R1_VERDICT_ACCEPT = 0,
+  // Sample the step again.
+  R1_VERDICT_REJECT = 1,
+  // Close the reasoning after this step.
+  R1_VERDICT_STOP = 2,
+} r1_verdict;
+
+// Self-consistency results: every sample and the vote. Immutable; its strings are its own.
+typedef struct r1_consensus r1_consensus;
+
+// A distillation dataset being written (`.jsonl` or `.safetensors`, see docs/reasoning.md).
+// One thread at a time.
+typedef struct r1_distill r1_distill;
+
 // A loaded model and its tokenizer. Immutable once loaded: share it across threads.
 typedef struct r1_model r1_model;
 
@@ -141,6 +158,12 @@ typedef struct r1_sampling_params {
   uint64_t seed;
 } r1_sampling_params;
 
+// A step verifier: called with a reasoning step's text (`step_len` bytes of UTF-8, not
+// NUL-terminated) and the reasoning up to its end, on the generating thread, during the call
+// only. Returns an `r1_verdict`: `R1_VERDICT_ACCEPT`, `R1_VERDICT_REJECT` (sample the step
+// again) or `R1_VERDICT_STOP` (close the reasoning after it); any other value accepts.
+typedef int32_t (*r1_step_verifier)(void *user_data, const char *step, size_t step_len, const char *reasoning, size_t reasoning_len);
+
 // Settings of one generation. Get the defaults from `r1_gen_params_default()`.
 typedef struct r1_gen_params {
   // Most tokens to generate.
@@ -155,6 +178,20 @@ typedef struct r1_gen_params {
   int32_t max_reasoning_tokens;
   // Whether the output starts inside `<think>`: -1 = from the prompt, 0 = no, 1 = yes.
   int32_t starts_in_reasoning;
+  // Log-probabilities per generated token: 0 = none, k (1 to 20) = the k most likely
+  // tokens' (what `r1_distill_write_last` writes).
+  uint32_t top_logprobs;
+  // A step verifier, NULL for none: called at each reasoning step (see `r1_step_verifier`).
+  r1_step_verifier verifier;
+  // Passed to `verifier` as is.
+  void *verifier_user_data;
+  // How many times a rejected step is sampled again (at most 64).
+  uint32_t max_step_retries;
+  // Strings that end a reasoning step for the verifier (UTF-8, NUL-terminated), besides
+  // the step markers ("Wait", ...); NULL with 0 = a blank line.
+  const char *const *step_separators;
+  // Number of step separators.
+  size_t n_step_separators;
 } r1_gen_params;
 
 // One chat message: role ("system", "user", "assistant", "tool") and content, UTF-8,
@@ -181,6 +218,8 @@ typedef struct r1_usage {
   uint32_t reasoning_tokens;
   // Generated tokens of the answer.
   uint32_t answer_tokens;
+  // Reasoning steps the verifier rejected (each one sampled again).
+  uint32_t rejected_steps;
   // Prompt tokens run per second.
   double prefill_tokens_per_s;
   // Generated tokens per second after the first.
@@ -194,6 +233,10 @@ typedef struct r1_result {
   // Counts and speeds.
   struct r1_usage usage;
 } r1_result;
+
+// Per event of sample `sample`: like `r1_token_callback`, the sample's index first. Return
+// false to stop every sample (the call then fails with `R1_ERROR_CANCELLED`).
+typedef bool (*r1_sample_callback)(void *user_data, uint32_t sample, enum r1_channel channel, const char *text, size_t len, uint32_t token);
 
 #ifdef __cplusplus
 extern "C" {
@@ -322,6 +365,68 @@ const char *r1_trace_tool_call_arguments(const struct r1_trace *trace, size_t i)
 // Frees a trace and its strings. NULL is fine; never twice, never while another thread reads
 // it.
 void r1_trace_free(struct r1_trace *trace);
+
+// The number of reasoning steps of the session's last generation that a verifier saw (0
+// without a verifier). One thread at a time per session.
+size_t r1_session_step_count(const struct r1_session *session);
+
+// Step `i` of the session's last verified generation: its text (owned by the session, valid
+// until its next generation or `r1_session_free`), how many times it was sampled, whether the
+// retries ran out, and the verdict on its last try (`R1_VERDICT_ACCEPT` for a step the
+// generation ended inside, never checked). Any output pointer may be NULL.
+enum r1_status r1_session_step(const struct r1_session *session, size_t i, const char **text, uint32_t *tries, bool *retries_exhausted, enum r1_verdict *last_verdict);
+
+// `n` (1 to 256) samples of the reply to `messages`: the prompt prefilled once, sample `i`
+// seeded with `params->sampling.seed + i`, run in turn and streamed to `on_token` (may be
+// NULL), then a majority vote over their final answers (trimmed, `\boxed{}` unwrapped). On
+// success `*out` is a result to free with `r1_consensus_free`. Blocks; thread-safe (the model
+// may be shared).
+enum r1_status r1_self_consistency(const struct r1_model *model, const struct r1_message *messages, size_t n_messages, const struct r1_gen_params *params, uint32_t n, r1_sample_callback on_token, void *user_data, struct r1_consensus **out);
+
+// The number of samples (0 for NULL).
+size_t r1_consensus_sample_count(const struct r1_consensus *c);
+
+// Sample `i`'s generated ids, under the length convention of `r1_tokenize`.
+enum r1_status r1_consensus_sample_ids(const struct r1_consensus *c, size_t i, uint32_t *ids, size_t ids_cap, size_t *n_out);
+
+// Sample `i`'s normalised final answer, NULL if it has none (or `i` is out of range). Owned
+// by the result.
+const char *r1_consensus_sample_final_answer(const struct r1_consensus *c, size_t i);
+
+// The winning answer (most votes; the first to appear on a tie), NULL when no sample has a
+// final answer. Owned by the result.
+const char *r1_consensus_answer(const struct r1_consensus *c);
+
+// The number of distinct answers voted for.
+size_t r1_consensus_vote_count(const struct r1_consensus *c);
+
+// Distinct answer `i` (in the order answers first appeared) and its votes.
+enum r1_status r1_consensus_vote(const struct r1_consensus *c, size_t i, const char **answer, uint32_t *votes);
+
+// Frees a result. NULL is fine; never twice.
+void r1_consensus_free(struct r1_consensus *c);
+
+// Opens (or creates, or resumes) the dataset at `path` for records of `top_k` (1 to 20)
+// log-probabilities per token. On success `*out` is a writer to close with `r1_distill_close`.
+enum r1_status r1_distill_open(const char *path, uint32_t top_k, struct r1_distill **out);
+
+// Whether the dataset holds a generation of this prompt text (the rendered chat: see
+// `r1_apply_chat_template`); false for bad arguments.
+bool r1_distill_contains(const struct r1_distill *w, const char *prompt_text);
+
+// Generations in the dataset, earlier runs' included (0 for bad arguments).
+size_t r1_distill_count(const struct r1_distill *w);
+
+// Appends the session's last generation, which must have been run with
+// `params.top_logprobs` equal to the writer's `top_k`.
+enum r1_status r1_distill_write_last(struct r1_distill *w, const struct r1_session *session);
+
+// Appends sample `i` of a self-consistency result run with `params.top_logprobs` set.
+enum r1_status r1_distill_write_sample(struct r1_distill *w, const struct r1_consensus *c, size_t i);
+
+// Writes what is buffered (a safetensors dataset's last shard) and frees the writer; the
+// status says whether that last write worked. NULL is fine (`R1_OK`); never twice.
+enum r1_status r1_distill_close(struct r1_distill *w);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -93,6 +93,69 @@ pub struct r1_gen_params {
     pub max_reasoning_tokens: i32,
     /// Whether the output starts inside `<think>`: -1 = from the prompt, 0 = no, 1 = yes.
     pub starts_in_reasoning: i32,
+    /// Log-probabilities per generated token: 0 = none, k (1 to 20) = the k most likely
+    /// tokens' (what `r1_distill_write_last` writes).
+    pub top_logprobs: u32,
+    /// A step verifier, NULL for none: called at each reasoning step (see `r1_step_verifier`).
+    pub verifier: r1_step_verifier,
+    /// Passed to `verifier` as is.
+    pub verifier_user_data: *mut c_void,
+    /// How many times a rejected step is sampled again (at most 64).
+    pub max_step_retries: u32,
+    /// Strings that end a reasoning step for the verifier (UTF-8, NUL-terminated), besides
+    /// the step markers ("Wait", ...); NULL with 0 = a blank line.
+    pub step_separators: *const *const c_char,
+    /// Number of step separators.
+    pub n_step_separators: usize,
+}
+
+/// A step verifier: called with a reasoning step's text (`step_len` bytes of UTF-8, not
+/// NUL-terminated) and the reasoning up to its end, on the generating thread, during the call
+/// only. Returns an `r1_verdict`: `R1_VERDICT_ACCEPT`, `R1_VERDICT_REJECT` (sample the step
+/// again) or `R1_VERDICT_STOP` (close the reasoning after it); any other value accepts.
+#[allow(non_camel_case_types)]
+pub type r1_step_verifier = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        step: *const c_char,
+        step_len: usize,
+        reasoning: *const c_char,
+        reasoning_len: usize,
+    ) -> i32,
+>;
+
+/// A C verifier callback and its user data, as r1-core's closure.
+struct CVerifier {
+    check: unsafe extern "C" fn(*mut c_void, *const c_char, usize, *const c_char, usize) -> i32,
+    user_data: *mut c_void,
+}
+
+// SAFETY: the generation that holds the verifier runs inside the C call that was given it, on
+// that call's thread, and ends before the call returns (the header's contract for callbacks);
+// the pointers are never used elsewhere or later.
+unsafe impl Send for CVerifier {}
+// SAFETY: as above: only the generating thread ever calls it.
+unsafe impl Sync for CVerifier {}
+
+impl CVerifier {
+    fn verdict(&self, step: &str, reasoning: &str) -> r1_core::Verdict {
+        // SAFETY: the callback's contract (`r1_step_verifier`): the strings are valid for the
+        // lengths given during the call.
+        let v = unsafe {
+            (self.check)(
+                self.user_data,
+                step.as_ptr().cast(),
+                step.len(),
+                reasoning.as_ptr().cast(),
+                reasoning.len(),
+            )
+        };
+        match v {
+            1 => r1_core::Verdict::Reject,
+            2 => r1_core::Verdict::Stop,
+            _ => r1_core::Verdict::Accept,
+        }
+    }
 }
 
 /// One chat message: role ("system", "user", "assistant", "tool") and content, UTF-8,
@@ -238,11 +301,7 @@ pub(crate) unsafe fn gen_params(p: *const r1_gen_params) -> Result<r1_core::Gene
                 .with_seed(s.seed)
         }
         .with_penalties(s.repetition_penalty, s.presence_penalty, s.frequency_penalty);
-        let stops = array((*p).stop, (*p).n_stop, "params->stop")?
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| c_str(c, &format!("params->stop[{i}]")).map(str::to_string))
-            .collect::<Result<Vec<_>, _>>()?;
+        let stops = strings((*p).stop, (*p).n_stop, "params->stop")?;
         let mut params = r1_core::GenerateParams::default()
             .with_max_tokens((*p).max_tokens as usize)
             .with_sampling(sampling)
@@ -262,7 +321,43 @@ pub(crate) unsafe fn gen_params(p: *const r1_gen_params) -> Result<r1_core::Gene
             1 => Some(true),
             n => return Err(Failure::invalid(format!("starts_in_reasoning {n} (-1, 0 or 1)"))),
         };
+        params.top_logprobs = match (*p).top_logprobs {
+            0 => None,
+            k => Some(k as usize),
+        };
+        if let Some(check) = (*p).verifier {
+            let v = CVerifier {
+                check,
+                user_data: (*p).verifier_user_data,
+            };
+            let separators = strings((*p).step_separators, (*p).n_step_separators, "params->step_separators")?;
+            let mut steps = r1_core::StepConfig::default();
+            if !separators.is_empty() {
+                steps.separators = separators;
+            }
+            let verifier = r1_core::StepVerifier::new(move |step, reasoning| v.verdict(step, reasoning));
+            params.verifier = Some(
+                verifier
+                    .with_max_retries((*p).max_step_retries as usize)
+                    .with_steps(steps),
+            );
+        }
         Ok(params)
+    }
+}
+
+/// An array of `n` NUL-terminated strings (NULL when `n` is 0) as owned strings.
+///
+/// # Safety
+/// `p` is NULL or points to `n` pointers, each NULL or a NUL-terminated string.
+unsafe fn strings(p: *const *const c_char, n: usize, what: &str) -> Result<Vec<String>, Failure> {
+    // SAFETY: this function's contract, passed on to `array` and `c_str`.
+    unsafe {
+        array(p, n, what)?
+            .iter()
+            .enumerate()
+            .map(|(i, &c)| c_str(c, &format!("{what}[{i}]")).map(str::to_string))
+            .collect()
     }
 }
 

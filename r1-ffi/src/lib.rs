@@ -10,11 +10,14 @@
 
 mod convert;
 mod error;
+mod reasoning;
 
 pub use convert::{
     r1_dtype, r1_gen_params, r1_load_params, r1_message, r1_progress_callback, r1_quantize, r1_sampling_params,
+    r1_step_verifier,
 };
 pub use error::r1_status;
+pub use reasoning::*;
 
 use convert::*;
 use error::{guard, guard_value, last_error_ptr, Failure};
@@ -34,6 +37,8 @@ pub struct r1_model {
 pub struct r1_session {
     session: Mutex<Session>,
     cancel: CancelHandle,
+    /// What the last generation left for `r1_session_step` and `r1_distill_write_last`.
+    last: Mutex<reasoning::Last>,
 }
 
 /// A parsed reasoning trace; its strings are owned by it.
@@ -105,6 +110,8 @@ pub struct r1_usage {
     pub reasoning_tokens: u32,
     /// Generated tokens of the answer.
     pub answer_tokens: u32,
+    /// Reasoning steps the verifier rejected (each one sampled again).
+    pub rejected_steps: u32,
     /// Prompt tokens run per second.
     pub prefill_tokens_per_s: f64,
     /// Generated tokens per second after the first.
@@ -184,6 +191,12 @@ pub extern "C" fn r1_gen_params_default() -> r1_gen_params {
         n_stop: 0,
         max_reasoning_tokens: -1,
         starts_in_reasoning: -1,
+        top_logprobs: 0,
+        verifier: None,
+        verifier_user_data: std::ptr::null_mut(),
+        max_step_retries: 3,
+        step_separators: std::ptr::null(),
+        n_step_separators: 0,
     }
 }
 
@@ -250,7 +263,7 @@ pub unsafe extern "C" fn r1_model_context_length(model: *const r1_model) -> u32 
 
 /// # Safety
 /// `model` is NULL or a live model from `r1_model_load`.
-unsafe fn model_ref<'a>(model: *const r1_model) -> Result<&'a r1_model, Failure> {
+pub(crate) unsafe fn model_ref<'a>(model: *const r1_model) -> Result<&'a r1_model, Failure> {
     // SAFETY: a non-NULL `model` is a live model (this function's contract).
     unsafe { model.as_ref() }.ok_or_else(|| Failure::null("model"))
 }
@@ -389,6 +402,7 @@ pub unsafe extern "C" fn r1_session_new(model: *const r1_model, out: *mut *mut r
             *out = Box::into_raw(Box::new(r1_session {
                 session: Mutex::new(session),
                 cancel,
+                last: Mutex::default(),
             }));
             Ok(())
         })
@@ -412,7 +426,7 @@ pub unsafe extern "C" fn r1_session_free(session: *mut r1_session) {
 
 /// # Safety
 /// `session` is NULL or a live session from `r1_session_new`.
-unsafe fn session_ref<'a>(session: *const r1_session) -> Result<&'a r1_session, Failure> {
+pub(crate) unsafe fn session_ref<'a>(session: *const r1_session) -> Result<&'a r1_session, Failure> {
     // SAFETY: a non-NULL `session` is a live session (this function's contract).
     unsafe { session.as_ref() }.ok_or_else(|| Failure::null("session"))
 }
@@ -450,7 +464,7 @@ pub unsafe extern "C" fn r1_session_cancel(session: *mut r1_session) -> r1_statu
     }
 }
 
-fn channel(c: Channel) -> r1_channel {
+pub(crate) fn channel(c: Channel) -> r1_channel {
     if c == Channel::Reasoning {
         r1_channel::R1_CHANNEL_REASONING
     } else {
@@ -486,6 +500,7 @@ unsafe fn run(
             let prompt = prompt()?;
             let params = gen_params(params)?;
             let mut session = lock(s);
+            let prompt_text = session.engine().prompt_text(&prompt)?.unwrap_or_default();
             let mut generation = session.generate(&prompt, &params)?;
             let mut result = None;
             for event in generation.by_ref() {
@@ -514,6 +529,7 @@ unsafe fn run(
                             cached_prompt_tokens: u.cached_prompt_tokens as u32,
                             reasoning_tokens: u.reasoning_tokens as u32,
                             answer_tokens: u.answer_tokens as u32,
+                            rejected_steps: u.rejected_steps as u32,
                             prefill_tokens_per_s: u.prefill_tokens_per_s,
                             decode_tokens_per_s: u.decode_tokens_per_s,
                         },
@@ -522,6 +538,7 @@ unsafe fn run(
             }
             let result = result
                 .ok_or_else(|| Failure::new(r1_status::R1_ERROR_INTERNAL, "the generation ended without a finish"))?;
+            *reasoning::lock_last(s) = reasoning::Last::of(&prompt_text, &generation, params.top_logprobs.is_some())?;
             if !out.is_null() {
                 *out = result;
             }
@@ -605,7 +622,7 @@ pub unsafe extern "C" fn r1_session_generated_ids(
 }
 
 /// A C string owned by a trace: interior NULs (which C cannot hold) become U+FFFD.
-fn owned(text: &str) -> CString {
+pub(crate) fn owned(text: &str) -> CString {
     CString::new(text.replace('\0', "\u{FFFD}")).unwrap_or_default()
 }
 

@@ -130,6 +130,41 @@ fn c_test_program_walks_every_error_path_and_matches_transformers() {
 }
 
 #[test]
+fn c_reasoning_features_verify_vote_and_write_datasets() {
+    let dir = scratch("reasoning");
+    let exe = compile(
+        "cc",
+        "-std=c99",
+        "tests/c/test_reasoning.c",
+        &dir.join("test_reasoning"),
+    );
+    let fixture = repo().join("tests/fixtures/deepseek_v3_tiny");
+    let out = run(&exe)
+        .args([fixture.to_str().unwrap(), dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(" 0 failures"), "{stdout}");
+    // The dataset the C program wrote, read back here: four records of three log-probabilities.
+    let text = std::fs::read_to_string(dir.join("d.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    for l in &lines {
+        let t = l["generated_ids"].as_array().unwrap().len();
+        assert_eq!(l["top_ids"].as_array().unwrap().len(), t);
+        assert!(l["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r.as_array().unwrap().len() == 3));
+    }
+    eprintln!("{stdout}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn c_and_cpp_chat_examples_stream_a_chat() {
     let dir = scratch("chat");
     let model = repo().join("tests/fixtures/deepseek_v3_tiny");

@@ -9,6 +9,7 @@
  * where the ids are comma-separated and the logits file holds the reference row-major f32s.
  */
 #include "r1.h"
+#include "check.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -16,19 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond, ...)                                                        \
-    do {                                                                        \
-        checks++;                                                               \
-        if (!(cond)) {                                                          \
-            failures++;                                                         \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);     \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, " [last error: %s]\n", r1_last_error_message());   \
-        }                                                                       \
-    } while (0)
 
 /* A status and, for errors, a message that mentions `needle` (NULL: any non-empty message). */
 static void expect(r1_status got, r1_status want, const char *needle, const char *what) {
