@@ -10,8 +10,8 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use r1_core::{
-    CancelHandle, Channel, DType, Engine, Error, GenerateParams, Generation, LoadOptions, Message, Prompt, QuantizeTo,
-    SamplingParams, Session, Trace,
+    CancelHandle, Channel, Consensus, DType, DistillRecord, DistillWriter, Engine, Error, GenerateParams, Generation,
+    LoadOptions, Message, Prompt, QuantizeTo, SamplingParams, Session, StepConfig, StepVerifier, Trace, Usage, Verdict,
 };
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -70,7 +70,7 @@ impl PyModel {
 }
 
 /// Generation settings from keyword arguments; `None` keeps r1's default.
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct GenArgs {
     max_tokens: Option<usize>,
     greedy: Option<bool>,
@@ -86,6 +86,9 @@ struct GenArgs {
     max_reasoning_tokens: Option<usize>,
     top_logprobs: Option<usize>,
     starts_in_reasoning: Option<bool>,
+    verifier: Option<Arc<Py<PyAny>>>,
+    max_step_retries: Option<usize>,
+    step_separators: Option<Vec<String>>,
 }
 
 /// One optional entry of the settings dict, converted (a wrong type is a `TypeError` naming it).
@@ -119,10 +122,29 @@ impl GenArgs {
             max_reasoning_tokens: item(d, "max_reasoning_tokens")?,
             top_logprobs: item(d, "top_logprobs")?,
             starts_in_reasoning: item(d, "starts_in_reasoning")?,
+            verifier: item::<Py<PyAny>>(d, "verifier")?.map(Arc::new),
+            max_step_retries: item(d, "max_step_retries")?,
+            step_separators: item(d, "step_separators")?,
         })
     }
 
-    fn params(&self) -> GenerateParams {
+    /// The settings; a Python verifier's exception is kept in `error` (which stops the
+    /// generation through the signal poll) to be raised when the call returns.
+    fn params(&self, error: &Arc<Mutex<Option<PyErr>>>) -> GenerateParams {
+        let mut p = self.plain_params();
+        if let Some(f) = &self.verifier {
+            let (f, error) = (Arc::clone(f), Arc::clone(error));
+            let mut steps = StepConfig::default();
+            if let Some(seps) = &self.step_separators {
+                steps.separators = seps.clone();
+            }
+            let v = StepVerifier::new(move |step, reasoning| py_verdict(&f, &error, step, reasoning));
+            p.verifier = Some(v.with_max_retries(self.max_step_retries.unwrap_or(3)).with_steps(steps));
+        }
+        p
+    }
+
+    fn plain_params(&self) -> GenerateParams {
         let mut s = if self.greedy == Some(true) {
             SamplingParams::greedy()
         } else {
@@ -160,6 +182,37 @@ impl GenArgs {
         p.starts_in_reasoning = self.starts_in_reasoning;
         p
     }
+}
+
+/// Calls a Python verifier: `True`/`"accept"`/`None` accept, `False`/`"reject"` reject,
+/// `"stop"` stops. An exception (or another answer) is kept in `error` and the step accepted;
+/// the generation then stops and the call raises it.
+fn py_verdict(f: &Py<PyAny>, error: &Mutex<Option<PyErr>>, step: &str, reasoning: &str) -> Verdict {
+    if lock(error).is_some() {
+        return Verdict::Accept;
+    }
+    let verdict = Python::attach(|py| -> PyResult<Verdict> {
+        let v = f.call1(py, (step, reasoning))?;
+        let v = v.bind(py);
+        if v.is_none() {
+            return Ok(Verdict::Accept);
+        }
+        if let Ok(b) = v.extract::<bool>() {
+            return Ok(if b { Verdict::Accept } else { Verdict::Reject });
+        }
+        match v.extract::<String>().as_deref() {
+            Ok("accept") => Ok(Verdict::Accept),
+            Ok("reject") => Ok(Verdict::Reject),
+            Ok("stop") => Ok(Verdict::Stop),
+            _ => Err(PyTypeError::new_err(format!(
+                "a verifier returns True, False, None, \"accept\", \"reject\" or \"stop\", not {v}"
+            ))),
+        }
+    });
+    verdict.unwrap_or_else(|e| {
+        *lock(error) = Some(e);
+        Verdict::Accept
+    })
 }
 
 fn to_messages(msgs: Vec<(String, String)>) -> Vec<Message> {
@@ -296,7 +349,37 @@ impl PyModel {
         let args = GenArgs::from_dict(args)?;
         let e = self.engine()?;
         let p = prompt(kind, messages, text, tools)?;
-        PyGeneration::start(|params| e.generate(&p, params), &args)
+        let prompt_text = e.prompt_text(&p).map_err(py_err)?.unwrap_or_default();
+        PyGeneration::start(|params| e.generate(&p, params), &args, prompt_text)
+    }
+
+    /// `n` samples and their vote (GIL released; Ctrl-C polled).
+    #[pyo3(signature = (kind, messages, text, tools, n, args))]
+    fn self_consistency(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        messages: Vec<(String, String)>,
+        text: String,
+        tools: Vec<String>,
+        n: usize,
+        args: &Bound<'_, PyDict>,
+    ) -> PyResult<PyConsensus> {
+        let args = GenArgs::from_dict(args)?;
+        let e = self.engine()?;
+        let p = prompt(kind, messages, text, tools)?;
+        let prompt_text = e.prompt_text(&p).map_err(py_err)?.unwrap_or_default();
+        let interrupt = Arc::new(Mutex::new(None));
+        let params = args.params(&interrupt).with_cancel(signal_poll(Arc::clone(&interrupt)));
+        let result = py.detach(|| e.self_consistency(&p, &params, n));
+        if let Some(err) = lock(&interrupt).take() {
+            return Err(err);
+        }
+        Ok(PyConsensus {
+            consensus: result.map_err(py_err)?,
+            prompt_text,
+            wants_logprobs: args.top_logprobs.is_some(),
+        })
     }
 
     fn session(&self) -> PyResult<PySession> {
@@ -327,7 +410,8 @@ impl PySession {
         let p = prompt(kind, messages, text, tools)?;
         let mut guard = lock(&self.session);
         let session = guard.as_mut().ok_or_else(closed)?;
-        PyGeneration::start(|params| session.generate(&p, params), &args)
+        let prompt_text = session.engine().prompt_text(&p).map_err(py_err)?.unwrap_or_default();
+        PyGeneration::start(|params| session.generate(&p, params), &args, prompt_text)
     }
 
     fn reset(&self) -> PyResult<()> {
@@ -359,23 +443,28 @@ struct PyGeneration {
     cancel: CancelHandle,
     interrupt: Arc<Mutex<Option<PyErr>>>,
     wants_logprobs: bool,
+    /// The prompt's text, for a distillation record.
+    prompt_text: String,
 }
 
 impl PyGeneration {
     fn start(
         begin: impl FnOnce(&GenerateParams) -> r1_core::Result<Generation>,
         args: &GenArgs,
+        prompt_text: String,
     ) -> PyResult<PyGeneration> {
         let interrupt = Arc::new(Mutex::new(None));
-        // One handle: `cancel()` sets its flag, and its poll notices Ctrl-C.
+        // One handle: `cancel()` sets its flag, and its poll notices Ctrl-C (and a verifier's
+        // exception).
         let cancel = signal_poll(Arc::clone(&interrupt));
-        let params = args.params().with_cancel(cancel.clone());
+        let params = args.params(&interrupt).with_cancel(cancel.clone());
         let generation = begin(&params).map_err(py_err)?;
         Ok(PyGeneration {
             generation: Mutex::new(Some(generation)),
             cancel,
             interrupt,
             wants_logprobs: args.top_logprobs.is_some(),
+            prompt_text,
         })
     }
 
@@ -440,35 +529,164 @@ impl PyGeneration {
         let guard = lock_attached(py, &self.generation);
         let g = guard.as_ref().ok_or_else(closed)?;
         let d = PyDict::new(py);
-        let usage = g.usage();
-        let u = PyDict::new(py);
-        u.set_item("prompt_tokens", usage.prompt_tokens)?;
-        u.set_item("cached_prompt_tokens", usage.cached_prompt_tokens)?;
-        u.set_item("reasoning_tokens", usage.reasoning_tokens)?;
-        u.set_item("answer_tokens", usage.answer_tokens)?;
-        u.set_item("prefill_tokens_per_s", usage.prefill_tokens_per_s)?;
-        u.set_item("decode_tokens_per_s", usage.decode_tokens_per_s)?;
-        u.set_item("reasoning_budget_hit", usage.reasoning_budget_hit)?;
-        d.set_item("usage", u)?;
+        d.set_item("usage", usage_dict(py, &g.usage())?)?;
         d.set_item("prompt_ids", g.prompt_ids().to_vec())?;
         d.set_item("token_ids", g.generated_ids().to_vec())?;
         d.set_item("done", g.is_done())?;
         d.set_item("finish_reason", g.finish_reason().map(|r| r.name()))?;
         d.set_item("trace", g.trace().map(|t| trace_dict(py, t)).transpose()?)?;
         d.set_item("text", g.text())?;
-        let logprobs = g.logprobs();
         if self.wants_logprobs {
-            let list = PyList::empty(py);
-            for t in logprobs {
-                let e = PyDict::new(py);
-                e.set_item("token", t.token)?;
-                e.set_item("logprob", t.logprob)?;
-                e.set_item("top", t.top.clone())?;
-                list.append(e)?;
-            }
-            d.set_item("logprobs", list)?;
+            d.set_item("logprobs", logprobs_list(py, g.logprobs())?)?;
         }
+        let steps = PyList::empty(py);
+        for s in g.steps() {
+            let e = PyDict::new(py);
+            e.set_item("text", &s.text)?;
+            e.set_item("tries", s.tries)?;
+            e.set_item("verdicts", s.verdicts.iter().map(|v| v.name()).collect::<Vec<_>>())?;
+            e.set_item("retries_exhausted", s.retries_exhausted)?;
+            e.set_item("first_token", s.first_token)?;
+            steps.append(e)?;
+        }
+        d.set_item("verified_steps", steps)?;
         Ok(d)
+    }
+
+    /// The finished generation as a dataset record (`None` without `top_logprobs`).
+    fn record(&self, py: Python<'_>) -> PyResult<Option<PyRecord>> {
+        let guard = lock_attached(py, &self.generation);
+        let g = guard.as_ref().ok_or_else(closed)?;
+        if !self.wants_logprobs {
+            return Ok(None);
+        }
+        let record = DistillRecord::from_generation(&self.prompt_text, g).map_err(py_err)?;
+        Ok(Some(PyRecord { record }))
+    }
+}
+
+/// One generation as a distillation dataset holds it.
+#[pyclass(module = "r1py._r1", name = "Record")]
+struct PyRecord {
+    record: DistillRecord,
+}
+
+fn usage_dict<'py>(py: Python<'py>, usage: &Usage) -> PyResult<Bound<'py, PyDict>> {
+    let u = PyDict::new(py);
+    u.set_item("prompt_tokens", usage.prompt_tokens)?;
+    u.set_item("cached_prompt_tokens", usage.cached_prompt_tokens)?;
+    u.set_item("reasoning_tokens", usage.reasoning_tokens)?;
+    u.set_item("answer_tokens", usage.answer_tokens)?;
+    u.set_item("rejected_steps", usage.rejected_steps)?;
+    u.set_item("prefill_tokens_per_s", usage.prefill_tokens_per_s)?;
+    u.set_item("decode_tokens_per_s", usage.decode_tokens_per_s)?;
+    u.set_item("reasoning_budget_hit", usage.reasoning_budget_hit)?;
+    Ok(u)
+}
+
+fn logprobs_list<'py>(py: Python<'py>, logprobs: &[r1_core::TokenLogprobs]) -> PyResult<Bound<'py, PyList>> {
+    let list = PyList::empty(py);
+    for t in logprobs {
+        let e = PyDict::new(py);
+        e.set_item("token", t.token)?;
+        e.set_item("logprob", t.logprob)?;
+        e.set_item("top", t.top.clone())?;
+        list.append(e)?;
+    }
+    Ok(list)
+}
+
+/// The samples of a self-consistency run and their vote.
+#[pyclass(module = "r1py._r1", name = "Consensus")]
+struct PyConsensus {
+    consensus: Consensus,
+    prompt_text: String,
+    wants_logprobs: bool,
+}
+
+#[pymethods]
+impl PyConsensus {
+    /// `{"prompt_ids", "samples": [result dicts, as a generation's, plus "seed"], "vote":
+    /// {"answer", "counts": [(answer, votes)]}}`.
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.consensus;
+        let samples = PyList::empty(py);
+        for s in &c.samples {
+            let d = PyDict::new(py);
+            d.set_item("seed", s.seed)?;
+            d.set_item("usage", usage_dict(py, &s.usage)?)?;
+            d.set_item("prompt_ids", c.prompt_ids.clone())?;
+            d.set_item("token_ids", s.generated_ids.clone())?;
+            d.set_item("finish_reason", s.finish_reason.name())?;
+            d.set_item("trace", trace_dict(py, &s.trace)?)?;
+            d.set_item("text", &s.text)?;
+            d.set_item("voted_answer", s.final_answer.clone())?;
+            if self.wants_logprobs {
+                d.set_item("logprobs", logprobs_list(py, &s.logprobs)?)?;
+            }
+            samples.append(d)?;
+        }
+        let vote = PyDict::new(py);
+        vote.set_item("answer", c.vote.answer.clone())?;
+        vote.set_item("counts", c.vote.counts.clone())?;
+        let d = PyDict::new(py);
+        d.set_item("prompt_ids", c.prompt_ids.clone())?;
+        d.set_item("samples", samples)?;
+        d.set_item("vote", vote)?;
+        Ok(d)
+    }
+
+    /// Sample `i` as a dataset record (`None` without `top_logprobs`).
+    fn record(&self, i: usize) -> PyResult<Option<PyRecord>> {
+        if !self.wants_logprobs {
+            return Ok(None);
+        }
+        let record = DistillRecord::from_sample(&self.prompt_text, &self.consensus, i).map_err(py_err)?;
+        Ok(Some(PyRecord { record }))
+    }
+}
+
+/// A distillation dataset being written.
+#[pyclass(module = "r1py._r1", name = "DistillWriter")]
+struct PyDistillWriter {
+    writer: Mutex<Option<DistillWriter>>,
+}
+
+impl PyDistillWriter {
+    fn with<T>(&self, f: impl FnOnce(&mut DistillWriter) -> r1_core::Result<T>) -> PyResult<T> {
+        let mut guard = lock(&self.writer);
+        f(guard.as_mut().ok_or_else(closed)?).map_err(py_err)
+    }
+}
+
+#[pymethods]
+impl PyDistillWriter {
+    #[new]
+    fn new(path: String, top_k: usize) -> PyResult<Self> {
+        Ok(PyDistillWriter {
+            writer: Mutex::new(Some(DistillWriter::create(path, top_k).map_err(py_err)?)),
+        })
+    }
+
+    fn contains(&self, prompt_text: &str) -> PyResult<bool> {
+        self.with(|w| Ok(w.contains(prompt_text)))
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        self.with(|w| Ok(w.len()))
+    }
+
+    /// Appends a record.
+    fn write(&self, record: PyRef<'_, PyRecord>) -> PyResult<()> {
+        self.with(|w| w.write(&record.record))
+    }
+
+    /// Writes what is buffered and closes the dataset.
+    fn close(&self) -> PyResult<()> {
+        match lock(&self.writer).take() {
+            Some(w) => w.finish().map_err(py_err),
+            None => Ok(()),
+        }
     }
 }
 
@@ -501,6 +719,9 @@ fn _r1(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyModel>()?;
     m.add_class::<PySession>()?;
     m.add_class::<PyGeneration>()?;
+    m.add_class::<PyConsensus>()?;
+    m.add_class::<PyDistillWriter>()?;
+    m.add_class::<PyRecord>()?;
     m.add_function(wrap_pyfunction!(parse_trace, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -119,6 +119,7 @@ def test_completion_fields_and_logprobs(model):
         "cached_prompt_tokens",
         "reasoning_tokens",
         "answer_tokens",
+        "rejected_steps",
         "prefill_tokens_per_s",
         "decode_tokens_per_s",
     }

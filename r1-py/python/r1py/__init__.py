@@ -41,6 +41,8 @@ __all__ = [
     "Model",
     "Session",
     "Completion",
+    "Consensus",
+    "DistillWriter",
     "Stream",
     "Chunk",
     "Trace",
@@ -80,6 +82,9 @@ _GEN_KEYS = {
     "max_reasoning_tokens",
     "top_logprobs",
     "starts_in_reasoning",
+    "verifier",
+    "max_step_retries",
+    "step_separators",
 }
 
 _OPENAI_FINISH = {
@@ -161,10 +166,13 @@ def parse_trace(text: str, *, starts_in_reasoning: bool = False) -> Trace:
 
 class Completion:
     """A finished generation: ``reasoning``, ``answer``, ``steps``, ``final_answer``,
-    ``tool_calls``, ``finish_reason``, ``usage`` (dict), ``prompt_ids``, ``token_ids`` and
-    ``logprobs`` (``None`` unless ``top_logprobs`` was asked)."""
+    ``tool_calls``, ``finish_reason``, ``usage`` (dict), ``prompt_ids``, ``token_ids``,
+    ``logprobs`` (``None`` unless ``top_logprobs`` was asked) and ``verified_steps`` (with a
+    ``verifier``: ``[{"text", "tries", "verdicts", "retries_exhausted", "first_token"}]``)."""
 
-    def __init__(self, result: Dict[str, Any]):
+    def __init__(self, result: Dict[str, Any], record: Any = None):
+        self._record = record
+        self.verified_steps: List[Dict[str, Any]] = list(result.get("verified_steps") or [])
         trace = Trace(result["trace"]) if result.get("trace") else parse_trace(result.get("text", ""))
         self.trace = trace
         self.reasoning: str = trace.reasoning
@@ -261,7 +269,7 @@ class Stream:
 
     def _finish(self) -> None:
         if self._g is not None:
-            self._completion = Completion(self._g.result())
+            self._completion = Completion(self._g.result(), self._g.record())
             self._g = None  # gives a session its cache back
 
     def cancel(self) -> None:
@@ -307,7 +315,7 @@ def _run(generation: Any, stream: bool) -> Union[Completion, Stream]:
     if stream:
         return Stream(generation)
     generation.run()
-    return Completion(generation.result())
+    return Completion(generation.result(), generation.record())
 
 
 class Model:
@@ -399,10 +407,20 @@ class Model:
         Keyword arguments: ``max_tokens``, ``greedy``, ``temperature``, ``top_p``, ``top_k``,
         ``min_p``, ``repetition_penalty``, ``presence_penalty``, ``frequency_penalty``, ``seed``,
         ``stop`` (list of str), ``max_reasoning_tokens``, ``top_logprobs`` (0-20), ``tools``
-        (JSON schemas). Defaults: DeepSeek-R1's preset. Returns a :class:`Completion`, or with
-        ``stream=True`` a :class:`Stream`."""
+        (JSON schemas), ``verifier`` (a step verifier: ``verifier(step, reasoning_so_far)``
+        returns True/"accept", False/"reject" to sample the step again, or "stop" to close the
+        reasoning), ``max_step_retries`` (default 3) and ``step_separators`` (strings that end a
+        step; default a blank line). Defaults: DeepSeek-R1's preset. Returns a
+        :class:`Completion`, or with ``stream=True`` a :class:`Stream`."""
         args, tools = _gen_args(dict(gen))
         return _run(self._m.generate("chat", _messages(messages), "", tools, args), stream)
+
+    def self_consistency(self, messages: Sequence[Dict[str, Any]], n: int, **gen: Any) -> "Consensus":
+        """``n`` sampled replies to ``messages`` and a majority vote over their final answers:
+        the prompt is prefilled once, sample ``i`` is seeded ``seed + i`` (a random base without
+        ``seed``), the samples run in turn. Keyword arguments as :meth:`chat`."""
+        args, tools = _gen_args(dict(gen))
+        return Consensus(self._m.self_consistency("chat", _messages(messages), "", tools, int(n), args))
 
     def complete(self, prompt: str, *, stream: bool = False, **gen: Any) -> Union[Completion, Stream]:
         """Like :meth:`chat` for raw text (no template)."""
@@ -414,6 +432,68 @@ class Model:
     def session(self) -> "Session":
         """A conversation that keeps its cache between calls."""
         return Session(self._m.session())
+
+
+class Consensus:
+    """Self-consistency results: ``samples`` (a :class:`Completion` each, with ``seed`` and
+    ``voted_answer``, the normalised final answer it voted for), ``answer`` (the winner, ``None``
+    when no sample has a final answer) and ``counts`` (answer -> votes, in order of appearance)."""
+
+    def __init__(self, c: Any):
+        self._c = c
+        result = c.result()
+        self.prompt_ids: List[int] = list(result["prompt_ids"])
+        self.samples: List[Completion] = []
+        for i, s in enumerate(result["samples"]):
+            completion = Completion(s, c.record(i))
+            completion.seed = s["seed"]  # type: ignore[attr-defined]
+            completion.voted_answer = s["voted_answer"]  # type: ignore[attr-defined]
+            self.samples.append(completion)
+        self.answer: Optional[str] = result["vote"]["answer"]
+        self.counts: Dict[str, int] = {a: n for a, n in result["vote"]["counts"]}
+
+    def __repr__(self) -> str:
+        return f"Consensus(answer={self.answer!r}, counts={self.counts!r}, samples={len(self.samples)})"
+
+
+class DistillWriter:
+    """A distillation dataset: ``DistillWriter(path, top_k)``, ``path`` ending in ``.jsonl`` or
+    ``.safetensors`` (resumed when it exists). ``write(x)`` appends a :class:`Completion` (or every
+    sample of a :class:`Consensus`) generated with ``top_logprobs=top_k``; ``prompt in writer`` tells
+    whether a prompt's text (:meth:`Model.apply_chat_template`) is already there; ``len(writer)``
+    counts the generations. Close it (or use ``with``) to write the last safetensors shard."""
+
+    def __init__(self, path: Any, top_k: int):
+        path = str(path) if hasattr(path, "__fspath__") else path
+        if not isinstance(path, str):
+            raise TypeError("path must be a str or os.PathLike")
+        self._w = _r1.DistillWriter(path, int(top_k))
+
+    def write(self, x: Union[Completion, Consensus]) -> None:
+        """Appends a completion, or every sample of a self-consistency result."""
+        items = x.samples if isinstance(x, Consensus) else [x]
+        for c in items:
+            if not isinstance(c, Completion):
+                raise TypeError(f"write takes a Completion or a Consensus, not {type(c).__name__}")
+            if c._record is None:
+                raise InvalidArgument("the completion was generated without top_logprobs")
+            self._w.write(c._record)
+
+    def __contains__(self, prompt_text: str) -> bool:
+        return self._w.contains(prompt_text)
+
+    def __len__(self) -> int:
+        return len(self._w)
+
+    def close(self) -> None:
+        """Writes what is buffered (the last safetensors shard) and closes the dataset."""
+        self._w.close()
+
+    def __enter__(self) -> "DistillWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 class Session:
