@@ -165,6 +165,41 @@ fn c_reasoning_features_verify_vote_and_write_datasets() {
 }
 
 #[test]
+fn c_reasoning_example_verifies_votes_and_writes_a_dataset() {
+    let dir = scratch("reasoning_example");
+    let exe = compile("cc", "-std=c99", "examples/c/reasoning.c", &dir.join("reasoning"));
+    let fixture = repo().join("tests/fixtures/deepseek_v3_tiny");
+    let data = dir.join("votes.jsonl");
+    let out = run(&exe)
+        .args([
+            fixture.to_str().unwrap(),
+            "What is 2 + 2?",
+            "e",
+            "3",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "[verified]",
+        "[sample 0]",
+        "[sample 2]",
+        "[vote]",
+        "[dataset] 3 generations",
+    ] {
+        assert!(stdout.contains(needle), "{needle}: {stdout}");
+    }
+    assert_eq!(std::fs::read_to_string(&data).unwrap().lines().count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn c_and_cpp_chat_examples_stream_a_chat() {
     let dir = scratch("chat");
     let model = repo().join("tests/fixtures/deepseek_v3_tiny");

@@ -140,3 +140,22 @@ def test_distilled_log_probabilities_follow_transformers_and_the_dataset_resumes
             w.write(model.chat(case["messages"], greedy=True, max_tokens=2))  # no top_logprobs
     with pytest.raises(r1py.InvalidArgument):
         r1py.DistillWriter(tmp_path / "x.txt", k)
+
+
+def test_the_reasoning_example_runs(tmp_path):
+    import subprocess
+    import sys
+
+    example = FIXTURES.parents[1] / "examples" / "python" / "reasoning.py"
+    out_file = tmp_path / "votes.safetensors"
+    out = subprocess.run(
+        [sys.executable, str(example), str(FIXTURES / "deepseek_v3_tiny"), "What is 2 + 2?", "--reject", "e",
+         "--samples", "3", "--max-tokens", "12", "--out", str(out_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    for needle in ("[verified]", "[sample seed 102]", "[vote]", "[dataset] 3 generations"):
+        assert needle in out.stdout, out.stdout
+    assert out_file.is_file()
