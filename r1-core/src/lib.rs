@@ -75,6 +75,11 @@ pub use weights::Progress;
 #[cfg(doctest)]
 pub struct ApiGuide;
 
+/// The reasoning features' guide; its examples compile as doc tests.
+#[doc = include_str!("../../docs/reasoning.md")]
+#[cfg(doctest)]
+pub struct ReasoningGuide;
+
 // The handles an application moves across threads are thread-safe and own their data: checked
 // when the crate compiles.
 const _: fn() = || {
