@@ -353,8 +353,8 @@ impl PyModel {
         PyGeneration::start(|params| e.generate(&p, params), &args, prompt_text)
     }
 
-    /// `n` samples and their vote (GIL released; Ctrl-C polled).
-    #[pyo3(signature = (kind, messages, text, tools, n, args))]
+    /// `args["n"]` samples and their vote (GIL released; Ctrl-C polled).
+    #[pyo3(signature = (kind, messages, text, tools, args))]
     fn self_consistency(
         &self,
         py: Python<'_>,
@@ -362,9 +362,9 @@ impl PyModel {
         messages: Vec<(String, String)>,
         text: String,
         tools: Vec<String>,
-        n: usize,
         args: &Bound<'_, PyDict>,
     ) -> PyResult<PyConsensus> {
+        let n: usize = item(args, "n")?.ok_or_else(|| PyTypeError::new_err("n: the number of samples"))?;
         let args = GenArgs::from_dict(args)?;
         let e = self.engine()?;
         let p = prompt(kind, messages, text, tools)?;

@@ -420,7 +420,8 @@ class Model:
         the prompt is prefilled once, sample ``i`` is seeded ``seed + i`` (a random base without
         ``seed``), the samples run in turn. Keyword arguments as :meth:`chat`."""
         args, tools = _gen_args(dict(gen))
-        return Consensus(self._m.self_consistency("chat", _messages(messages), "", tools, int(n), args))
+        args["n"] = int(n)
+        return Consensus(self._m.self_consistency("chat", _messages(messages), "", tools, args))
 
     def complete(self, prompt: str, *, stream: bool = False, **gen: Any) -> Union[Completion, Stream]:
         """Like :meth:`chat` for raw text (no template)."""
