@@ -402,6 +402,45 @@ impl Model {
             .ok_or_else(|| Error::Internal("forward produced no logits".into()))
     }
 
+    /// Next-token logits of several sequences in one pass: `inputs[i]` runs after what
+    /// `caches[i]` holds (one cache per sequence, each its own), and row `i` of the result is
+    /// the logits at its last position. Every weight is read once for the whole batch, which is
+    /// what makes decoding several sequences together cost little more than one; attention
+    /// reads each sequence's own cache. The rows equal those of running each sequence alone, to
+    /// float rounding. A failed pass leaves every cache as it was.
+    pub fn forward_batch(&self, inputs: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Logits> {
+        crate::threads::mark_started();
+        let starts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        let result = self.forward_batch_inner(inputs, caches);
+        if result.is_err() {
+            for (cache, &start) in caches.iter_mut().zip(&starts) {
+                cache.truncate(start.min(cache.len()));
+            }
+        }
+        result
+    }
+
+    fn forward_batch_inner(&self, inputs: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Logits> {
+        if inputs.is_empty() {
+            return Err(Error::InvalidArgument("an empty batch".into()));
+        }
+        let (hidden, head) = match &self.inner.family {
+            Family::Llama(m) => (m.forward_batch_hidden(inputs, caches)?, m.lm_head()),
+            Family::Deepseek(m) => (m.forward_batch_hidden(inputs, caches)?, m.lm_head()),
+        };
+        // Each sequence's last row, then the LM head once for all of them.
+        let ends: Vec<u32> = inputs
+            .iter()
+            .scan(0u32, |end, t| {
+                *end += t.len() as u32;
+                Some(*end - 1)
+            })
+            .collect();
+        let last = hidden.index_select(&Tensor::new(ends.as_slice(), hidden.device())?, 0)?;
+        let logits = head.forward(&last)?.to_dtype(candle_core::DType::F32)?;
+        Logits::from_tensor(&logits)
+    }
+
     /// Logits of every position of `tokens` from an empty cache.
     pub fn logits(&self, tokens: &[u32]) -> Result<Logits> {
         let mut cache = self.new_cache();

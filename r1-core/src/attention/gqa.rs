@@ -2,6 +2,7 @@
 //! `heads / kv_heads` consecutive query heads (transformers' `repeat_kv` order).
 
 use super::fused::{attend, Shape};
+use super::{check_batch, Segment};
 use crate::cache::LayerCache;
 use crate::config::{GqaConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -36,41 +37,58 @@ impl Gqa {
         })
     }
 
-    /// `x [len, hidden]` at positions `offset..offset+len`; appends this step's keys and values.
-    pub fn forward(&self, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor> {
-        let LayerCache::Kv { k: k_cache, v: v_cache } = cache else {
-            return Err(Error::InvalidArgument("a GQA layer was given an MLA cache".into()));
-        };
-        let (len, _) = x.dims2()?;
+    /// The packed rows `x [rows, hidden]` of several sequences: the projections over all rows at
+    /// once, the keys, values and attention per sequence, each with its own cache.
+    pub(crate) fn forward_batch(
+        &self,
+        x: &Tensor,
+        segments: &[Segment],
+        caches: &mut [&mut LayerCache],
+    ) -> Result<Tensor> {
+        check_batch(segments, caches)?;
+        let (rows, _) = x.dims2()?;
         let GqaConfig {
             num_heads: h,
             num_kv_heads: kvh,
             head_dim: d,
             ..
         } = self.cfg;
-        let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((len, n, d))?.transpose(0, 1)?) };
-        let q = self.rope.apply(&heads(self.q_proj.forward(x)?, h)?, offset)?;
-        let k = self.rope.apply(&heads(self.k_proj.forward(x)?, kvh)?, offset)?;
-        let v = self.v_proj.forward(x)?;
-        // Token-major rows, [len, heads, d]: the cache's layout and the fused kernel's.
-        let rows = |t: &Tensor, n: usize| -> Result<Vec<f32>> {
-            Ok(t.transpose(0, 1)?
-                .contiguous()?
-                .reshape(len * n * d)?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1()?)
-        };
-        k_cache.append(&rows(&k, kvh)?, kvh * d);
-        v_cache.append(&v.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?, kvh * d);
-        let shape = Shape {
-            heads: h,
-            kv_heads: kvh,
-            head_dim: d,
-            offset,
-            scale: 1.0 / (d as f32).sqrt(),
-        };
-        let out = attend(&rows(&q, h)?, k_cache.all(), v_cache.all(), shape);
-        let out = Tensor::from_vec(out, (len, h * d), x.device())?;
+        let (q_all, k_all, v_all) = (
+            self.q_proj.forward(x)?,
+            self.k_proj.forward(x)?,
+            self.v_proj.forward(x)?,
+        );
+        let mut out = Vec::with_capacity(rows * h * d);
+        for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
+            let LayerCache::Kv { k: k_cache, v: v_cache } = &mut **cache else {
+                return Err(Error::InvalidArgument("a GQA layer was given an MLA cache".into()));
+            };
+            let (len, offset) = (seg.len, seg.offset);
+            let part = |t: &Tensor| t.narrow(0, seg.start, len);
+            let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((len, n, d))?.transpose(0, 1)?) };
+            let q = self.rope.apply(&heads(part(&q_all)?, h)?, offset)?;
+            let k = self.rope.apply(&heads(part(&k_all)?, kvh)?, offset)?;
+            let v = part(&v_all)?;
+            // Token-major rows, [len, heads, d]: the cache's layout and the fused kernel's.
+            let token_rows = |t: &Tensor, n: usize| -> Result<Vec<f32>> {
+                Ok(t.transpose(0, 1)?
+                    .contiguous()?
+                    .reshape(len * n * d)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?)
+            };
+            k_cache.append(&token_rows(&k, kvh)?, kvh * d);
+            v_cache.append(&v.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?, kvh * d);
+            let shape = Shape {
+                heads: h,
+                kv_heads: kvh,
+                head_dim: d,
+                offset,
+                scale: 1.0 / (d as f32).sqrt(),
+            };
+            out.extend(attend(&token_rows(&q, h)?, k_cache.all(), v_cache.all(), shape));
+        }
+        let out = Tensor::from_vec(out, (rows, h * d), x.device())?;
         self.o_proj.forward(&out)
     }
 }

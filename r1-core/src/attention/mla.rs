@@ -12,7 +12,7 @@
 //!   This never expands the cache: per step it reads `kv_lora_rank + rope` floats per token.
 
 use super::latent::{self, LatentShape};
-use super::{causal_mask, masked_softmax};
+use super::{causal_mask, check_batch, masked_softmax, Segment};
 use crate::cache::LayerCache;
 use crate::config::{yarn_mscale, MlaConfig, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
@@ -110,12 +110,16 @@ impl Mla {
         })
     }
 
-    /// `x [len, hidden]` at positions `offset..offset+len`; appends this step's latents.
-    pub fn forward(&self, x: &Tensor, offset: usize, cache: &mut LayerCache) -> Result<Tensor> {
-        let LayerCache::Latent { ckv, k_rope } = cache else {
-            return Err(Error::InvalidArgument("an MLA layer was given a GQA cache".into()));
-        };
-        let (len, _) = x.dims2()?;
+    /// The packed rows `x [rows, hidden]` of several sequences: the projections over all rows at
+    /// once, the latent rows and attention per sequence, each reading its own cache once.
+    pub(crate) fn forward_batch(
+        &self,
+        x: &Tensor,
+        segments: &[Segment],
+        caches: &mut [&mut LayerCache],
+    ) -> Result<Tensor> {
+        check_batch(segments, caches)?;
+        let (rows, _) = x.dims2()?;
         let MlaConfig {
             num_heads: h,
             kv_lora_rank: r,
@@ -124,38 +128,65 @@ impl Mla {
             v_head_dim: vd,
             ..
         } = self.cfg;
-        // Query per head: [h, len, nope | rope].
-        let q = self.q.forward(x)?.reshape((len, h, nope + rope))?.transpose(0, 1)?;
-        let q_nope = q.narrow(2, 0, nope)?.contiguous()?;
-        let q_rope = self.rope.apply(&q.narrow(2, nope, rope)?.contiguous()?, offset)?;
-        // Latent and shared rope key of the new tokens, then everything cached.
-        let kv = self.kv_a_proj_with_mqa.forward(x)?;
-        let c = self.kv_a_layernorm.forward(&kv.narrow(1, 0, r)?)?;
-        let k_r = self
-            .rope
-            .apply(&kv.narrow(1, r, rope)?.unsqueeze(0)?, offset)?
-            .squeeze(0)?;
-        let c_all = ckv.append(&c)?;
-        let k_r_all = k_rope.append(&k_r)?;
+        let q_all = self.q.forward(x)?; // [rows, h * (nope + rope)]
+        let kv_all = self.kv_a_proj_with_mqa.forward(x)?; // [rows, r + rope]
+        let c_new = self.kv_a_layernorm.forward(&kv_all.narrow(1, 0, r)?)?;
+        let mut outs = Vec::with_capacity(segments.len());
+        for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
+            let LayerCache::Latent { ckv, k_rope } = &mut **cache else {
+                return Err(Error::InvalidArgument("an MLA layer was given a GQA cache".into()));
+            };
+            let (len, offset) = (seg.len, seg.offset);
+            // Query per head: [h, len, nope | rope].
+            let q = q_all
+                .narrow(0, seg.start, len)?
+                .reshape((len, h, nope + rope))?
+                .transpose(0, 1)?;
+            let q_nope = q.narrow(2, 0, nope)?.contiguous()?;
+            let q_rope = self.rope.apply(&q.narrow(2, nope, rope)?.contiguous()?, offset)?;
+            // Latent and shared rope key of the new tokens, then everything cached.
+            let k_r = self
+                .rope
+                .apply(
+                    &kv_all.narrow(0, seg.start, len)?.narrow(1, r, rope)?.unsqueeze(0)?,
+                    offset,
+                )?
+                .squeeze(0)?;
+            let c_all = ckv.append(&c_new.narrow(0, seg.start, len)?)?;
+            let k_r_all = k_rope.append(&k_r)?;
+            outs.push(self.attend(&q_nope, &q_rope, &c_all, &k_r_all)?);
+        }
+        let out = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        self.o_proj.forward(&out.reshape((rows, h * vd))?)
+    }
+
+    /// One sequence's attention output `[len, h, v]` for queries `[h, len, ·]` over its whole
+    /// cache (`c_all`, `k_r_all`): the fused latent kernel for one query where it applies, the
+    /// absorbed form for other single queries, the expanded form for a prefill.
+    fn attend(&self, q_nope: &Tensor, q_rope: &Tensor, c_all: &Tensor, k_r_all: &Tensor) -> Result<Tensor> {
+        let (h, len, _) = q_nope.dims3()?;
         if len == 1 {
-            if let Some(out) = self.attend_latent(&q_nope, &q_rope, &c_all, &k_r_all)? {
-                return self.o_proj.forward(&out.reshape((1, h * vd))?);
+            if let Some(out) = self.attend_latent(q_nope, q_rope, c_all, k_r_all)? {
+                return Ok(out); // [1, h, v]
             }
         }
-        let total = c_all.dim(0)?;
+        let (total, rope) = (c_all.dim(0)?, self.cfg.qk_rope_head_dim);
         // The rope part of the scores is the same in both forms: [h, len, total].
         let rope_scores = q_rope
             .reshape((h * len, rope))?
             .matmul(&k_r_all.t()?)?
             .reshape((h, len, total))?;
-        let mask = causal_mask(len, total, x.device())?;
+        let mask = causal_mask(len, total, c_all.device())?;
         let out = if len == 1 {
-            self.attend_absorbed(&q_nope, &rope_scores, &c_all, mask.as_ref())?
+            self.attend_absorbed(q_nope, &rope_scores, c_all, mask.as_ref())?
         } else {
-            self.attend_expanded(&q_nope, &rope_scores, &c_all, mask.as_ref())?
+            self.attend_expanded(q_nope, &rope_scores, c_all, mask.as_ref())?
         };
-        // [h, len, v] → [len, h * v].
-        self.o_proj.forward(&out.transpose(0, 1)?.reshape((len, h * vd))?)
+        Ok(out.transpose(0, 1)?.contiguous()?) // [h, len, v] → [len, h, v]
     }
 
     /// The absorbed form for one query as r1's fused kernel ([`latent::attend`]), reading the

@@ -5,8 +5,37 @@ pub(crate) mod gqa;
 pub(crate) mod latent;
 pub(crate) mod mla;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use candle_core::{Device, Tensor};
+
+/// Where one sequence's tokens are in a packed batch: rows `start..start + len` of the
+/// activations, at positions `offset..offset + len` of that sequence's cache. A pass over one
+/// sequence is a batch of one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    pub start: usize,
+    pub len: usize,
+    pub offset: usize,
+}
+
+impl Segment {
+    /// The one segment of a pass over `len` tokens at `offset`.
+    pub(crate) fn whole(len: usize, offset: usize) -> [Segment; 1] {
+        [Segment { start: 0, len, offset }]
+    }
+}
+
+/// An error unless there is one cache per sequence of a batch.
+pub(crate) fn check_batch<S, C>(sequences: &[S], caches: &[C]) -> Result<()> {
+    if sequences.len() != caches.len() {
+        return Err(Error::InvalidArgument(format!(
+            "a batch of {} sequences with {} caches",
+            sequences.len(),
+            caches.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Additive causal mask `[len, total]` for queries at positions `total-len..total`: 0 where the
 /// key is at or before the query, -inf after it. `None` when every key is visible (one query).

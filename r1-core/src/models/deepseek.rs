@@ -7,6 +7,7 @@
 
 use super::{Decoder, Layer};
 use crate::attention::mla::Mla;
+use crate::attention::Segment;
 use crate::cache::LayerCache;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -65,14 +66,14 @@ impl Layer for DeepseekLayer {
     fn forward(
         &self,
         x: &Tensor,
-        offset: usize,
-        cache: &mut LayerCache,
+        segments: &[Segment],
+        caches: &mut [&mut LayerCache],
         layer: usize,
         routing: Option<&mut Vec<LayerRouting>>,
     ) -> Result<Tensor> {
         let h = (x + self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
+            .forward_batch(&self.input_layernorm.forward(x)?, segments, caches)?)?;
         let normed = self.post_attention_layernorm.forward(&h)?;
         let ffn = match &self.mlp {
             FeedForward::Dense(mlp) => mlp.forward(&normed)?,

@@ -4,6 +4,7 @@
 
 use super::{Decoder, Layer};
 use crate::attention::gqa::Gqa;
+use crate::attention::Segment;
 use crate::cache::LayerCache;
 use crate::config::{AttentionConfig, ModelConfig};
 use crate::error::{Error, Result};
@@ -50,14 +51,14 @@ impl Layer for LlamaLayer {
     fn forward(
         &self,
         x: &Tensor,
-        offset: usize,
-        cache: &mut LayerCache,
+        segments: &[Segment],
+        caches: &mut [&mut LayerCache],
         _layer: usize,
         _routing: Option<&mut Vec<LayerRouting>>,
     ) -> Result<Tensor> {
         let h = (x + self
             .self_attn
-            .forward(&self.input_layernorm.forward(x)?, offset, cache)?)?;
+            .forward_batch(&self.input_layernorm.forward(x)?, segments, caches)?)?;
         Ok((&h + self.mlp.forward(&self.post_attention_layernorm.forward(&h)?)?)?)
     }
 }

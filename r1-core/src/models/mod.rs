@@ -4,6 +4,7 @@
 pub(crate) mod deepseek;
 pub(crate) mod llama;
 
+use crate::attention::{check_batch, Segment};
 use crate::cache::{Cache, LayerCache};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -18,13 +19,14 @@ pub(crate) trait Layer: Sized {
     /// Loads layer `layer` from `w`.
     fn load(w: &Weights, cfg: &ModelConfig, layer: usize) -> Result<Self>;
 
-    /// `x [len, hidden]` at positions `offset..offset+len`; appends to the layer's cache and, for
-    /// MoE layers, pushes the routing decisions to `routing` when given.
+    /// The packed rows `x [rows, hidden]` of the sequences `segments` describes, each appended
+    /// to its own cache (`caches[i]` for `segments[i]`); MoE layers push their routing decisions
+    /// to `routing` when given.
     fn forward(
         &self,
         x: &Tensor,
-        offset: usize,
-        cache: &mut LayerCache,
+        segments: &[Segment],
+        caches: &mut [&mut LayerCache],
         layer: usize,
         routing: Option<&mut Vec<LayerRouting>>,
     ) -> Result<Tensor>;
@@ -65,7 +67,7 @@ impl<L: Layer> Decoder<L> {
         stop: &dyn Fn() -> bool,
     ) -> Result<Tensor> {
         check_tokens(tokens, cache)?;
-        let offset = cache.len();
+        let segments = Segment::whole(tokens.len(), cache.len());
         let mut x = self.embed_tokens.forward(tokens)?;
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 && tokens.len() > 1 && stop() {
@@ -74,9 +76,37 @@ impl<L: Layer> Decoder<L> {
                     tokens.len()
                 )));
             }
-            x = layer.forward(&x, offset, cache.layer(i)?, i, routing.as_deref_mut())?;
+            x = layer.forward(&x, &segments, &mut [cache.layer(i)?], i, routing.as_deref_mut())?;
         }
         cache.advance(tokens.len());
+        self.norm.forward(&x)
+    }
+
+    /// Final hidden states of several sequences in one pass: `inputs[i]`'s tokens appended to
+    /// `caches[i]`, their rows packed in order (`[Σ len, hidden]`). Every weight is read once for
+    /// all of them; attention runs per sequence over its own cache. On error the caches may hold
+    /// part of the step: the caller rolls them back.
+    pub(crate) fn forward_batch_hidden(&self, inputs: &[&[u32]], caches: &mut [&mut Cache]) -> Result<Tensor> {
+        check_batch(inputs, caches)?;
+        let mut segments = Vec::with_capacity(inputs.len());
+        let mut start = 0;
+        for (tokens, cache) in inputs.iter().zip(caches.iter()) {
+            check_tokens(tokens, cache)?;
+            segments.push(Segment {
+                start,
+                len: tokens.len(),
+                offset: cache.len(),
+            });
+            start += tokens.len();
+        }
+        let mut x = self.embed_tokens.forward(&inputs.concat())?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut layer_caches = caches.iter_mut().map(|c| c.layer(i)).collect::<Result<Vec<_>>>()?;
+            x = layer.forward(&x, &segments, &mut layer_caches, i, None)?;
+        }
+        for (tokens, cache) in inputs.iter().zip(caches.iter_mut()) {
+            cache.advance(tokens.len());
+        }
         self.norm.forward(&x)
     }
 

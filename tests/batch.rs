@@ -1,0 +1,92 @@
+//! Several sequences in one forward pass (`Model::forward_batch`): ragged prompts prefilled
+//! together, decoded together, one joining mid-way with its prefill packed beside the others'
+//! decode tokens. Each sequence's logits equal its solo run's, and its greedy tokens are
+//! transformers' reference tokens.
+
+mod common;
+
+use common::{argmax, fixtures_dir, Reference};
+use r1_core::{LoadOptions, Model};
+
+#[test]
+fn a_batch_gives_each_sequence_its_solo_logits_and_transformers_tokens() {
+    for fixture in ["llama_tiny", "qwen2_tiny", "deepseek_v3_tiny", "deepseek_v2_greedy"] {
+        let dir = fixtures_dir().join(fixture);
+        let reference = Reference::load(&dir);
+        let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        let prompts: Vec<Vec<u32>> = (0..reference.n_sequences())
+            .map(|i| reference.ids(&format!("input_ids.{i}")))
+            .collect();
+        let wanted: Vec<Vec<u32>> = (0..prompts.len())
+            .map(|i| reference.ids(&format!("generated.{i}")))
+            .collect();
+        // A third sequence, sequence 0's prompt again, joins at step 5.
+        let (join_at, steps) = (5, 12);
+        let mut seqs: Vec<Vec<u32>> = vec![prompts[0].clone(), prompts[1].clone(), prompts[0].clone()];
+        let mut caches: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+        let mut pending: Vec<Vec<u32>> = seqs.clone(); // what each sequence runs next
+        let mut worst = 0f32;
+        for step in 0..steps {
+            let active: Vec<usize> = (0..3).filter(|&s| s < 2 || step >= join_at).collect();
+            let inputs: Vec<&[u32]> = active.iter().map(|&s| pending[s].as_slice()).collect();
+            let mut cache_refs: Vec<&mut r1_core::Cache> = caches
+                .iter_mut()
+                .enumerate()
+                .filter(|(s, _)| active.contains(s))
+                .map(|(_, c)| c)
+                .collect();
+            let logits = model.forward_batch(&inputs, &mut cache_refs).unwrap();
+            assert_eq!(logits.rows(), active.len());
+            for (row, &s) in active.iter().enumerate() {
+                // The solo run: the same tokens through a fresh cache, one sequence alone.
+                let solo = model.logits(&seqs[s]).unwrap();
+                let got = logits.row(row).unwrap();
+                let scale = solo.last().iter().fold(1f32, |m, x| m.max(x.abs()));
+                let diff = got
+                    .iter()
+                    .zip(solo.last())
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                worst = worst.max(diff / scale);
+                let next = argmax(got);
+                seqs[s].push(next);
+                pending[s] = vec![next];
+            }
+        }
+        assert!(
+            worst <= 1e-5,
+            "{fixture}: batch logits off their solo runs by {worst:e} (relative)"
+        );
+        for (s, want) in wanted.iter().enumerate() {
+            let got = &seqs[s][prompts[s].len()..];
+            assert_eq!(got, &want[..steps], "{fixture} sequence {s}: greedy tokens");
+        }
+        let joined = &seqs[2][prompts[0].len()..];
+        assert_eq!(
+            joined,
+            &wanted[0][..steps - join_at],
+            "{fixture}: the sequence that joined"
+        );
+        eprintln!("{fixture}: 3 sequences, one joining at step {join_at}: logits within {worst:.1e} of solo runs");
+    }
+}
+
+#[test]
+fn a_bad_batch_is_an_error_and_leaves_the_caches_as_they_were() {
+    let model = Model::load(fixtures_dir().join("qwen2_tiny"), &LoadOptions::default()).unwrap();
+    let (mut a, mut b) = (model.new_cache(), model.new_cache());
+    model.forward_batch(&[&[5, 6], &[7]], &mut [&mut a, &mut b]).unwrap();
+    assert_eq!((a.len(), b.len()), (2, 1));
+    // A token outside the vocabulary in the second sequence: neither cache moves.
+    let e = model
+        .forward_batch(&[&[8], &[100_000]], &mut [&mut a, &mut b])
+        .unwrap_err();
+    assert_eq!(e.code(), r1_core::ErrorCode::InvalidArgument, "{e}");
+    assert_eq!((a.len(), b.len()), (2, 1));
+    assert!(
+        model.forward_batch(&[&[8]], &mut [&mut a, &mut b]).is_err(),
+        "two caches for one sequence"
+    );
+    assert!(model.forward_batch(&[], &mut []).is_err());
+    assert!(model.forward_batch(&[&[]], &mut [&mut a]).is_err());
+}
