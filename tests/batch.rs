@@ -90,3 +90,52 @@ fn a_bad_batch_is_an_error_and_leaves_the_caches_as_they_were() {
     assert!(model.forward_batch(&[], &mut []).is_err());
     assert!(model.forward_batch(&[&[]], &mut [&mut a]).is_err());
 }
+
+#[test]
+fn batched_generations_equal_their_solo_runs() {
+    use r1_core::{BatchOptions, Engine, GenerateParams, Message, Prompt, SamplingParams};
+    for fixture in ["qwen2_tiny", "deepseek_v3_tiny"] {
+        let engine = Engine::load(fixtures_dir().join(fixture), &LoadOptions::default()).unwrap();
+        let sampled = |seed, n| {
+            GenerateParams::default()
+                .with_max_tokens(n)
+                .with_sampling(SamplingParams::deepseek_r1().with_temperature(1.0).with_seed(seed))
+        };
+        let chat = |text: &str| Prompt::Chat(vec![Message::user(text)]);
+        let requests = vec![
+            (chat("Hi"), GenerateParams::greedy(5)),
+            (
+                chat("A much longer question about the reasoning of models, asked at length."),
+                sampled(7, 14),
+            ),
+            (Prompt::Raw("1 2 3".into()), sampled(9, 20).with_stop(vec!["e".into()])),
+            (chat("Another one"), GenerateParams::greedy(9).with_top_logprobs(3)),
+        ];
+        // Two at a time, four tokens a pass: prompts run in chunks beside decode tokens, and
+        // the later requests join as the first ones finish.
+        let options = BatchOptions::default().with_max_batch(2).with_token_budget(4);
+        let mut streamed = vec![String::new(); requests.len()];
+        let batch = engine
+            .generate_batch_with(&requests, &options, |i, e| streamed[i].push_str(&e.text))
+            .unwrap();
+        for (i, ((prompt, params), g)) in requests.iter().zip(&batch).enumerate() {
+            let mut solo = engine.generate(prompt, params).unwrap();
+            solo.by_ref().try_for_each(|e| e.map(drop)).unwrap();
+            assert!(g.is_done() && g.error().is_none(), "{fixture} request {i}");
+            assert_eq!(g.generated_ids(), solo.generated_ids(), "{fixture} request {i}");
+            assert_eq!(g.finish_reason(), solo.finish_reason(), "{fixture} request {i}");
+            assert_eq!(g.trace(), solo.trace(), "{fixture} request {i}");
+            assert_eq!(streamed[i], solo.text(), "{fixture} request {i}: the stream");
+            for (a, b) in g.logprobs().iter().zip(solo.logprobs()) {
+                assert_eq!(
+                    a.top.iter().map(|t| t.0).collect::<Vec<_>>(),
+                    b.top.iter().map(|t| t.0).collect::<Vec<_>>()
+                );
+                assert!((a.logprob - b.logprob).abs() < 1e-5);
+            }
+        }
+        assert!(engine
+            .generate_batch_with(&requests, &BatchOptions::default().with_max_batch(0), |_, _| {})
+            .is_err());
+    }
+}

@@ -353,6 +353,8 @@ pub struct Generation {
     text: String,
     usage: Usage,
     decode_time: Duration,
+    /// Seconds of the batched passes that ran this generation's prompt.
+    prefill_seconds: f64,
     trace: Option<Trace>,
     finish_reason: Option<FinishReason>,
     error: Option<ErrorCode>,
@@ -509,6 +511,7 @@ impl Generation {
             text: String::new(),
             usage,
             decode_time: Duration::ZERO,
+            prefill_seconds: 0.0,
             trace: None,
             finish_reason: None,
             error: None,
@@ -622,29 +625,43 @@ impl Generation {
                 .is_some_and(|b| self.usage.reasoning_tokens >= b)
     }
 
-    /// One token: choose, decode, split; queues its events. Returns the finish reason if any.
-    fn step(&mut self) -> Result<Option<FinishReason>> {
+    /// Why the generation must end before its next token, if it must.
+    fn limit(&self) -> Option<FinishReason> {
         let forcing = !self.forced.is_empty();
         if self.cancelled() {
-            return Ok(Some(FinishReason::Cancelled));
+            return Some(FinishReason::Cancelled);
         }
         if self.generated_ids().len() >= self.max_tokens {
-            return Ok(Some(if forcing {
+            return Some(if forcing {
                 FinishReason::ReasoningBudget
             } else {
                 FinishReason::MaxTokens
-            }));
+            });
         }
         if self.pending_token.is_some() && self.cache.len() >= self.cache.max_len() {
-            return Ok(Some(if forcing {
+            return Some(if forcing {
                 FinishReason::ReasoningBudget
             } else {
                 FinishReason::ContextFull
-            }));
+            });
+        }
+        None
+    }
+
+    /// One token: run the model, choose, decode, split; queues its events. Returns the finish
+    /// reason if any.
+    fn step(&mut self) -> Result<Option<FinishReason>> {
+        if let Some(reason) = self.limit() {
+            return Ok(Some(reason));
         }
         let Some(logits) = self.next_logits()? else {
             return Ok(Some(FinishReason::Cancelled));
         };
+        self.take_token(logits)
+    }
+
+    /// The token chosen from `logits` (or forced), decoded and split into events.
+    fn take_token(&mut self, logits: Vec<f32>) -> Result<Option<FinishReason>> {
         let channel_before = self
             .parser
             .as_ref()
@@ -847,20 +864,79 @@ impl Generation {
     }
 }
 
+impl Generation {
+    /// Ends the generation when a step says so (or failed): the error, if any, to report.
+    fn conclude(&mut self, step: Result<Option<FinishReason>>) -> Option<Error> {
+        let outcome = step.and_then(|reason| match reason {
+            Some(r) => {
+                self.done = true;
+                self.finish(r)
+            }
+            None => Ok(()),
+        });
+        let e = outcome.err()?;
+        self.fail(&e);
+        Some(e)
+    }
+
+    /// For a batched pass: `None` when the generation has ended (a limit was reached: its
+    /// final events are queued), else the tokens it runs next, at most `budget` of them (the
+    /// rest of its prompt, or its pending token).
+    pub(crate) fn batch_input(&mut self, budget: usize) -> Option<Vec<u32>> {
+        if self.done {
+            return None;
+        }
+        if let Some(reason) = self.limit() {
+            self.conclude(Ok(Some(reason)));
+            return None;
+        }
+        Some(match self.pending_token {
+            Some(t) => vec![t],
+            None => {
+                let start = self.cache.len();
+                let end = self.prompt_len.min(start + budget.max(1));
+                self.history[start..end].to_vec()
+            }
+        })
+    }
+
+    /// The cache a batched pass appends to.
+    pub(crate) fn cache_mut(&mut self) -> &mut Cache {
+        &mut self.cache
+    }
+
+    /// After a batched pass (`seconds` long) ran this generation's input, with `logits` its
+    /// last row: the next token when the input finished the prompt or was the pending token.
+    /// An error is kept in the generation (see [`Generation::error`]).
+    pub(crate) fn batch_output(&mut self, seconds: f64, logits: &[f32]) -> Option<Error> {
+        match self.pending_token.take() {
+            Some(_) => self.decode_time += Duration::from_secs_f64(seconds),
+            None => {
+                self.prefill_seconds += seconds;
+                if self.cache.len() < self.prompt_len {
+                    return None; // more of the prompt to run
+                }
+                let ran_prompt = self.prompt_len - self.usage.cached_prompt_tokens;
+                self.usage.prefill_tokens_per_s = ran_prompt as f64 / self.prefill_seconds.max(1e-9);
+            }
+        }
+        let step = self.take_token(logits.to_vec());
+        self.conclude(step)
+    }
+
+    /// Takes the queued events (a batch driver hands them to its caller).
+    pub(crate) fn drain_events(&mut self) -> impl Iterator<Item = Event> + '_ {
+        self.queue.drain(..)
+    }
+}
+
 impl Iterator for Generation {
     type Item = Result<Event>;
 
     fn next(&mut self) -> Option<Self::Item> {
         while self.queue.is_empty() && !self.done {
-            let outcome = self.step().and_then(|reason| match reason {
-                Some(r) => {
-                    self.done = true;
-                    self.finish(r)
-                }
-                None => Ok(()),
-            });
-            if let Err(e) = outcome {
-                self.fail(&e);
+            let step = self.step();
+            if let Some(e) = self.conclude(step) {
                 return Some(Err(e));
             }
         }

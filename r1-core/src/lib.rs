@@ -28,6 +28,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod attention;
+mod batch;
 mod cache;
 mod chat_template;
 mod config;
@@ -51,6 +52,7 @@ mod trace;
 mod verify;
 mod weights;
 
+pub use batch::BatchOptions;
 pub use cache::Cache;
 pub use chat_template::{ChatTemplate, Message, DEEPSEEK_R1_TEMPLATE};
 pub use config::Architecture;

@@ -1,0 +1,154 @@
+//! Batched generation: several generations advanced together, one forward pass per step.
+//!
+//! Each step, every unfinished generation (up to [`BatchOptions::max_batch`], in request order)
+//! contributes its next input, a decode token or a chunk of its prompt within the step's token
+//! budget, and one [`Model::forward_batch`](crate::Model::forward_batch) runs them all: every
+//! weight is read once per step for the whole batch. A generation that finishes leaves at once
+//! and the next waiting one joins at the next step (continuous batching). Each generation keeps
+//! its own cache, sampler, stop sequences, budget, verifier and cancel handle, so it produces
+//! exactly what it would alone.
+//!
+//! ```
+//! use r1_core::{Engine, GenerateParams, Prompt};
+//! # fn main() -> r1_core::Result<()> {
+//! # let engine = Engine::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/qwen2_tiny"), &Default::default())?;
+//! let requests: Vec<(Prompt, GenerateParams)> = ["Hello", "The capital of France is", "1 2 3"]
+//!     .iter()
+//!     .map(|p| (Prompt::Raw(p.to_string()), GenerateParams::greedy(8)))
+//!     .collect();
+//! let done = engine.generate_batch(&requests, |i, event| print!("[{i}] {}", event.text))?;
+//! assert_eq!(done.len(), 3);
+//! assert!(done.iter().all(|g| g.is_done()));
+//! # Ok(()) }
+//! ```
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::generate::{Event, GenerateParams, Generation, Prompt};
+use std::time::Instant;
+
+/// How a batch is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchOptions {
+    /// Most sequences in one forward pass (default 16); the others wait their turn.
+    pub max_batch: usize,
+    /// Tokens in one forward pass (default: the model's prefill chunk): members take their
+    /// inputs in request order, a prompt chunk at most what is left of the budget, every
+    /// member at least one token (so a decoding sequence is never held back by a prefill).
+    pub token_budget: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            max_batch: 16,
+            token_budget: crate::model::DEFAULT_PREFILL_CHUNK,
+        }
+    }
+}
+
+impl BatchOptions {
+    /// Sets [`BatchOptions::max_batch`].
+    pub fn with_max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n;
+        self
+    }
+
+    /// Sets [`BatchOptions::token_budget`].
+    pub fn with_token_budget(mut self, n: usize) -> Self {
+        self.token_budget = n;
+        self
+    }
+}
+
+impl Engine {
+    /// Runs every request (a prompt and its own settings) to its end, batched, calling
+    /// `on_event(i, event)` with request `i`'s events as they come; returns the finished
+    /// generations, in request order (`generated_ids`, `trace`, `usage`, ...). A request that
+    /// fails to start fails the call; a generation that fails while running ends with its
+    /// error (see [`Generation::error`]) and the others go on.
+    pub fn generate_batch(
+        &self,
+        requests: &[(Prompt, GenerateParams)],
+        on_event: impl FnMut(usize, &Event),
+    ) -> Result<Vec<Generation>> {
+        let options = BatchOptions {
+            token_budget: self.model().prefill_chunk(),
+            ..BatchOptions::default()
+        };
+        self.generate_batch_with(requests, &options, on_event)
+    }
+
+    /// [`Engine::generate_batch`] with explicit scheduling options.
+    pub fn generate_batch_with(
+        &self,
+        requests: &[(Prompt, GenerateParams)],
+        options: &BatchOptions,
+        mut on_event: impl FnMut(usize, &Event),
+    ) -> Result<Vec<Generation>> {
+        if options.max_batch == 0 || options.token_budget == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "max_batch {} and token_budget {}: both at least 1",
+                options.max_batch, options.token_budget
+            )));
+        }
+        let mut gens = requests
+            .iter()
+            .map(|(prompt, params)| self.generate(prompt, params))
+            .collect::<Result<Vec<_>>>()?;
+        loop {
+            let (members, inputs) = next_pass(&mut gens, options);
+            flush(&mut gens, &mut on_event);
+            if members.is_empty() {
+                return Ok(gens);
+            }
+            let t = Instant::now();
+            let logits = {
+                let mut caches: Vec<_> = gens
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| members.contains(i))
+                    .map(|(_, g)| g.cache_mut())
+                    .collect();
+                let inputs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+                self.model().forward_batch(&inputs, &mut caches)?
+            };
+            let seconds = t.elapsed().as_secs_f64();
+            for (row, &i) in members.iter().enumerate() {
+                let logits = logits
+                    .row(row)
+                    .ok_or_else(|| Error::Internal(format!("batch logits have no row {row}")))?;
+                // An error is the generation's own: it ends, the batch goes on.
+                let _ = gens[i].batch_output(seconds, logits);
+            }
+        }
+    }
+}
+
+/// The members of the next pass and their inputs: unfinished generations in order, up to
+/// `max_batch`, within the token budget (see [`BatchOptions::token_budget`]).
+fn next_pass(gens: &mut [Generation], options: &BatchOptions) -> (Vec<usize>, Vec<Vec<u32>>) {
+    let mut chosen: Vec<(usize, Vec<u32>)> = Vec::new();
+    let mut used = 0;
+    for (i, g) in gens.iter_mut().enumerate() {
+        if chosen.len() >= options.max_batch {
+            break;
+        }
+        let budget = options.token_budget.saturating_sub(used).max(1);
+        if let Some(input) = g.batch_input(budget) {
+            used += input.len();
+            chosen.push((i, input));
+        }
+    }
+    chosen.into_iter().unzip()
+}
+
+/// Hands every queued event to the caller.
+fn flush(gens: &mut [Generation], on_event: &mut impl FnMut(usize, &Event)) {
+    for (i, g) in gens.iter_mut().enumerate() {
+        for event in g.drain_events() {
+            on_event(i, &event);
+        }
+    }
+}
