@@ -2,8 +2,11 @@
 //! one model, as one JSON line (the same test shape as `llama-bench -p N -n M`).
 //!
 //! ```text
-//! cargo run --release --example bench -- --model FILE_OR_DIR [--prompt-tokens 128] [--gen-tokens 64] [--threads N]
+//! cargo run --release --example bench -- --model FILE_OR_DIR [--prompt-tokens 128] [--gen-tokens 64] [--threads N] [--batch N]
 //! ```
+//! With `--batch N`, N sequences of `--prompt-tokens` each are prefilled in one batched pass and
+//! decoded together (`Model::forward_batch`); the speeds are then the aggregates (tokens of all
+//! sequences per second).
 
 use clap::Parser;
 use r1_core::{LoadOptions, Model};
@@ -27,6 +30,9 @@ struct Args {
     /// Compute threads.
     #[arg(long)]
     threads: Option<usize>,
+    /// Sequences decoded together.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
 }
 
 fn run(args: &Args) -> r1_core::Result<String> {
@@ -42,6 +48,9 @@ fn run(args: &Args) -> r1_core::Result<String> {
     let prompt: Vec<u32> = (0..args.prompt_tokens as u32)
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
+    if args.batch > 1 {
+        return batched(args, &model, load_s);
+    }
     let mut cache = model.new_cache();
     cache.reserve(args.prompt_tokens + args.gen_tokens);
     let t1 = Instant::now();
@@ -56,6 +65,45 @@ fn run(args: &Args) -> r1_core::Result<String> {
         "load_s": load_s,
         "prefill_tokens_per_s": args.prompt_tokens as f64 / prefill_s,
         "decode_tokens_per_s": args.gen_tokens as f64 / decode_s,
+        "peak_rss_kib": peak_rss_kib(),
+    })
+    .to_string())
+}
+
+/// `--batch N`: N prompts (each its own content) in one prefill pass, then N tokens a pass.
+fn batched(args: &Args, model: &Model, load_s: f64) -> r1_core::Result<String> {
+    let vocab = model.vocab_size() as u32;
+    let prompts: Vec<Vec<u32>> = (0..args.batch as u32)
+        .map(|s| {
+            (0..args.prompt_tokens as u32)
+                .map(|i| (i * 7919 + 13 + s * 104_729) % vocab)
+                .collect()
+        })
+        .collect();
+    let mut caches: Vec<_> = (0..args.batch).map(|_| model.new_cache()).collect();
+    for c in &mut caches {
+        c.reserve(args.prompt_tokens + args.gen_tokens);
+    }
+    let mut refs: Vec<&mut r1_core::Cache> = caches.iter_mut().collect();
+    let inputs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let t1 = Instant::now();
+    let logits = model.forward_batch(&inputs, &mut refs)?;
+    let prefill_s = t1.elapsed().as_secs_f64();
+    let mut next: Vec<u32> = (0..args.batch).map(|r| logits.row(r).map_or(0, argmax)).collect();
+    let t2 = Instant::now();
+    for _ in 0..args.gen_tokens {
+        let inputs: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let inputs: Vec<&[u32]> = inputs.iter().map(|t| t.as_slice()).collect();
+        let logits = model.forward_batch(&inputs, &mut refs)?;
+        next = (0..args.batch).map(|r| logits.row(r).map_or(0, argmax)).collect();
+    }
+    let decode_s = t2.elapsed().as_secs_f64();
+    let n = args.batch as f64;
+    Ok(serde_json::json!({
+        "load_s": load_s,
+        "batch": args.batch,
+        "prefill_tokens_per_s": n * args.prompt_tokens as f64 / prefill_s,
+        "decode_tokens_per_s": n * args.gen_tokens as f64 / decode_s,
         "peak_rss_kib": peak_rss_kib(),
     })
     .to_string())
