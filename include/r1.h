@@ -234,9 +234,18 @@ typedef struct r1_result {
   struct r1_usage usage;
 } r1_result;
 
-// Per event of sample `sample`: like `r1_token_callback`, the sample's index first. Return
-// false to stop every sample (the call then fails with `R1_ERROR_CANCELLED`).
-typedef bool (*r1_sample_callback)(void *user_data, uint32_t sample, enum r1_channel channel, const char *text, size_t len, uint32_t token);
+// One conversation of a batch: its messages.
+typedef struct r1_conversation {
+  // The messages, OpenAI style.
+  const struct r1_message *messages;
+  // How many.
+  size_t n_messages;
+} r1_conversation;
+
+// Per event of sequence `sequence` of a call that runs several (a conversation of
+// `r1_generate_batch`, a sample of `r1_self_consistency`): like `r1_token_callback`, the
+// sequence's index first. Return false to stop every sequence of the call.
+typedef bool (*r1_sequence_callback)(void *user_data, uint32_t sequence, enum r1_channel channel, const char *text, size_t len, uint32_t token);
 
 #ifdef __cplusplus
 extern "C" {
@@ -366,6 +375,14 @@ const char *r1_trace_tool_call_arguments(const struct r1_trace *trace, size_t i)
 // it.
 void r1_trace_free(struct r1_trace *trace);
 
+// Replies to `n` conversations generated together, each on a fresh cache with `params`: one
+// forward pass per step for all of them (every weight read once), a finished one leaving and
+// the next joining; each reply equals what `r1_session_chat` gives alone (a seed is each
+// conversation's own). Events stream to `on_token` (may be NULL) with their conversation's
+// index; `results` (may be NULL) receives `n` results. Blocks; thread-safe (the model may be
+// shared).
+enum r1_status r1_generate_batch(const struct r1_model *model, const struct r1_conversation *conversations, size_t n, const struct r1_gen_params *params, r1_sequence_callback on_token, void *user_data, struct r1_result *results);
+
 // The number of reasoning steps of the session's last generation that a verifier saw (0
 // without a verifier). One thread at a time per session.
 size_t r1_session_step_count(const struct r1_session *session);
@@ -381,7 +398,7 @@ enum r1_status r1_session_step(const struct r1_session *session, size_t i, const
 // NULL), then a majority vote over their final answers (trimmed, `\boxed{}` unwrapped). On
 // success `*out` is a result to free with `r1_consensus_free`. Blocks; thread-safe (the model
 // may be shared).
-enum r1_status r1_self_consistency(const struct r1_model *model, const struct r1_message *messages, size_t n_messages, const struct r1_gen_params *params, uint32_t n, r1_sample_callback on_token, void *user_data, struct r1_consensus **out);
+enum r1_status r1_self_consistency(const struct r1_model *model, const struct r1_message *messages, size_t n_messages, const struct r1_gen_params *params, uint32_t n, r1_sequence_callback on_token, void *user_data, struct r1_consensus **out);
 
 // The number of samples (0 for NULL).
 size_t r1_consensus_sample_count(const struct r1_consensus *c);

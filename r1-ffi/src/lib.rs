@@ -8,10 +8,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![allow(clippy::missing_safety_doc)] // the header documents each function's contract
 
+mod batch;
 mod convert;
 mod error;
 mod reasoning;
 
+pub use batch::*;
 pub use convert::{
     r1_dtype, r1_gen_params, r1_load_params, r1_message, r1_progress_callback, r1_quantize, r1_sampling_params,
     r1_step_verifier,
@@ -472,7 +474,20 @@ pub(crate) fn channel(c: Channel) -> r1_channel {
     }
 }
 
-fn finish_reason(r: FinishReason) -> r1_finish_reason {
+/// A generation's counts as C reads them.
+pub(crate) fn usage(u: &r1_core::Usage) -> r1_usage {
+    r1_usage {
+        prompt_tokens: u.prompt_tokens as u32,
+        cached_prompt_tokens: u.cached_prompt_tokens as u32,
+        reasoning_tokens: u.reasoning_tokens as u32,
+        answer_tokens: u.answer_tokens as u32,
+        rejected_steps: u.rejected_steps as u32,
+        prefill_tokens_per_s: u.prefill_tokens_per_s,
+        decode_tokens_per_s: u.decode_tokens_per_s,
+    }
+}
+
+pub(crate) fn finish_reason(r: FinishReason) -> r1_finish_reason {
     match r {
         FinishReason::EndToken => r1_finish_reason::R1_FINISH_END_TOKEN,
         FinishReason::StopSequence => r1_finish_reason::R1_FINISH_STOP_SEQUENCE,
@@ -521,18 +536,9 @@ unsafe fn run(
                     }
                 }
                 if let Some(f) = event.finish {
-                    let u = f.usage;
                     result = Some(r1_result {
                         finish_reason: finish_reason(f.reason),
-                        usage: r1_usage {
-                            prompt_tokens: u.prompt_tokens as u32,
-                            cached_prompt_tokens: u.cached_prompt_tokens as u32,
-                            reasoning_tokens: u.reasoning_tokens as u32,
-                            answer_tokens: u.answer_tokens as u32,
-                            rejected_steps: u.rejected_steps as u32,
-                            prefill_tokens_per_s: u.prefill_tokens_per_s,
-                            decode_tokens_per_s: u.decode_tokens_per_s,
-                        },
+                        usage: usage(&f.usage),
                     });
                 }
             }

@@ -4,7 +4,7 @@
 
 use crate::convert::{c_str, gen_params, messages as chat_messages, write_array};
 use crate::error::{guard, guard_value, Failure};
-use crate::{channel, model_ref, owned, r1_channel, r1_gen_params, r1_message, r1_model, r1_session, session_ref};
+use crate::{model_ref, owned, r1_gen_params, r1_message, r1_model, r1_session, session_ref};
 use r1_core::{CancelHandle, Consensus, DistillRecord, DistillWriter, Generation, Prompt, Verdict};
 use std::ffi::{c_char, c_void, CString};
 use std::sync::{Mutex, MutexGuard};
@@ -128,20 +128,6 @@ pub struct r1_consensus {
     votes: Vec<(CString, u32)>,
 }
 
-/// Per event of sample `sample`: like `r1_token_callback`, the sample's index first. Return
-/// false to stop every sample (the call then fails with `R1_ERROR_CANCELLED`).
-#[allow(non_camel_case_types)]
-pub type r1_sample_callback = Option<
-    unsafe extern "C" fn(
-        user_data: *mut c_void,
-        sample: u32,
-        channel: r1_channel,
-        text: *const c_char,
-        len: usize,
-        token: u32,
-    ) -> bool,
->;
-
 /// `n` (1 to 256) samples of the reply to `messages`: the prompt prefilled once, sample `i`
 /// seeded with `params->sampling.seed + i`, run in turn and streamed to `on_token` (may be
 /// NULL), then a majority vote over their final answers (trimmed, `\boxed{}` unwrapped). On
@@ -154,7 +140,7 @@ pub unsafe extern "C" fn r1_self_consistency(
     n_messages: usize,
     params: *const r1_gen_params,
     n: u32,
-    on_token: r1_sample_callback,
+    on_token: crate::batch::r1_sequence_callback,
     user_data: *mut c_void,
     out: *mut *mut r1_consensus,
 ) -> crate::r1_status {
@@ -173,22 +159,7 @@ pub unsafe extern "C" fn r1_self_consistency(
             let consensus = m
                 .engine
                 .self_consistency_streamed(&prompt, &params, n as usize, |i, event| {
-                    let Some(cb) = on_token else { return };
-                    if event.text.is_empty() && event.token.is_none() {
-                        return;
-                    }
-                    let token = event.token.unwrap_or(u32::MAX);
-                    let text = event.text.as_ptr().cast();
-                    if !cb(
-                        user_data,
-                        i as u32,
-                        channel(event.channel),
-                        text,
-                        event.text.len(),
-                        token,
-                    ) {
-                        cancel.cancel();
-                    }
+                    crate::batch::emit(on_token, user_data, &cancel, i, event)
                 })?;
             if cancel.is_cancelled() {
                 return Err(r1_core::Error::Cancelled("the sample callback returned false".into()).into());

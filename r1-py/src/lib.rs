@@ -353,6 +353,59 @@ impl PyModel {
         PyGeneration::start(|params| e.generate(&p, params), &args, prompt_text)
     }
 
+    /// Several prompts generated together, batched (GIL released; Ctrl-C polled): one result
+    /// dict and dataset record (or `None`) per prompt, in order. `prompts` are message lists
+    /// (`kind` "chat") or texts ("complete").
+    #[pyo3(signature = (kind, conversations, texts, args))]
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        kind: &str,
+        conversations: Vec<Vec<(String, String)>>,
+        texts: Vec<String>,
+        args: &Bound<'_, PyDict>,
+    ) -> PyResult<Vec<(Py<PyDict>, Option<PyRecord>)>> {
+        let gen_args = GenArgs::from_dict(args)?;
+        let e = self.engine()?;
+        let prompts = match kind {
+            "chat" => conversations
+                .into_iter()
+                .map(|m| prompt("chat", m, String::new(), vec![]))
+                .collect::<PyResult<Vec<_>>>()?,
+            _ => texts
+                .into_iter()
+                .map(|t| prompt("complete", vec![], t, vec![]))
+                .collect::<PyResult<Vec<_>>>()?,
+        };
+        let interrupt = Arc::new(Mutex::new(None));
+        let params = gen_args
+            .params(&interrupt)
+            .with_cancel(signal_poll(Arc::clone(&interrupt)));
+        let texts = prompts
+            .iter()
+            .map(|p| e.prompt_text(p).map(Option::unwrap_or_default))
+            .collect::<r1_core::Result<Vec<_>>>()
+            .map_err(py_err)?;
+        let requests: Vec<(Prompt, GenerateParams)> = prompts.into_iter().map(|p| (p, params.clone())).collect();
+        let done = py.detach(|| e.generate_batch(&requests, |_, _| {}));
+        if let Some(err) = lock(&interrupt).take() {
+            return Err(err);
+        }
+        let done = done.map_err(py_err)?;
+        let mut out = Vec::with_capacity(done.len());
+        for (g, text) in done.into_iter().zip(texts) {
+            let generation = PyGeneration {
+                generation: Mutex::new(Some(g)),
+                cancel: CancelHandle::new(),
+                interrupt: Arc::new(Mutex::new(None)),
+                wants_logprobs: gen_args.top_logprobs.is_some(),
+                prompt_text: text,
+            };
+            out.push((generation.result(py)?.unbind(), generation.record(py)?));
+        }
+        Ok(out)
+    }
+
     /// `args["n"]` samples and their vote (GIL released; Ctrl-C polled).
     #[pyo3(signature = (kind, messages, text, tools, args))]
     fn self_consistency(

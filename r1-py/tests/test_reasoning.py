@@ -159,3 +159,18 @@ def test_the_reasoning_example_runs(tmp_path):
     for needle in ("[verified]", "[sample seed 102]", "[vote]", "[dataset] 3 generations"):
         assert needle in out.stdout, out.stdout
     assert out_file.is_file()
+
+
+def test_chat_batch_equals_each_chat_alone(model):
+    convs = [[{"role": "user", "content": q}] for q in ("Hi", "What is 2 + 2?", "A longer question, asked at length.")]
+    batch = model.chat_batch(convs, temperature=1.0, seed=4, max_tokens=12, top_logprobs=2)
+    assert len(batch) == 3
+    for conv, c in zip(convs, batch):
+        alone = model.chat(conv, temperature=1.0, seed=4, max_tokens=12, top_logprobs=2)
+        assert c.token_ids == alone.token_ids and c.answer == alone.answer and c.reasoning == alone.reasoning
+        assert c.finish_reason == alone.finish_reason
+        assert [e["token"] for e in c.logprobs] == c.token_ids
+    texts = model.complete_batch(["Once upon", "1 2 3"], greedy=True, max_tokens=5)
+    assert [t.token_ids for t in texts] == [model.complete(p, greedy=True, max_tokens=5).token_ids for p in ("Once upon", "1 2 3")]
+    with pytest.raises(TypeError):
+        model.complete_batch("not a list")

@@ -3,7 +3,8 @@
  * an "e" (no standing step but an exhausted one keeps it; rejected_steps = the retries), one
  * that stops at the first step; self-consistency (sample i equals a standalone chat seeded
  * seed + i; the vote counts the final answers); a distillation dataset written from a chat and
- * from samples, then resumed; and the error paths.
+ * from samples, then resumed; a batch of conversations equal to each chat alone; and the error
+ * paths.
  *
  * Run by r1-ffi/tests/c_api.rs (and under valgrind and AddressSanitizer by scripts/c-memcheck.sh):
  *   test_reasoning FIXTURE_DIR SCRATCH_DIR
@@ -179,6 +180,55 @@ static void self_consistency(const r1_model *model, const char *scratch) {
     r1_session_free(s);
 }
 
+/* Collects each conversation's streamed text (3 conversations, 4 KiB each). */
+static char texts[3][4096];
+static size_t lens[3];
+
+static bool collect(void *user_data, uint32_t sequence, r1_channel channel, const char *text, size_t len,
+                    uint32_t token) {
+    (void)user_data;
+    (void)channel;
+    (void)token;
+    if (sequence < 3 && lens[sequence] + len < sizeof texts[0]) {
+        memcpy(texts[sequence] + lens[sequence], text, len);
+        lens[sequence] += len;
+    }
+    return true;
+}
+
+static bool collect_one(void *user_data, r1_channel channel, const char *text, size_t len, uint32_t token) {
+    return collect(NULL, *(uint32_t *)user_data, channel, text, len, token);
+}
+
+static void batch(const r1_model *model) {
+    r1_message a[] = {{"user", "Hi"}};
+    r1_message b[] = {{"system", "Be brief."}, {"user", "What is 2 + 2?"}};
+    r1_message c[] = {{"user", "A longer question, asked at some length."}};
+    r1_conversation convs[] = {{a, 1}, {b, 2}, {c, 1}};
+    r1_gen_params p = sampled(4, 12);
+    r1_result results[3];
+    OK(r1_generate_batch(model, convs, 3, &p, collect, NULL, results));
+    char batched[3][4096];
+    size_t batched_len[3];
+    memcpy(batched, texts, sizeof texts);
+    memcpy(batched_len, lens, sizeof lens);
+    memset(lens, 0, sizeof lens);
+    for (uint32_t i = 0; i < 3; i++) {
+        r1_session *s = NULL;
+        r1_result alone;
+        OK(r1_session_new(model, &s));
+        OK(r1_session_chat(s, convs[i].messages, convs[i].n_messages, &p, collect_one, &i, &alone));
+        CHECK(lens[i] == batched_len[i] && memcmp(texts[i], batched[i], lens[i]) == 0, "conversation %u's text", i);
+        CHECK(alone.finish_reason == results[i].finish_reason, "conversation %u's finish", i);
+        CHECK(alone.usage.reasoning_tokens + alone.usage.answer_tokens ==
+                  results[i].usage.reasoning_tokens + results[i].usage.answer_tokens,
+              "conversation %u's tokens", i);
+        r1_session_free(s);
+    }
+    CHECK(r1_generate_batch(model, NULL, 3, &p, NULL, NULL, NULL) == R1_ERROR_NULL_ARGUMENT, "NULL conversations");
+    OK(r1_generate_batch(model, convs, 0, &p, NULL, NULL, NULL));
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: test_reasoning FIXTURE_DIR SCRATCH_DIR\n");
@@ -191,6 +241,7 @@ int main(int argc, char **argv) {
     }
     verifiers(model);
     self_consistency(model, argv[2]);
+    batch(model);
     r1_model_free(model);
     printf("%d checks, %d failures\n", checks, failures);
     return failures == 0 ? 0 : 1;

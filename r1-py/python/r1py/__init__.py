@@ -415,6 +415,26 @@ class Model:
         args, tools = _gen_args(dict(gen))
         return _run(self._m.generate("chat", _messages(messages), "", tools, args), stream)
 
+    def chat_batch(self, conversations: Sequence[Sequence[Dict[str, Any]]], **gen: Any) -> List[Completion]:
+        """Replies to several conversations generated together: one forward pass per step for
+        all of them (each weight read once), a finished one leaving and the next joining. Each
+        completion equals what :meth:`chat` gives alone with the same arguments (a seed is
+        each conversation's own). Keyword arguments as :meth:`chat` (no ``tools``)."""
+        args, tools = _gen_args(dict(gen))
+        if tools:
+            raise InvalidArgument("chat_batch takes no tools")
+        if isinstance(conversations, (str, bytes)) or not isinstance(conversations, Sequence):
+            raise InvalidArgument("conversations must be a list of message lists")
+        convs = [_messages(c) for c in conversations]
+        return [Completion(r, rec) for r, rec in self._m.generate_batch("chat", convs, [], args)]
+
+    def complete_batch(self, prompts: Sequence[str], **gen: Any) -> List[Completion]:
+        """Like :meth:`chat_batch` for raw texts (no template)."""
+        args, _ = _gen_args(dict(gen))
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TypeError("prompts must be a list of str")
+        return [Completion(r, rec) for r, rec in self._m.generate_batch("complete", [], list(prompts), args)]
+
     def self_consistency(self, messages: Sequence[Dict[str, Any]], n: int, **gen: Any) -> "Consensus":
         """``n`` sampled replies to ``messages`` and a majority vote over their final answers:
         the prompt is prefilled once, sample ``i`` is seeded ``seed + i`` (a random base without
