@@ -53,40 +53,43 @@ impl Gqa {
             head_dim: d,
             ..
         } = self.cfg;
-        let (q_all, k_all, v_all) = (
-            self.q_proj.forward(x)?,
-            self.k_proj.forward(x)?,
-            self.v_proj.forward(x)?,
-        );
+        // Projections and rope over all rows at once (each row at its own sequence's position),
+        // then token-major f32 rows, [rows, heads, d]: the cache's layout and the fused kernel's.
+        let positions = || segments.iter().flat_map(|s| s.offset..s.offset + s.len);
+        let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((rows, n, d))?.transpose(0, 1)?) };
+        let token_rows = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(t.transpose(0, 1)?
+                .contiguous()?
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1()?)
+        };
+        let q = token_rows(&self.rope.apply_at(&heads(self.q_proj.forward(x)?, h)?, positions())?)?;
+        let k = token_rows(&self.rope.apply_at(&heads(self.k_proj.forward(x)?, kvh)?, positions())?)?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(rows * h * d);
         for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
             let LayerCache::Kv { k: k_cache, v: v_cache } = &mut **cache else {
                 return Err(Error::InvalidArgument("a GQA layer was given an MLA cache".into()));
             };
-            let (len, offset) = (seg.len, seg.offset);
-            let part = |t: &Tensor| t.narrow(0, seg.start, len);
-            let heads = |t: Tensor, n: usize| -> Result<Tensor> { Ok(t.reshape((len, n, d))?.transpose(0, 1)?) };
-            let q = self.rope.apply(&heads(part(&q_all)?, h)?, offset)?;
-            let k = self.rope.apply(&heads(part(&k_all)?, kvh)?, offset)?;
-            let v = part(&v_all)?;
-            // Token-major rows, [len, heads, d]: the cache's layout and the fused kernel's.
-            let token_rows = |t: &Tensor, n: usize| -> Result<Vec<f32>> {
-                Ok(t.transpose(0, 1)?
-                    .contiguous()?
-                    .reshape(len * n * d)?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1()?)
+            let rows_of = |t: &'_ [f32], width: usize| -> Vec<f32> {
+                t[seg.start * width..(seg.start + seg.len) * width].to_vec()
             };
-            k_cache.append(&token_rows(&k, kvh)?, kvh * d);
-            v_cache.append(&v.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1()?, kvh * d);
+            k_cache.append(&rows_of(&k, kvh * d), kvh * d);
+            v_cache.append(&rows_of(&v, kvh * d), kvh * d);
             let shape = Shape {
                 heads: h,
                 kv_heads: kvh,
                 head_dim: d,
-                offset,
+                offset: seg.offset,
                 scale: 1.0 / (d as f32).sqrt(),
             };
-            out.extend(attend(&token_rows(&q, h)?, k_cache.all(), v_cache.all(), shape));
+            out.extend(attend(&rows_of(&q, h * d), k_cache.all(), v_cache.all(), shape));
         }
         let out = Tensor::from_vec(out, (rows, h * d), x.device())?;
         self.o_proj.forward(&out)

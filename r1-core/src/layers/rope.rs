@@ -73,12 +73,12 @@ impl Rope {
         }
     }
 
-    /// `(cos, sin)`, each `[len, dim/2]`, for positions `offset..offset+len`.
-    fn cos_sin(&self, offset: usize, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+    /// `(cos, sin)`, each `[len, dim/2]`, for the first `len` of `positions`.
+    fn cos_sin(&self, positions: impl Iterator<Item = usize>, len: usize, device: &Device) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let mut cos = Vec::with_capacity(len * half);
         let mut sin = Vec::with_capacity(len * half);
-        for p in offset..offset + len {
+        for p in positions.take(len) {
             for f in &self.inv_freq {
                 let angle = p as f64 * f;
                 cos.push((angle.cos() * self.attention_factor) as f32);
@@ -94,7 +94,14 @@ impl Rope {
     /// Rotates `x [heads, len, dim]` whose rows are positions `offset..offset+len`.
     pub fn apply(&self, x: &Tensor, offset: usize) -> Result<Tensor> {
         let (_, len, _) = x.dims3()?;
-        let (cos, sin) = self.cos_sin(offset, len, x.device())?;
+        self.apply_at(x, offset..offset + len)
+    }
+
+    /// Rotates `x [heads, len, dim]` whose row `i` is at position `positions[i]` (the rows of
+    /// several sequences packed in one batch).
+    pub fn apply_at(&self, x: &Tensor, positions: impl Iterator<Item = usize>) -> Result<Tensor> {
+        let (_, len, _) = x.dims3()?;
+        let (cos, sin) = self.cos_sin(positions, len, x.device())?;
         let (cos, sin) = (cos.to_dtype(x.dtype())?, sin.to_dtype(x.dtype())?);
         let x4 = x.unsqueeze(0)?.contiguous()?;
         let y = if self.interleaved {
