@@ -2,12 +2,15 @@
 //!
 //! An [`Engine`] is immutable, `Send + Sync` and cheap to clone (model and tokenizer are
 //! shared), and serves any number of generations at once: one-shot ones through
-//! [`Engine::generate`], conversations through [`Engine::session`].
+//! [`Engine::generate`], conversations through [`Engine::session`]. Generations running at the
+//! same time on one engine (and its clones) decode together: their decode steps are batched
+//! into one forward pass by the engine's scheduler.
 
 use crate::chat_template::Message;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateParams, Generation, Prompt};
 use crate::model::{LoadOptions, Model, TokenizerSource};
+use crate::scheduler::Scheduler;
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
@@ -18,6 +21,8 @@ use std::sync::Arc;
 pub struct Engine {
     model: Model,
     tokenizer: Arc<Tokenizer>,
+    /// Batches the decode steps of concurrent generations (see `scheduler.rs`).
+    scheduler: Arc<Scheduler>,
 }
 
 impl Engine {
@@ -42,6 +47,7 @@ impl Engine {
             )));
         }
         Ok(Engine {
+            scheduler: Arc::new(Scheduler::new(model.clone())),
             model,
             tokenizer: Arc::new(tokenizer),
         })
@@ -55,6 +61,11 @@ impl Engine {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
+    }
+
+    /// The decode scheduler shared by this engine's generations.
+    pub(crate) fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
     }
 
     /// Renders `messages` with the model's chat template; `tools` are JSON schemas (JSON text).

@@ -355,6 +355,8 @@ pub struct Generation {
     decode_time: Duration,
     /// Seconds of the batched passes that ran this generation's prompt.
     prefill_seconds: f64,
+    /// Counts this generation as decoding, for the engine's scheduler.
+    ticket: Option<crate::scheduler::Ticket>,
     trace: Option<Trace>,
     finish_reason: Option<FinishReason>,
     error: Option<ErrorCode>,
@@ -512,6 +514,7 @@ impl Generation {
             usage,
             decode_time: Duration::ZERO,
             prefill_seconds: 0.0,
+            ticket: None,
             trace: None,
             finish_reason: None,
             error: None,
@@ -603,17 +606,23 @@ impl Generation {
                 };
                 let ran = self.prompt_len - start;
                 self.usage.prefill_tokens_per_s = ran as f64 / t.elapsed().as_secs_f64().max(1e-9);
-                logits
+                let logits = logits.ok_or_else(|| Error::Internal("the model returned no logits".into()))?;
+                logits.into_vec()
             }
             Some(tok) => {
+                // Decode steps go through the engine's scheduler, which batches them with those
+                // of other generations running at the same time.
                 let t = Instant::now();
-                let l = model.forward_last(&[tok], &mut self.cache)?;
+                let scheduler = self.engine.scheduler();
+                if self.ticket.is_none() {
+                    self.ticket = Some(scheduler.ticket());
+                }
+                let l = scheduler.decode(tok, &mut self.cache)?;
                 self.decode_time += t.elapsed();
-                Some(l)
+                l
             }
         };
-        let logits = logits.ok_or_else(|| Error::Internal("the model returned no logits".into()))?;
-        Ok(Some(logits.into_vec()))
+        Ok(Some(logits))
     }
 
     /// Whether the thinking budget says to close the reasoning now.
@@ -826,6 +835,7 @@ impl Generation {
         if let Some(gate) = self.gate.as_mut() {
             gate.finish(parser.reasoning());
         }
+        self.ticket = None; // no more decode steps
         self.release_held(true);
         let mut segments = parser.push(&tail);
         let (rest, trace) = parser.finish();
@@ -857,6 +867,7 @@ impl Generation {
     /// Ends the generation on an error: the trace of what was generated stays readable.
     fn fail(&mut self, e: &Error) {
         self.done = true;
+        self.ticket = None;
         self.error = Some(e.code());
         if let Some(parser) = self.parser.take() {
             self.trace = Some(parser.finish().1);

@@ -44,6 +44,7 @@ mod model;
 mod models;
 mod moe;
 mod sampling;
+mod scheduler;
 mod session;
 mod stop;
 mod threads;
