@@ -315,22 +315,24 @@ fn run(a: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Self-consistency: each sample streamed under its own header, then the vote.
+/// Self-consistency: the samples decode together; each is printed under its own header once
+/// done, then the vote.
 fn run_samples(engine: &Engine, prompt: &Prompt, params: &GenerateParams, n: usize) -> Result<Consensus, String> {
-    let mut printer = Printer::new();
-    let mut current = None;
-    let c = engine
-        .self_consistency_streamed(prompt, params, n, |i, event| {
-            if current != Some(i) {
-                println!("\n[sample {i}]");
-                current = Some(i);
-            }
-            printer.event(event);
-            if event.finish.is_some() {
-                printer.finish(event.finish.as_ref());
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    let c = engine.self_consistency(prompt, params, n).map_err(|e| e.to_string())?;
+    for (i, s) in c.samples.iter().enumerate() {
+        println!("\n[sample {i}] seed {}", s.seed);
+        if !s.trace.reasoning.is_empty() {
+            println!("[reasoning]\n{}", s.trace.reasoning);
+        }
+        println!("[answer]\n{}", s.trace.answer);
+        let u = s.usage;
+        println!(
+            "[usage] reasoning {}, answer {}; finish: {}",
+            u.reasoning_tokens,
+            u.answer_tokens,
+            s.finish_reason.name()
+        );
+    }
     let counts: Vec<String> = c.vote.counts.iter().map(|(a, n)| format!("{a:?}: {n}")).collect();
     println!("[vote] {:?} ({})", c.vote.answer, counts.join(", "));
     Ok(c)

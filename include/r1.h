@@ -394,7 +394,7 @@ size_t r1_session_step_count(const struct r1_session *session);
 enum r1_status r1_session_step(const struct r1_session *session, size_t i, const char **text, uint32_t *tries, bool *retries_exhausted, enum r1_verdict *last_verdict);
 
 // `n` (1 to 256) samples of the reply to `messages`: the prompt prefilled once, sample `i`
-// seeded with `params->sampling.seed + i`, run in turn and streamed to `on_token` (may be
+// seeded with `params->sampling.seed + i`, decoded together (batched) and streamed to `on_token` (may be
 // NULL), then a majority vote over their final answers (trimmed, `\boxed{}` unwrapped). On
 // success `*out` is a result to free with `r1_consensus_free`. Blocks; thread-safe (the model
 // may be shared).

@@ -85,7 +85,7 @@ impl Engine {
         &self,
         requests: &[(Prompt, GenerateParams)],
         options: &BatchOptions,
-        mut on_event: impl FnMut(usize, &Event),
+        on_event: impl FnMut(usize, &Event),
     ) -> Result<Vec<Generation>> {
         if options.max_batch == 0 || options.token_budget == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -93,10 +93,20 @@ impl Engine {
                 options.max_batch, options.token_budget
             )));
         }
-        let mut gens = requests
+        let gens = requests
             .iter()
             .map(|(prompt, params)| self.generate(prompt, params))
             .collect::<Result<Vec<_>>>()?;
+        self.drive(gens, options, on_event)
+    }
+
+    /// Runs `gens` (generations of this engine, not yet advanced) to their ends, batched.
+    pub(crate) fn drive(
+        &self,
+        mut gens: Vec<Generation>,
+        options: &BatchOptions,
+        mut on_event: impl FnMut(usize, &Event),
+    ) -> Result<Vec<Generation>> {
         loop {
             let (members, inputs) = next_pass(&mut gens, options);
             flush(&mut gens, &mut on_event);

@@ -3,8 +3,7 @@
 //!
 //! The prompt is prefilled once; each sample starts from a copy of that cache. Sample `i` is
 //! seeded with `seed + i`, so it is exactly the generation a caller gets alone with that seed.
-//! Samples run in turn, each on the whole thread pool (batched sampling is the batch
-//! scheduler's work).
+//! The samples decode together, batched: one forward pass per step for all of them.
 //!
 //! ```
 //! use r1_core::{Engine, GenerateParams, Prompt, SamplingParams};
@@ -20,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::batch::BatchOptions;
 use crate::engine::Engine;
 use crate::error::{Error, ErrorCode, Result};
 use crate::generate::{CancelHandle, Event, FinishReason, GenerateParams, Generation, Prompt, Usage};
@@ -127,7 +127,7 @@ impl Engine {
     }
 
     /// [`Engine::self_consistency`], calling `on_event(i, event)` with each event of sample `i`
-    /// as it is generated (samples run in turn: 0, then 1, ...).
+    /// as it is generated (the samples run together, so their events interleave).
     pub fn self_consistency_streamed(
         &self,
         prompt: &Prompt,
@@ -142,15 +142,34 @@ impl Engine {
         Generation::prepare(self, &ids, params)?;
         let base = params.sampling.seed.unwrap_or_else(rand::random);
         let cache = self.prefill(&ids[..ids.len() - 1], params.cancel.as_ref())?;
-        let mut samples = Vec::with_capacity(n);
+        let mut gens = Vec::with_capacity(n);
+        let mut seeds = Vec::with_capacity(n);
         for i in 0..n {
             let seed = base.wrapping_add(i as u64);
             let mut p = params.clone();
             p.sampling.seed = Some(seed);
             let prepared = Generation::prepare(self, &ids, &p)?;
-            let mut g = Generation::begin(self.clone(), prepared, ids.clone(), &p, cache.clone(), None, None);
-            for event in g.by_ref() {
-                on_event(i, &event?);
+            gens.push(Generation::begin(
+                self.clone(),
+                prepared,
+                ids.clone(),
+                &p,
+                cache.clone(),
+                None,
+                None,
+            ));
+            seeds.push(seed);
+        }
+        // All samples decode together: one pass per step for the n of them.
+        let options = BatchOptions::default().with_max_batch(n);
+        let gens = self.drive(gens, &options, &mut on_event)?;
+        let mut samples = Vec::with_capacity(n);
+        for (g, seed) in gens.into_iter().zip(seeds) {
+            if let Some(code) = g.error() {
+                return Err(Error::Internal(format!(
+                    "sample with seed {seed} failed ({})",
+                    code.name()
+                )));
             }
             let trace = g.trace().cloned().unwrap_or_else(|| Trace::parse("", false));
             samples.push(Sample {

@@ -129,7 +129,7 @@ pub struct r1_consensus {
 }
 
 /// `n` (1 to 256) samples of the reply to `messages`: the prompt prefilled once, sample `i`
-/// seeded with `params->sampling.seed + i`, run in turn and streamed to `on_token` (may be
+/// seeded with `params->sampling.seed + i`, decoded together (batched) and streamed to `on_token` (may be
 /// NULL), then a majority vote over their final answers (trimmed, `\boxed{}` unwrapped). On
 /// success `*out` is a result to free with `r1_consensus_free`. Blocks; thread-safe (the model
 /// may be shared).

@@ -438,7 +438,7 @@ class Model:
     def self_consistency(self, messages: Sequence[Dict[str, Any]], n: int, **gen: Any) -> "Consensus":
         """``n`` sampled replies to ``messages`` and a majority vote over their final answers:
         the prompt is prefilled once, sample ``i`` is seeded ``seed + i`` (a random base without
-        ``seed``), the samples run in turn. Keyword arguments as :meth:`chat`."""
+        ``seed``), the samples decode together (batched). Keyword arguments as :meth:`chat`."""
         args, tools = _gen_args(dict(gen))
         args["n"] = int(n)
         return Consensus(self._m.self_consistency("chat", _messages(messages), "", tools, args))
