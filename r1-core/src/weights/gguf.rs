@@ -255,17 +255,7 @@ impl GgufFile {
         })?;
         let stamp = Stamp::of(path, &file)?;
         let (_version, metadata, tensors) = read_header(path, &file, stamp.len)?;
-        let rope_freqs = match tensors.get("rope_freqs.weight") {
-            Some(info) if info.dtype != GgmlDType::F32 => {
-                Some(Err(format!("rope_freqs.weight of type {:?}", info.dtype)))
-            }
-            Some(info) if info.range.1 - info.range.0 > 1 << 20 => Some(Err(format!(
-                "rope_freqs.weight of {} bytes (a megabyte at most)",
-                info.range.1 - info.range.0
-            ))),
-            Some(info) => Some(Ok(f32s(&super::read_at(&file, path, info.range.0..info.range.1)?))),
-            None => None,
-        };
+        let rope_freqs = rope_freqs(&tensors, |(a, b)| super::read_at(&file, path, a..b))?;
         Ok(GgufFile {
             path: path.to_path_buf(),
             file,
@@ -281,7 +271,7 @@ impl GgufFile {
         &self.path
     }
 
-    /// The file's size and modification time when it was mapped.
+    /// The file's size and modification time when it was opened.
     pub(crate) fn stamp(&self) -> &Stamp {
         &self.stamp
     }
@@ -341,6 +331,25 @@ fn read_header(path: &Path, file: &File, file_len: usize) -> Result<Parsed> {
     }
 }
 
+/// `rope_freqs.weight` (the one tensor that is configuration) when the file has one: its
+/// values, or what is wrong with it (not F32, over a megabyte); `read` gives a byte range.
+fn rope_freqs(
+    tensors: &HashMap<String, TensorInfo>,
+    read: impl FnOnce((usize, usize)) -> Result<Vec<u8>>,
+) -> Result<Option<std::result::Result<Vec<f64>, String>>> {
+    let Some(info) = tensors.get("rope_freqs.weight") else {
+        return Ok(None);
+    };
+    let bytes = info.range.1 - info.range.0;
+    Ok(Some(if info.dtype != GgmlDType::F32 {
+        Err(format!("rope_freqs.weight of type {:?}", info.dtype))
+    } else if bytes > 1 << 20 {
+        Err(format!("rope_freqs.weight of {bytes} bytes (a megabyte at most)"))
+    } else {
+        Ok(f32s(&read(info.range)?))
+    }))
+}
+
 /// Little-endian f32 bytes as f64.
 fn f32s(bytes: &[u8]) -> Vec<f64> {
     bytes
@@ -372,10 +381,7 @@ pub(crate) fn metadata_of_bytes(data: &[u8], path: &Path) -> Result<Metadata> {
         msg,
     };
     let (_, metadata, tensors) = parse_all(data).map_err(bad)?;
-    let rope_freqs = tensors.get("rope_freqs.weight").map(|info| match info.dtype {
-        GgmlDType::F32 => Ok(f32s(&data[info.range.0..info.range.1])),
-        other => Err(format!("rope_freqs.weight of type {other:?}")),
-    });
+    let rope_freqs = rope_freqs(&tensors, |(a, b)| Ok(data[a..b].to_vec()))?;
     Ok(metadata_of(path, &metadata, &tensors, rope_freqs))
 }
 
