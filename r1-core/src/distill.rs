@@ -408,45 +408,15 @@ impl Drop for DistillWriter {
 
 /// The `__metadata__` of a safetensors shard, `None` if there is no such file.
 fn shard_metadata(path: &Path) -> Result<Option<HashMap<String, String>>> {
-    use std::io::Read;
-    let mut f = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    let bad = |msg: String| Error::BadWeights {
-        path: path.to_path_buf(),
-        msg: format!("not a distillation shard: {msg}"),
-    };
-    let io = |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(io)?;
-    let n = u64::from_le_bytes(len);
-    let file_len = f.metadata().map_err(io)?.len();
-    if n > file_len.saturating_sub(8) || n > 100_000_000 {
-        return Err(bad(format!("a header of {n} bytes")));
+    if !path.is_file() {
+        return Ok(None);
     }
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).map_err(io)?;
-    let value: Value = serde_json::from_slice(&header).map_err(|e| bad(e.to_string()))?;
-    let meta = value
-        .get("__metadata__")
-        .and_then(Value::as_object)
-        .ok_or_else(|| bad("no metadata".into()))?;
-    if meta.get("format").and_then(Value::as_str) != Some("r1-distill") {
-        return Err(bad("its metadata has no format r1-distill".into()));
+    let meta = crate::weights::safetensors::file_metadata(path)?;
+    if meta.get("format").map(String::as_str) != Some("r1-distill") {
+        return Err(Error::BadWeights {
+            path: path.to_path_buf(),
+            msg: "not a distillation shard: its metadata has no format r1-distill".into(),
+        });
     }
-    Ok(Some(
-        meta.iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
-            .collect(),
-    ))
+    Ok(Some(meta))
 }

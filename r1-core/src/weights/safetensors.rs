@@ -73,6 +73,18 @@ impl SafetensorsFile {
     }
 }
 
+/// The `__metadata__` of the safetensors file at `path` (empty when it has none), its header
+/// checked as a model file's is.
+pub(crate) fn file_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = Stamp::of(path, &file)?.len;
+    let (_, metadata) = read_header(path, &file, len)?;
+    Ok(metadata.metadata().clone().unwrap_or_default())
+}
+
 /// The header of the open `file` of `file_len` bytes: where the data section starts, and the
 /// tensors. The checks are the crate's (its audited rules): a header of at most 100 MB inside
 /// the file, offsets contiguous from 0 without overlap, each tensor's bytes its shape times its
