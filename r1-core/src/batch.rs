@@ -130,7 +130,7 @@ impl Engine {
                     .row(row)
                     .ok_or_else(|| Error::Internal(format!("batch logits have no row {row}")))?;
                 // An error is the generation's own: it ends, the batch goes on.
-                let _ = gens[i].batch_output(seconds, logits);
+                gens[i].batch_output(seconds, logits);
             }
         }
     }
@@ -145,8 +145,7 @@ fn next_pass(gens: &mut [Generation], options: &BatchOptions) -> (Vec<usize>, Ve
         if chosen.len() >= options.max_batch {
             break;
         }
-        let budget = options.token_budget.saturating_sub(used).max(1);
-        if let Some(input) = g.batch_input(budget) {
+        if let Some(input) = g.batch_input(options.token_budget.saturating_sub(used)) {
             used += input.len();
             chosen.push((i, input));
         }

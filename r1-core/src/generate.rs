@@ -696,12 +696,7 @@ impl Generation {
             return Ok(Some(FinishReason::EndToken));
         }
         self.pending_token = Some(token);
-        let delta = self.detok.push(self.engine.tokenizer(), token)?;
-        let (released, stopped) = self.stops.push(&delta);
-        let segments = match self.parser.as_mut() {
-            Some(p) => p.push(&released),
-            None => vec![],
-        };
+        let (segments, stopped) = self.text_step(token)?;
         self.queue_segments(token, segments, channel_before, logprobs);
         if self.gate.is_some() && self.verify()? {
             return Ok(None); // rolled back: what stopped was dropped
@@ -774,14 +769,26 @@ impl Generation {
         self.usage.answer_tokens = k - reasoning;
         // The text pipeline again from the kept tokens: it holds state (partial characters,
         // possible stop sequences and tags) that cannot be unwound.
-        let (mut detok, mut stops) = (Detokenizer::new(), StopMatcher::new(&self.stop_strings));
-        let mut parser = TraceParser::new(self.starts_in_reasoning);
-        for &t in &self.history[self.prompt_len..] {
-            let delta = detok.push(self.engine.tokenizer(), t)?;
-            parser.push(&stops.push(&delta).0);
+        self.detok = Detokenizer::new();
+        self.stops = StopMatcher::new(&self.stop_strings);
+        self.parser = Some(TraceParser::new(self.starts_in_reasoning));
+        let kept = self.generated_ids().to_vec(); // text_step borrows the generation
+        for t in kept {
+            self.text_step(t)?;
         }
-        (self.detok, self.stops, self.parser) = (detok, stops, Some(parser));
         Ok(())
+    }
+
+    /// `token` through the text pipeline: detokenized, held back where it may begin a stop
+    /// sequence, split by channel. The segments it releases, and whether a stop sequence came.
+    fn text_step(&mut self, token: u32) -> Result<(Vec<(Channel, String)>, bool)> {
+        let delta = self.detok.push(self.engine.tokenizer(), token)?;
+        let (released, stopped) = self.stops.push(&delta);
+        let segments = match self.parser.as_mut() {
+            Some(p) => p.push(&released),
+            None => vec![],
+        };
+        Ok((segments, stopped))
     }
 
     fn count(&mut self, ch: Channel) {
@@ -918,21 +925,21 @@ impl Generation {
 
     /// After a batched pass (`seconds` long) ran this generation's input, with `logits` its
     /// last row: the next token when the input finished the prompt or was the pending token.
-    /// An error is kept in the generation (see [`Generation::error`]).
-    pub(crate) fn batch_output(&mut self, seconds: f64, logits: &[f32]) -> Option<Error> {
+    /// An error ends the generation and is kept in it (see [`Generation::error`]).
+    pub(crate) fn batch_output(&mut self, seconds: f64, logits: &[f32]) {
         match self.pending_token.take() {
             Some(_) => self.decode_time += Duration::from_secs_f64(seconds),
             None => {
                 self.prefill_seconds += seconds;
                 if self.cache.len() < self.prompt_len {
-                    return None; // more of the prompt to run
+                    return; // more of the prompt to run
                 }
                 let ran_prompt = self.prompt_len - self.usage.cached_prompt_tokens;
                 self.usage.prefill_tokens_per_s = ran_prompt as f64 / self.prefill_seconds.max(1e-9);
             }
         }
         let step = self.take_token(logits.to_vec());
-        self.conclude(step)
+        self.conclude(step);
     }
 
     /// Takes the queued events (a batch driver hands them to its caller).
