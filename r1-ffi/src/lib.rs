@@ -515,7 +515,11 @@ unsafe fn run(
             let prompt = prompt()?;
             let params = gen_params(params)?;
             let mut session = lock(s);
-            let prompt_text = session.engine().prompt_text(&prompt)?.unwrap_or_default();
+            // The prompt's text only for a distillation record (with top_logprobs).
+            let prompt_text = match params.top_logprobs {
+                Some(_) => session.engine().prompt_text(&prompt)?.unwrap_or_default(),
+                None => String::new(),
+            };
             let mut generation = session.generate(&prompt, &params)?;
             let mut result = None;
             for event in generation.by_ref() {

@@ -155,7 +155,11 @@ pub unsafe extern "C" fn r1_self_consistency(
             let prompt = Prompt::Chat(chat_messages(messages, n_messages)?);
             let cancel = CancelHandle::new();
             let params = gen_params(params)?.with_cancel(cancel.clone());
-            let prompt_text = m.engine.prompt_text(&prompt)?.unwrap_or_default();
+            // The prompt's text only for distillation records (with top_logprobs).
+            let prompt_text = match params.top_logprobs {
+                Some(_) => m.engine.prompt_text(&prompt)?.unwrap_or_default(),
+                None => String::new(),
+            };
             let consensus = m
                 .engine
                 .self_consistency_streamed(&prompt, &params, n as usize, |i, event| {

@@ -215,6 +215,15 @@ fn py_verdict(f: &Py<PyAny>, error: &Mutex<Option<PyErr>>, step: &str, reasoning
     })
 }
 
+/// The prompt's text for a distillation record, rendered only when the generation will have
+/// one (with `top_logprobs`); empty otherwise.
+fn record_text(e: &Engine, p: &Prompt, args: &GenArgs) -> PyResult<String> {
+    match args.top_logprobs {
+        Some(_) => Ok(e.prompt_text(p).map_err(py_err)?.unwrap_or_default()),
+        None => Ok(String::new()),
+    }
+}
+
 fn to_messages(msgs: Vec<(String, String)>) -> Vec<Message> {
     msgs.iter().map(|(r, c)| Message::new(r, c)).collect()
 }
@@ -349,7 +358,7 @@ impl PyModel {
         let args = GenArgs::from_dict(args)?;
         let e = self.engine()?;
         let p = prompt(kind, messages, text, tools)?;
-        let prompt_text = e.prompt_text(&p).map_err(py_err)?.unwrap_or_default();
+        let prompt_text = record_text(&e, &p, &args)?;
         PyGeneration::start(|params| e.generate(&p, params), &args, prompt_text)
     }
 
@@ -383,9 +392,8 @@ impl PyModel {
             .with_cancel(signal_poll(Arc::clone(&interrupt)));
         let texts = prompts
             .iter()
-            .map(|p| e.prompt_text(p).map(Option::unwrap_or_default))
-            .collect::<r1_core::Result<Vec<_>>>()
-            .map_err(py_err)?;
+            .map(|p| record_text(&e, p, &gen_args))
+            .collect::<PyResult<Vec<_>>>()?;
         let requests: Vec<(Prompt, GenerateParams)> = prompts.into_iter().map(|p| (p, params.clone())).collect();
         let done = py.detach(|| e.generate_batch(&requests, |_, _| {}));
         if let Some(err) = lock(&interrupt).take() {
@@ -421,7 +429,7 @@ impl PyModel {
         let args = GenArgs::from_dict(args)?;
         let e = self.engine()?;
         let p = prompt(kind, messages, text, tools)?;
-        let prompt_text = e.prompt_text(&p).map_err(py_err)?.unwrap_or_default();
+        let prompt_text = record_text(&e, &p, &args)?;
         let interrupt = Arc::new(Mutex::new(None));
         let params = args.params(&interrupt).with_cancel(signal_poll(Arc::clone(&interrupt)));
         let result = py.detach(|| e.self_consistency(&p, &params, n));
@@ -463,7 +471,7 @@ impl PySession {
         let p = prompt(kind, messages, text, tools)?;
         let mut guard = lock(&self.session);
         let session = guard.as_mut().ok_or_else(closed)?;
-        let prompt_text = session.engine().prompt_text(&p).map_err(py_err)?.unwrap_or_default();
+        let prompt_text = record_text(session.engine(), &p, &args)?;
         PyGeneration::start(|params| session.generate(&p, params), &args, prompt_text)
     }
 
