@@ -7,9 +7,14 @@
 //! With `--batch N`, N sequences of `--prompt-tokens` each are prefilled in one batched pass and
 //! decoded together (`Model::forward_batch`); the speeds are then the aggregates (tokens of all
 //! sequences per second).
+//!
+//! With `--shared-prefix T` as well, the first `T` tokens of every prompt are the same and the
+//! batch runs through `Engine::generate_batch_with` (greedy, `--gen-tokens` each), once sharing
+//! the prefix and once not (`--no-share`): the line gives the seconds of the whole batch, the
+//! prompt tokens reported cached, and the peak RSS.
 
 use clap::Parser;
-use r1_core::{LoadOptions, Model};
+use r1_core::{BatchOptions, Engine, GenerateParams, LoadOptions, Model, Prompt};
 use r1_examples::peak_rss_kib;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -33,12 +38,21 @@ struct Args {
     /// Sequences decoded together.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// With `--batch`: tokens at the start of every prompt that are the same.
+    #[arg(long)]
+    shared_prefix: Option<usize>,
+    /// With `--shared-prefix`: compute the shared prefix once per sequence (the baseline).
+    #[arg(long)]
+    no_share: bool,
 }
 
 fn run(args: &Args) -> r1_core::Result<String> {
     let mut options = LoadOptions::default();
     if let Some(n) = args.threads {
         options = options.with_threads(n);
+    }
+    if let Some(shared) = args.shared_prefix {
+        return shared_prefix(args, &Engine::load(&args.model, &options)?, shared);
     }
     let t0 = Instant::now();
     let model = Model::load(&args.model, &options)?;
@@ -104,6 +118,36 @@ fn batched(args: &Args, model: &Model, load_s: f64) -> r1_core::Result<String> {
         "batch": args.batch,
         "prefill_tokens_per_s": n * args.prompt_tokens as f64 / prefill_s,
         "decode_tokens_per_s": n * args.gen_tokens as f64 / decode_s,
+        "peak_rss_kib": peak_rss_kib(),
+    })
+    .to_string())
+}
+
+/// `--shared-prefix T`: the batch through the engine, its prompts' first `T` tokens the same.
+fn shared_prefix(args: &Args, engine: &Engine, shared: usize) -> r1_core::Result<String> {
+    let vocab = engine.model().vocab_size() as u32;
+    let token = |i: usize, s: usize| {
+        let s = if i < shared { 0 } else { s + 1 };
+        ((i * 7919 + 13 + s * 104_729) % vocab as usize) as u32
+    };
+    let requests: Vec<(Prompt, GenerateParams)> = (0..args.batch)
+        .map(|s| {
+            let ids = (0..args.prompt_tokens).map(|i| token(i, s)).collect();
+            (Prompt::Tokens(ids), GenerateParams::greedy(args.gen_tokens))
+        })
+        .collect();
+    let options = BatchOptions::default().with_share_prefixes(!args.no_share);
+    let t = Instant::now();
+    let done = engine.generate_batch_with(&requests, &options, |_, _| {})?;
+    let seconds = t.elapsed().as_secs_f64();
+    let cached: usize = done.iter().map(|g| g.usage().cached_prompt_tokens).sum();
+    Ok(serde_json::json!({
+        "batch": args.batch,
+        "prompt_tokens": args.prompt_tokens,
+        "shared_prefix": shared,
+        "share": !args.no_share,
+        "seconds": seconds,
+        "cached_prompt_tokens": cached,
         "peak_rss_kib": peak_rss_kib(),
     })
     .to_string())

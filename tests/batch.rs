@@ -139,3 +139,52 @@ fn batched_generations_equal_their_solo_runs() {
             .is_err());
     }
 }
+
+#[test]
+fn prompts_sharing_a_prefix_compute_it_once_and_equal_their_solo_runs() {
+    use r1_core::{BatchOptions, Engine, GenerateParams, Prompt, MIN_SHARED_PREFIX};
+    let ids = |from: u32, n: u32| (from..from + n).map(|t| 3 + (t * 7) % 90).collect::<Vec<u32>>();
+    let cat = |parts: &[&[u32]]| parts.concat();
+    let (system, shots) = (ids(0, 30), ids(100, 10));
+    // Hand-counted shares: A and B share the system prompt (30); C and D share it and the
+    // shots (40, nested on the 30); E shares nothing; F shares 10 tokens with A, too few.
+    let prompts = [
+        cat(&[&system, &ids(200, 3)]),
+        cat(&[&system, &ids(300, 2)]),
+        cat(&[&system, &shots, &ids(400, 1)]),
+        cat(&[&system, &shots, &ids(500, 2)]),
+        ids(600, 20),
+        system[..10].to_vec(),
+    ];
+    let cached = [30, 30, 40, 40, 0, 0];
+    const { assert!(MIN_SHARED_PREFIX > 10 && MIN_SHARED_PREFIX <= 30) };
+    for fixture in ["llama_tiny", "deepseek_v3_tiny"] {
+        let engine = Engine::load(fixtures_dir().join(fixture), &LoadOptions::default()).unwrap();
+        let requests: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                (
+                    Prompt::Tokens(p.clone()),
+                    GenerateParams::greedy(6).with_top_logprobs(4),
+                )
+            })
+            .collect();
+        for share in [true, false] {
+            let options = BatchOptions::default().with_share_prefixes(share);
+            let batch = engine.generate_batch_with(&requests, &options, |_, _| {}).unwrap();
+            for (i, ((prompt, params), g)) in requests.iter().zip(&batch).enumerate() {
+                let mut solo = engine.generate(prompt, params).unwrap();
+                solo.by_ref().try_for_each(|e| e.map(drop)).unwrap();
+                let want = if share { cached[i] } else { 0 };
+                assert_eq!(g.usage().cached_prompt_tokens, want, "{fixture} request {i}");
+                assert_eq!(g.generated_ids(), solo.generated_ids(), "{fixture} request {i}");
+                for (a, b) in g.logprobs().iter().zip(solo.logprobs()) {
+                    for (x, y) in a.top.iter().zip(&b.top) {
+                        assert_eq!(x.0, y.0, "{fixture} request {i}");
+                        assert!((x.1 - y.1).abs() < 1e-5, "{fixture} request {i}: {} vs {}", x.1, y.1);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -22,9 +22,11 @@
 //! # Ok(()) }
 //! ```
 
+use crate::cache::Cache;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::generate::{Event, GenerateParams, Generation, Prompt};
+use crate::model::Output;
 use std::time::Instant;
 
 /// How a batch is scheduled.
@@ -37,13 +39,21 @@ pub struct BatchOptions {
     /// inputs in request order, a prompt chunk at most what is left of the budget, every
     /// member at least one token (so a decoding sequence is never held back by a prefill).
     pub token_budget: usize,
+    /// Whether prompts that share a prefix of at least [`MIN_SHARED_PREFIX`] tokens compute and
+    /// store it once (default true); each reports it in `usage.cached_prompt_tokens`.
+    pub share_prefixes: bool,
 }
+
+/// The shortest prompt prefix that requests of a batch compute once for all of them: below
+/// it, the extra pass a shared prefix takes costs more than the tokens it saves.
+pub const MIN_SHARED_PREFIX: usize = 16;
 
 impl Default for BatchOptions {
     fn default() -> Self {
         BatchOptions {
             max_batch: 16,
             token_budget: crate::model::DEFAULT_PREFILL_CHUNK,
+            share_prefixes: true,
         }
     }
 }
@@ -58,6 +68,12 @@ impl BatchOptions {
     /// Sets [`BatchOptions::token_budget`].
     pub fn with_token_budget(mut self, n: usize) -> Self {
         self.token_budget = n;
+        self
+    }
+
+    /// Sets [`BatchOptions::share_prefixes`].
+    pub fn with_share_prefixes(mut self, share: bool) -> Self {
+        self.share_prefixes = share;
         self
     }
 }
@@ -93,11 +109,63 @@ impl Engine {
                 options.max_batch, options.token_budget
             )));
         }
-        let gens = requests
+        let ids = requests
             .iter()
-            .map(|(prompt, params)| self.generate(prompt, params))
+            .map(|(prompt, _)| self.prompt_ids(prompt))
             .collect::<Result<Vec<_>>>()?;
+        // Every request is checked before any prefix runs.
+        let prepared = ids
+            .iter()
+            .zip(requests)
+            .map(|(ids, (_, params))| Generation::prepare(self, ids, params))
+            .collect::<Result<Vec<_>>>()?;
+        let mut caches = match options.share_prefixes {
+            true => self.shared_prefix_caches(&ids)?,
+            false => Vec::new(),
+        };
+        caches.resize_with(ids.len(), || None);
+        let gens = ids
+            .into_iter()
+            .zip(prepared)
+            .zip(requests.iter().zip(caches))
+            .map(|((ids, prepared), ((_, params), cache))| {
+                let cache = cache.unwrap_or_else(|| self.model().new_cache());
+                Generation::begin(self.clone(), prepared, ids, params, cache, None, None)
+            })
+            .collect();
         self.drive(gens, options, on_event)
+    }
+
+    /// Per prompt, a cache holding the prefix it shares with other prompts of the batch (see
+    /// [`shared_lengths`]), or `None`. Each distinct prefix is computed once, after the longest
+    /// shorter one it extends, and its rows are shared by the caches of every prompt it starts.
+    fn shared_prefix_caches(&self, prompts: &[Vec<u32>]) -> Result<Vec<Option<Cache>>> {
+        let lengths = shared_lengths(prompts);
+        let mut order: Vec<usize> = (0..prompts.len()).filter(|&i| lengths[i] > 0).collect();
+        order.sort_by_key(|&i| lengths[i]);
+        // Distinct prefixes computed so far, shortest first, each with its frozen cache.
+        let mut done: Vec<(&[u32], Cache)> = Vec::new();
+        let mut caches: Vec<Option<Cache>> = (0..prompts.len()).map(|_| None).collect();
+        for i in order {
+            let prefix = &prompts[i][..lengths[i]];
+            let at = match done.iter().position(|(p, _)| *p == prefix) {
+                Some(at) => at,
+                None => {
+                    let base = done.iter_mut().rev().find(|(p, _)| prefix.starts_with(p));
+                    let mut cache = match base {
+                        Some((_, c)) => c.share()?,
+                        None => self.model().new_cache(),
+                    };
+                    let rest = &prefix[cache.len()..];
+                    self.model()
+                        .run_chunked(rest, &mut cache, None, Output::None, &|| false)?;
+                    done.push((prefix, cache));
+                    done.len() - 1
+                }
+            };
+            caches[i] = Some(done[at].1.share()?);
+        }
+        Ok(caches)
     }
 
     /// Runs `gens` (generations of this engine, not yet advanced) to their ends, batched.
@@ -151,6 +219,24 @@ fn next_pass(gens: &mut [Generation], options: &BatchOptions) -> (Vec<usize>, Ve
         }
     }
     chosen.into_iter().unzip()
+}
+
+/// Per prompt, the length of the longest prefix it shares with another prompt, at most its own
+/// length minus one (the last prompt position's logits are never cached), or 0 where that is
+/// below [`MIN_SHARED_PREFIX`]. In lexicographic order a prompt's longest common prefix with
+/// any other is with one of its two neighbours, so a sort finds them all.
+fn shared_lengths(prompts: &[Vec<u32>]) -> Vec<usize> {
+    let mut sorted: Vec<usize> = (0..prompts.len()).collect();
+    sorted.sort_by(|&a, &b| prompts[a].cmp(&prompts[b]));
+    let common = |a: &[u32], b: &[u32]| a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let mut lengths = vec![0; prompts.len()];
+    for (rank, &i) in sorted.iter().enumerate() {
+        let before = rank.checked_sub(1).map(|r| common(&prompts[i], &prompts[sorted[r]]));
+        let after = sorted.get(rank + 1).map(|&j| common(&prompts[i], &prompts[j]));
+        let n = before.max(after).unwrap_or(0).min(prompts[i].len().saturating_sub(1));
+        lengths[i] = if n >= MIN_SHARED_PREFIX { n } else { 0 };
+    }
+    lengths
 }
 
 /// Hands every queued event to the caller.

@@ -7,14 +7,61 @@
 
 use crate::error::{Error, Result};
 use candle_core::Tensor;
+use std::sync::Arc;
 
-/// Rows appended one block at a time into a buffer that doubles when full, so a decode step
-/// copies only its own row, not the whole history.
+/// Token-major rows of plain floats in two parts: a prefix shared with other caches (frozen,
+/// see [`Cache::share`]), then the cache's own rows. Attention reads keys through this view, so
+/// forks of one prompt prefix hold its rows once.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SplitRows<'a> {
+    head: &'a [f32],
+    tail: &'a [f32],
+    width: usize,
+}
+
+impl<'a> SplitRows<'a> {
+    /// Rows held in one slice (nothing shared).
+    #[cfg(test)]
+    pub(crate) fn whole(rows: &'a [f32], width: usize) -> Self {
+        SplitRows {
+            head: rows,
+            tail: &[],
+            width,
+        }
+    }
+
+    /// A shared `head` then own `tail` rows.
+    #[cfg(test)]
+    pub(crate) fn parts(head: &'a [f32], tail: &'a [f32], width: usize) -> Self {
+        SplitRows { head, tail, width }
+    }
+
+    /// Rows in all.
+    pub(crate) fn len(&self) -> usize {
+        (self.head.len() + self.tail.len()) / self.width.max(1)
+    }
+
+    /// Row `t`, `width` floats.
+    #[inline(always)]
+    pub(crate) fn row(&self, t: usize) -> &'a [f32] {
+        let shared = self.head.len() / self.width.max(1);
+        if t < shared {
+            &self.head[t * self.width..(t + 1) * self.width]
+        } else {
+            &self.tail[(t - shared) * self.width..(t - shared + 1) * self.width]
+        }
+    }
+}
+
+/// MLA's latent rows: a shared frozen prefix (a tensor several caches hold, see
+/// [`Cache::share`]), then the cache's own rows, appended one block at a time into a buffer that
+/// doubles when full, so a decode step copies only its own row, not the whole history.
 ///
 /// `append` writes into the buffer in place, so two owners of one buffer would overwrite each
-/// other's rows: `Clone` copies the rows in use into a buffer of its own.
+/// other's rows: `Clone` copies the own rows into a buffer of its own (the prefix stays shared).
 #[derive(Debug)]
 pub(crate) struct RowBuffer {
+    shared: Option<Tensor>,
     data: Option<Tensor>,
     len: usize,
     /// Rows to allocate at once when the buffer first grows.
@@ -30,6 +77,7 @@ impl Clone for RowBuffer {
         // A copy that failed (it cannot, on the CPU) would start empty; `len` follows the data.
         let len = if data.is_some() { self.len } else { 0 };
         RowBuffer {
+            shared: self.shared.clone(),
             data,
             len,
             reserved: self.reserved,
@@ -40,6 +88,7 @@ impl Clone for RowBuffer {
 impl RowBuffer {
     fn new() -> Self {
         RowBuffer {
+            shared: None,
             data: None,
             len: 0,
             reserved: 0,
@@ -48,6 +97,10 @@ impl RowBuffer {
 
     fn capacity(&self) -> usize {
         self.data.as_ref().map_or(0, |d| d.dim(0).unwrap_or(0))
+    }
+
+    fn shared_len(&self) -> usize {
+        self.shared.as_ref().map_or(0, |s| s.dim(0).unwrap_or(0))
     }
 
     /// Grows the buffer to `capacity` rows of `width`, keeping the rows it holds.
@@ -62,16 +115,17 @@ impl RowBuffer {
         Ok(())
     }
 
-    /// Appends `rows [t, width]` and returns all rows so far, `[len, width]`.
-    pub fn append(&mut self, rows: &Tensor) -> Result<Tensor> {
+    /// Appends `rows [t, width]`.
+    pub(crate) fn append(&mut self, rows: &Tensor) -> Result<()> {
         let (t, width) = rows.dims2()?;
         let rows = rows.contiguous()?;
         let needed = self.len + t;
         let capacity = self.capacity();
         if needed > capacity {
             // Within a reservation (see `Cache::reserve`) grow to it exactly; beyond it, double.
-            let new_cap = if self.reserved >= needed {
-                self.reserved
+            let reserved = self.reserved.saturating_sub(self.shared_len());
+            let new_cap = if reserved >= needed {
+                reserved
             } else {
                 needed.max(2 * capacity).max(16)
             };
@@ -83,11 +137,68 @@ impl RowBuffer {
             .ok_or_else(|| Error::InvalidArgument("cache buffer missing".into()))?;
         data.slice_set(&rows, 0, self.len)?;
         self.len = needed;
-        Ok(data.narrow(0, 0, self.len)?)
+        Ok(())
+    }
+
+    /// The own rows so far, `[len, width]`.
+    fn own(&self) -> Result<Option<Tensor>> {
+        match &self.data {
+            Some(d) if self.len > 0 => Ok(Some(d.narrow(0, 0, self.len)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every row, shared and own, as one tensor (a copy when a prefix is shared).
+    pub(crate) fn all(&self) -> Result<Tensor> {
+        match (&self.shared, self.own()?) {
+            (Some(s), Some(o)) => Ok(Tensor::cat(&[s, &o], 0)?),
+            (Some(s), None) => Ok(s.clone()),
+            (None, Some(o)) => Ok(o),
+            (None, None) => Err(Error::Internal("an empty latent cache was read".into())),
+        }
+    }
+
+    /// `f` of every row as a [`SplitRows`] view, where the rows are f32 in memory; `None`
+    /// elsewhere (other dtypes, other devices).
+    pub(crate) fn with_split<R>(&self, width: usize, f: impl FnOnce(SplitRows<'_>) -> R) -> Option<R> {
+        let own = self.own().ok()?;
+        let shared = self.shared.as_ref();
+        with_maybe_rows(shared, |head| {
+            with_maybe_rows(own.as_ref(), |tail| f(SplitRows { head, tail, width }))
+        })?
     }
 
     fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+        let shared = self.shared_len();
+        if len >= shared {
+            self.len = self.len.min(len - shared);
+            return;
+        }
+        // Cut inside the shared prefix: what is kept becomes the cache's own rows.
+        let kept = match &self.shared {
+            Some(s) if len > 0 => s.narrow(0, 0, len).and_then(|k| k.copy()).ok(),
+            _ => None,
+        };
+        self.shared = None;
+        self.len = if kept.is_some() { len } else { 0 };
+        self.data = kept;
+    }
+
+    /// Freezes every row into the shared prefix and returns a buffer sharing it, with no own rows.
+    fn share(&mut self) -> Result<RowBuffer> {
+        if let Some(own) = self.own()? {
+            let frozen = match &self.shared {
+                Some(s) => Tensor::cat(&[s, &own], 0)?,
+                None => own.copy()?,
+            };
+            self.shared = Some(frozen);
+            self.data = None;
+            self.len = 0;
+        }
+        Ok(RowBuffer {
+            shared: self.shared.clone(),
+            ..RowBuffer::new()
+        })
     }
 
     fn bytes(&self) -> usize {
@@ -97,10 +208,31 @@ impl RowBuffer {
     }
 }
 
+/// `f` on the elements of `t` where they lie, when `t` is contiguous f32 in CPU memory.
+pub(crate) fn with_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    let data = cpu.as_slice::<f32>().ok()?;
+    Some(f(data.get(start..end)?))
+}
+
+/// [`with_rows`] where an absent tensor is no rows.
+fn with_maybe_rows<R>(t: Option<&Tensor>, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    match t {
+        Some(t) => with_rows(t, f),
+        None => Some(f(&[])),
+    }
+}
+
 /// Token-major rows of plain floats that a step appends to in place and the fused attention
-/// reads where they are (GQA keys and values). `Clone` copies the rows in use.
+/// reads where they are (GQA keys and values): a prefix shared with other caches, frozen (see
+/// [`Cache::share`]), then the cache's own rows. `Clone` copies the own rows.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Rows {
+    shared: Option<Arc<[f32]>>,
     data: Vec<f32>,
     width: usize,
     reserved: usize,
@@ -109,27 +241,64 @@ pub(crate) struct Rows {
 impl Rows {
     /// Appends rows (`values.len()` a multiple of `width`).
     pub(crate) fn append(&mut self, values: &[f32], width: usize) {
-        if self.data.is_empty() {
+        if self.width == 0 {
             self.width = width;
-            self.data.reserve_exact(self.reserved * width);
+        }
+        if self.data.capacity() == 0 {
+            let own = self.reserved.saturating_sub(self.shared_len());
+            self.data.reserve_exact(own * width);
         }
         self.data.extend_from_slice(values);
     }
 
-    /// Every row so far, `[len, width]` row-major.
-    pub(crate) fn all(&self) -> &[f32] {
-        &self.data
+    /// Every row so far, shared and own.
+    pub(crate) fn all(&self) -> SplitRows<'_> {
+        SplitRows {
+            head: self.shared.as_deref().unwrap_or(&[]),
+            tail: &self.data,
+            width: self.width,
+        }
+    }
+
+    fn shared_len(&self) -> usize {
+        match (&self.shared, self.width) {
+            (Some(s), w) if w > 0 => s.len() / w,
+            _ => 0,
+        }
     }
 
     fn truncate(&mut self, len: usize) {
-        self.data.truncate(len * self.width);
+        let shared = self.shared_len();
+        if len >= shared {
+            self.data.truncate((len - shared) * self.width);
+            return;
+        }
+        // Cut inside the shared prefix: what is kept becomes the cache's own rows.
+        let head = self.shared.take().unwrap_or_else(|| Arc::from(Vec::new()));
+        self.data = head[..len * self.width].to_vec();
     }
 
     fn reserve(&mut self, rows: usize) {
         self.reserved = self.reserved.max(rows);
         if self.width > 0 {
-            let want = rows * self.width;
+            let want = rows.saturating_sub(self.shared_len()) * self.width;
             self.data.reserve_exact(want.saturating_sub(self.data.len()));
+        }
+    }
+
+    /// Freezes every row into the shared prefix and returns rows sharing it, with no own rows.
+    fn share(&mut self) -> Rows {
+        if !self.data.is_empty() {
+            let mut all = self.shared.as_deref().unwrap_or(&[]).to_vec();
+            all.extend_from_slice(&self.data);
+            self.shared = Some(Arc::from(all));
+            self.data = Vec::new();
+        }
+        Rows {
+            shared: self.shared.clone(),
+            data: Vec::new(),
+            width: self.width,
+            reserved: 0,
         }
     }
 
@@ -246,7 +415,35 @@ impl Cache {
         self.len = self.len.min(len);
     }
 
-    /// Bytes held by the buffers (capacity, not only the used rows).
+    /// A fork of this cache that shares its rows instead of copying them: both then hold the
+    /// same frozen prefix (this cache's tokens so far) and append their own rows after it. How
+    /// sequences whose prompts share a prefix compute and store it once.
+    pub(crate) fn share(&mut self) -> Result<Cache> {
+        let layers = self
+            .layers
+            .iter_mut()
+            .map(|l| {
+                Ok(match l {
+                    LayerCache::Kv { k, v } => LayerCache::Kv {
+                        k: k.share(),
+                        v: v.share(),
+                    },
+                    LayerCache::Latent { ckv, k_rope } => LayerCache::Latent {
+                        ckv: ckv.share()?,
+                        k_rope: k_rope.share()?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Cache {
+            layers,
+            len: self.len,
+            max_len: self.max_len,
+        })
+    }
+
+    /// Bytes held by the buffers (capacity, not only the used rows); a prefix shared with other
+    /// caches is not counted.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
@@ -278,5 +475,60 @@ impl Cache {
     /// Records that `n` tokens went through every layer.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows_of(r: &SplitRows<'_>) -> Vec<f32> {
+        (0..r.len()).flat_map(|t| r.row(t).to_vec()).collect()
+    }
+
+    #[test]
+    fn forks_share_a_frozen_prefix_and_keep_their_own_rows_apart() {
+        let mut base = Rows::default();
+        base.append(&[1., 2., 3., 4.], 2); // two rows
+        let mut fork = base.share();
+        base.append(&[5., 6.], 2);
+        fork.append(&[7., 8.], 2);
+        assert_eq!(rows_of(&base.all()), [1., 2., 3., 4., 5., 6.]);
+        assert_eq!(rows_of(&fork.all()), [1., 2., 3., 4., 7., 8.]);
+        // The prefix is held once: neither counts it as its own.
+        assert_eq!((base.data.len(), fork.data.len()), (2, 2));
+        assert!(Arc::ptr_eq(
+            base.shared.as_ref().unwrap(),
+            fork.shared.as_ref().unwrap()
+        ));
+        // A cut after the prefix keeps it shared; a cut inside it copies what is kept.
+        fork.truncate(2);
+        assert_eq!(rows_of(&fork.all()), [1., 2., 3., 4.]);
+        assert!(fork.shared.is_some());
+        fork.truncate(1);
+        assert_eq!(rows_of(&fork.all()), [1., 2.]);
+        assert!(fork.shared.is_none());
+        fork.append(&[9., 9.], 2);
+        assert_eq!(rows_of(&fork.all()), [1., 2., 9., 9.]);
+        assert_eq!(rows_of(&base.all()), [1., 2., 3., 4., 5., 6.]);
+    }
+
+    #[test]
+    fn latent_forks_share_their_prefix_tensor() {
+        let t = |v: &[f32]| Tensor::from_vec(v.to_vec(), (v.len() / 2, 2), &candle_core::Device::Cpu).unwrap();
+        let mut base = RowBuffer::new();
+        base.append(&t(&[1., 2., 3., 4.])).unwrap();
+        let mut fork = base.share().unwrap();
+        fork.append(&t(&[7., 8.])).unwrap();
+        base.append(&t(&[5., 6.])).unwrap();
+        let flat = |b: &RowBuffer| b.all().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&base), [1., 2., 3., 4., 5., 6.]);
+        assert_eq!(flat(&fork), [1., 2., 3., 4., 7., 8.]);
+        assert_eq!(fork.with_split(2, |r| rows_of(&r)).unwrap(), [1., 2., 3., 4., 7., 8.]);
+        fork.truncate(1);
+        assert_eq!(flat(&fork), [1., 2.]);
+        fork.append(&t(&[0., 0.])).unwrap();
+        assert_eq!(fork.with_split(2, |r| rows_of(&r)).unwrap(), [1., 2., 0., 0.]);
+        assert_eq!(flat(&base), [1., 2., 3., 4., 5., 6.]);
     }
 }

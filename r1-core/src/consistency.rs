@@ -141,7 +141,8 @@ impl Engine {
         let ids = self.prompt_ids(prompt)?;
         Generation::prepare(self, &ids, params)?;
         let base = params.sampling.seed.unwrap_or_else(rand::random);
-        let cache = self.prefill(&ids[..ids.len() - 1], params.cancel.as_ref())?;
+        // The prompt runs once; every sample's cache shares its rows.
+        let mut cache = self.prefill(&ids[..ids.len() - 1], params.cancel.as_ref())?;
         let mut gens = Vec::with_capacity(n);
         let mut seeds = Vec::with_capacity(n);
         for i in 0..n {
@@ -154,7 +155,7 @@ impl Engine {
                 prepared,
                 ids.clone(),
                 &p,
-                cache.clone(),
+                cache.share()?,
                 None,
                 None,
             ));

@@ -53,7 +53,7 @@ mod trace;
 mod verify;
 mod weights;
 
-pub use batch::BatchOptions;
+pub use batch::{BatchOptions, MIN_SHARED_PREFIX};
 pub use cache::Cache;
 pub use chat_template::{ChatTemplate, Message, DEEPSEEK_R1_TEMPLATE};
 pub use config::Architecture;

@@ -8,6 +8,7 @@
 //!
 //! The tasks (query row, head) run on candle's spinning pool, like r1's matmul kernels.
 
+use crate::cache::SplitRows;
 use crate::kernels::cpu::vectorized;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -33,7 +34,7 @@ const ROWS_PER_TASK: usize = 4;
 
 /// `q [len, heads, d]` against `k`, `v` `[total, kv_heads, d]` (total = offset + len), causal:
 /// query row `i` sees keys `0..=offset + i`. Returns `[len, heads * d]`.
-pub(crate) fn attend(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
+pub(crate) fn attend(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f32> {
     let d = s.head_dim;
     let len = q.len() / (s.heads * d);
     if len == 1 {
@@ -79,9 +80,9 @@ const KEY_BLOCK: usize = 256;
 
 /// [`attend`] for one query row (a decode step): tasks are (key/value head, block of keys),
 /// merged per head as a split softmax.
-fn attend_one(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
+fn attend_one(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f32> {
     let (d, group) = (s.head_dim, s.heads / s.kv_heads);
-    let (keys, row_width) = (s.offset + 1, s.kv_heads * d);
+    let keys = s.offset + 1;
     let blocks = keys.div_ceil(KEY_BLOCK);
     let parts: Mutex<Vec<(usize, Partial)>> = Mutex::new(Vec::with_capacity(blocks * s.kv_heads));
     candle_core::utils::barrier_pool().execute_chunked(blocks * s.kv_heads, |range: Range<usize>| {
@@ -96,12 +97,12 @@ fn attend_one(q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
                     let queries = &q[kv * group * d..(kv + 1) * group * d];
                     let mut scores = vec![0f32; group * n];
                     for i in 0..n {
-                        let kt = &k[(first + i) * row_width + kv * d..][..d];
+                        let kt = &k.row(first + i)[kv * d..][..d];
                         for (g, qg) in queries.chunks_exact(d).enumerate() {
                             scores[g * n + i] = dot(qg, kt) * s.scale;
                         }
                     }
-                    let value = |i: usize| &v[(first + i) * row_width + kv * d..][..d];
+                    let value = |i: usize| &v.row(first + i)[kv * d..][..d];
                     done.push((task, Partial::new(&mut scores, group, d, value)));
                 }
             },
@@ -130,10 +131,9 @@ impl Tile {
     /// softmax(q·Kᵀ · scale) · V for query rows `rows` and the heads of key/value head `kv`.
     /// Inlined into [`vectorized`]'s copies, like the two loops below.
     #[inline(always)]
-    fn run(&mut self, q: &[f32], k: &[f32], v: &[f32], s: Shape, rows: Range<usize>, kv: usize) {
+    fn run(&mut self, q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape, rows: Range<usize>, kv: usize) {
         let d = s.head_dim;
         let group = s.heads / s.kv_heads;
-        let row_width = s.kv_heads * d;
         let nq = rows.len() * group;
         let keys = s.offset + rows.end; // what the tile's last row sees
         let query = |qi: usize| {
@@ -145,7 +145,7 @@ impl Tile {
         self.scores.clear();
         self.scores.resize(nq * keys, f32::NEG_INFINITY);
         for t in 0..keys {
-            let kt = &k[t * row_width + kv * d..][..d];
+            let kt = &k.row(t)[kv * d..][..d];
             for qi in 0..nq {
                 if t < visible(qi) {
                     self.scores[qi * keys + t] = dot(query(qi), kt) * s.scale;
@@ -166,7 +166,7 @@ impl Tile {
         self.acc.clear();
         self.acc.resize(nq * d, 0.0);
         for t in 0..keys {
-            let vt = &v[t * row_width + kv * d..][..d];
+            let vt = &v.row(t)[kv * d..][..d];
             for (qi, acc) in self.acc.chunks_exact_mut(d).enumerate() {
                 let p = self.scores[qi * keys + t];
                 if p != 0.0 {
@@ -325,13 +325,22 @@ mod tests {
             let q = values(len * heads * d, 1);
             let k = values(total * kv_heads * d, 2);
             let v = values(total * kv_heads * d, 3);
-            let got = attend(&q, &k, &v, s);
             let want = reference(&q, &k, &v, s);
+            let width = kv_heads * d;
+            let got = attend(&q, SplitRows::whole(&k, width), SplitRows::whole(&v, width), s);
             let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(
                 err < 1e-5,
                 "heads {heads}/{kv_heads} d {d} offset {offset} len {len}: {err}"
             );
+            // The same rows held as a shared prefix and own rows, cut anywhere: the same result.
+            for cut in [0, 1, offset / 2, offset, total - 1] {
+                let split = |x: &[f32]| (x[..cut * width].to_vec(), x[cut * width..].to_vec());
+                let ((kh, kt), (vh, vt)) = (split(&k), split(&v));
+                let view = |head, tail| SplitRows::parts(head, tail, width);
+                let cut_got = attend(&q, view(&kh, &kt), view(&vh, &vt), s);
+                assert_eq!(cut_got, got, "cut at {cut}: heads {heads}/{kv_heads} offset {offset}");
+            }
         }
     }
 }

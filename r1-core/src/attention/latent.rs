@@ -9,6 +9,7 @@
 //! one token there is nothing else to share between threads.
 
 use super::fused::{axpy, dot, merge, Partial};
+use crate::cache::SplitRows;
 use crate::kernels::cpu::vectorized;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -32,8 +33,14 @@ const BLOCK: usize = 256;
 
 /// `softmax(q_lat · cᵀ + q_rope · k_ropeᵀ) · c` per head: `q_lat [heads, rank]`, `q_rope
 /// [heads, rope]`, `c [total, rank]`, `k_rope [total, rope]` → `[heads, rank]`.
-pub(crate) fn attend(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s: LatentShape) -> Vec<f32> {
-    let total = c.len() / s.rank;
+pub(crate) fn attend(
+    q_lat: &[f32],
+    q_rope: &[f32],
+    c: SplitRows<'_>,
+    k_rope: SplitRows<'_>,
+    s: LatentShape,
+) -> Vec<f32> {
+    let total = c.len();
     let blocks = total.div_ceil(BLOCK);
     let parts: Mutex<Vec<(usize, Partial)>> = Mutex::new(Vec::with_capacity(blocks));
     candle_core::utils::barrier_pool().execute_chunked(blocks, |range: Range<usize>| {
@@ -58,17 +65,24 @@ pub(crate) fn attend(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s
 
 /// Scores, softmax terms and weighted latent sums of cached tokens `rows`, for every head.
 #[inline(always)]
-fn block(q_lat: &[f32], q_rope: &[f32], c: &[f32], k_rope: &[f32], s: LatentShape, rows: Range<usize>) -> Partial {
+fn block(
+    q_lat: &[f32],
+    q_rope: &[f32],
+    c: SplitRows<'_>,
+    k_rope: SplitRows<'_>,
+    s: LatentShape,
+    rows: Range<usize>,
+) -> Partial {
     let (n, r, e) = (rows.len(), s.rank, s.rope);
     let mut scores = vec![0f32; s.heads * n];
     for (i, t) in rows.clone().enumerate() {
-        let (ct, kt) = (&c[t * r..(t + 1) * r], &k_rope[t * e..(t + 1) * e]);
+        let (ct, kt) = (c.row(t), k_rope.row(t));
         for h in 0..s.heads {
             let qh = (&q_lat[h * r..(h + 1) * r], &q_rope[h * e..(h + 1) * e]);
             scores[h * n + i] = (dot(qh.0, ct) + dot(qh.1, kt)) * s.scale;
         }
     }
-    Partial::new(&mut scores, s.heads, r, |i| &c[(rows.start + i) * r..][..r])
+    Partial::new(&mut scores, s.heads, r, |i| c.row(rows.start + i))
 }
 
 /// Per head `h`, `x[h] · w[h]` for `x [heads, n]` and `w [heads, n, m]` (`transposed`: `w
@@ -175,13 +189,20 @@ mod tests {
             };
             let (ql, qr) = (values(heads * rank, 1), values(heads * rope, 2));
             let (c, kr) = (values(total * rank, 3), values(total * rope, 4));
-            let got = attend(&ql, &qr, &c, &kr, s);
+            let got = attend(&ql, &qr, SplitRows::whole(&c, rank), SplitRows::whole(&kr, rope), s);
             let want = reference(&ql, &qr, &c, &kr, s);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (*g as f64 - w).abs() < 1e-5,
                     "{heads}x{rank}+{rope}, {total} tokens, [{i}]: {g} vs {w}"
                 );
+            }
+            // A shared prefix and own rows, cut anywhere: the same result.
+            for cut in [1, total / 2, total - 1] {
+                let (c0, c1) = c.split_at(cut * rank);
+                let (k0, k1) = kr.split_at(cut * rope);
+                let view = (SplitRows::parts(c0, c1, rank), SplitRows::parts(k0, k1, rope));
+                assert_eq!(attend(&ql, &qr, view.0, view.1, s), got, "cut at {cut}");
             }
         }
     }

@@ -13,7 +13,7 @@
 
 use super::latent::{self, LatentShape};
 use super::{causal_mask, check_batch, masked_softmax, Segment};
-use crate::cache::LayerCache;
+use crate::cache::{with_rows, LayerCache, RowBuffer};
 use crate::config::{yarn_mscale, MlaConfig, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 use crate::layers::linear::Linear;
@@ -152,9 +152,9 @@ impl Mla {
                     offset,
                 )?
                 .squeeze(0)?;
-            let c_all = ckv.append(&c_new.narrow(0, seg.start, len)?)?;
-            let k_r_all = k_rope.append(&k_r)?;
-            outs.push(self.attend(&q_nope, &q_rope, &c_all, &k_r_all)?);
+            ckv.append(&c_new.narrow(0, seg.start, len)?)?;
+            k_rope.append(&k_r)?;
+            outs.push(self.attend(&q_nope, &q_rope, ckv, k_rope)?);
         }
         let out = if outs.len() == 1 {
             outs.remove(0)
@@ -165,15 +165,17 @@ impl Mla {
     }
 
     /// One sequence's attention output `[len, h, v]` for queries `[h, len, ·]` over its whole
-    /// cache (`c_all`, `k_r_all`): the fused latent kernel for one query where it applies, the
-    /// absorbed form for other single queries, the expanded form for a prefill.
-    fn attend(&self, q_nope: &Tensor, q_rope: &Tensor, c_all: &Tensor, k_r_all: &Tensor) -> Result<Tensor> {
+    /// cache (`ckv`, `k_rope`): the fused latent kernel for one query where it applies, reading
+    /// the rows where they are; the absorbed form for other single queries, the expanded form
+    /// for a prefill.
+    fn attend(&self, q_nope: &Tensor, q_rope: &Tensor, ckv: &RowBuffer, k_rope: &RowBuffer) -> Result<Tensor> {
         let (h, len, _) = q_nope.dims3()?;
         if len == 1 {
-            if let Some(out) = self.attend_latent(q_nope, q_rope, c_all, k_r_all)? {
+            if let Some(out) = self.attend_latent(q_nope, q_rope, ckv, k_rope)? {
                 return Ok(out); // [1, h, v]
             }
         }
+        let (c_all, k_r_all) = (&ckv.all()?, &k_rope.all()?);
         let (total, rope) = (c_all.dim(0)?, self.cfg.qk_rope_head_dim);
         // The rope part of the scores is the same in both forms: [h, len, total].
         let rope_scores = q_rope
@@ -195,31 +197,36 @@ impl Mla {
         &self,
         q_nope: &Tensor,
         q_rope: &Tensor,
-        c_all: &Tensor,
-        k_r_all: &Tensor,
+        ckv: &RowBuffer,
+        k_rope: &RowBuffer,
     ) -> Result<Option<Tensor>> {
         let (h, r) = (self.cfg.num_heads, self.cfg.kv_lora_rank);
-        let (nope, vd) = (self.cfg.qk_nope_head_dim, self.cfg.v_head_dim);
-        let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
+        let (nope, vd, rope) = (
+            self.cfg.qk_nope_head_dim,
+            self.cfg.v_head_dim,
+            self.cfg.qk_rope_head_dim,
+        );
+        let (w_uk, w_uv) = (widen(&self.w_uk, q_nope)?, widen(&self.w_uv, q_nope)?);
         let q_nope = q_nope.flatten_all()?.to_vec1::<f32>()?; // [h, nope]
         let Some(q_lat) = with_rows(&w_uk, |w| latent::per_head_product(&q_nope, w, h, nope, r, false)) else {
             return Ok(None);
         }; // [h, r]
+        let device = q_rope.device().clone();
         let q_rope = q_rope.flatten_all()?.to_vec1::<f32>()?; // [h, rope]
         let shape = LatentShape {
             heads: h,
             rank: r,
-            rope: self.cfg.qk_rope_head_dim,
+            rope,
             scale: self.softmax_scale as f32,
         };
-        let out = with_rows(c_all, |c| {
-            with_rows(k_r_all, |k| latent::attend(&q_lat, &q_rope, c, k, shape))
+        let out = ckv.with_split(r, |c| {
+            k_rope.with_split(rope, |k| latent::attend(&q_lat, &q_rope, c, k, shape))
         });
         let Some(Some(out)) = out else { return Ok(None) };
         let Some(v) = with_rows(&w_uv, |w| latent::per_head_product(&out, w, h, r, vd, true)) else {
             return Ok(None);
         };
-        Ok(Some(Tensor::from_vec(v, (1, h, vd), c_all.device())?)) // [1, h, v]
+        Ok(Some(Tensor::from_vec(v, (1, h, vd), &device)?)) // [1, h, v]
     }
 
     /// Expanded form: `k_nope = c · W_UKᵀ`, `v = c · W_UVᵀ` for every cached token.
@@ -260,17 +267,6 @@ impl Mla {
         let out_latent = probs.reshape((h * len, total))?.matmul(c_all)?.reshape((h, len, r))?;
         Ok(out_latent.matmul(&w_uv.transpose(1, 2)?)?) // [h, len, v]
     }
-}
-
-/// `f` on the elements of `t` where they lie, when `t` is contiguous f32 in CPU memory.
-fn with_rows<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        return None;
-    };
-    let (start, end) = layout.contiguous_offsets()?;
-    let data = cpu.as_slice::<f32>().ok()?;
-    Some(f(data.get(start..end)?))
 }
 
 /// A weight in the activations' dtype (bf16 storage is widened per use on the CPU).
