@@ -3,10 +3,11 @@
 //!
 //! Computed row by row, each 32-weight block costs a conversion to f32 and a scaling FMA per
 //! token, which is most of the work: the integer dot itself is one instruction. Here the blocks
-//! of eight consecutive rows are stored side by side, four quants of each row in turn, so one
-//! 256-bit register holds four quants of all eight rows: `vpdpbusd` against four activation
-//! quants broadcast to every lane gives eight rows' partial dots at once, and the scaling is done
-//! once for the eight rows (their scales sit in one register). The layout, per group of eight
+//! of eight consecutive rows are stored side by side, four quants of each row in turn, so 32
+//! bytes hold four quants of all eight rows: `vpdpbusd` against four activation quants
+//! broadcast to their eight lanes gives eight rows' partial dots at once (a 512-bit register
+//! holds two such sets), and the scaling is done once for the eight rows (their scales sit in
+//! one register). The layout, per group of eight
 //! rows and per block (ik_llama.cpp's `_R8` idea, written from that description):
 //!
 //! - Q4_0 / Q4_1: 128 bytes of nibbles; byte `32j + 4r + i` holds quant `4j + i` of row `r` in its
@@ -181,8 +182,9 @@ impl Interleaved {
         let group = &self.data[g * self.blocks() * gbb..][..self.blocks() * gbb];
         #[cfg(target_arch = "x86_64")]
         if super::cpu::level() >= super::cpu::Level::Avx512 {
-            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL, AVX2, FMA and F16C; `group` holds
-            // the blocks of every activation row (`quantize` made them from rows of `cols`).
+            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL/BW, AVX2, FMA and F16C; `group`
+            // holds the blocks of every activation row (`quantize` made them from rows of
+            // `cols`).
             return unsafe { x86::group_dots(self.format, group, acts, out) };
         }
         group_dots_scalar(self.format, group, acts, out);
@@ -315,6 +317,7 @@ fn group_dots_scalar(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]
 mod x86 {
     use super::{offset, Act, Interleaved, R};
     use crate::kernels::cpu::tiles;
+    use crate::kernels::interleaved_k::spread;
     use crate::kernels::quant::{Format, QK};
     use std::arch::x86_64::*;
 
@@ -357,25 +360,14 @@ mod x86 {
         }
     }
 
-    /// Four activation quants, as one i32 broadcast to every lane.
-    #[inline(always)]
-    unsafe fn four(qs: &[i8], j: usize) -> __m256i {
-        // SAFETY: this function's contract is what the operations below need: the caller has
-        // checked the CPU for its target features, and passes slices as long as its loads read.
-        unsafe {
-            _mm256_set1_epi32(i32::from_le_bytes([
-                qs[4 * j] as u8,
-                qs[4 * j + 1] as u8,
-                qs[4 * j + 2] as u8,
-                qs[4 * j + 3] as u8,
-            ]))
-        }
-    }
-
-    /// `N` activation rows against the group's eight rows, one block at a time: the block's
-    /// quants are unpacked once into eight registers, then each row takes eight `vpdpbusd`,
-    /// one integer correction and two FMAs for all eight weight rows. The scaled sums and the
-    /// offset terms accumulate apart, so consecutive blocks do not wait on one FMA chain.
+    /// `N` activation rows against the group's eight rows, one block at a time. A 512-bit
+    /// register holds two 256-bit lanes of the layout (quants `4j..4j + 4` of the eight rows for
+    /// `j = 2p` and `2p + 1`, adjacent in memory): the block's quants are unpacked once into four
+    /// such registers, then each activation row takes four `vpdpbusd` against its own quants
+    /// permuted to match (`4j..4j + 4` broadcast over lanes 0–7, `4j + 4..4j + 8` over lanes
+    /// 8–15), one integer correction and one FMA for all eight weight rows. The two halves of a
+    /// row's sum are scaled and summed apart and added at the end; the offset terms (Q4_1, Q5_1)
+    /// accumulate apart, so consecutive blocks do not wait on one FMA chain.
     #[inline(always)]
     unsafe fn tile<const N: usize>(format: Format, group: &[u8], acts: [&Act; N], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
@@ -383,34 +375,37 @@ mod x86 {
         unsafe {
             let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
             let off = offset(format);
-            let mut acc = [_mm256_setzero_ps(); N];
+            let mut acc = [_mm512_setzero_ps(); N];
             let mut acc_m = [_mm256_setzero_ps(); N];
             for (b, block) in group.chunks_exact(gbb).enumerate() {
-                let mut w = [_mm256_setzero_si256(); 8];
+                let load = |at: usize| _mm512_loadu_si512(block[at..at + 64].as_ptr() as *const __m512i);
+                let mut w = [_mm512_setzero_si512(); 4];
                 match format {
                     Format::Q8_0 => {
-                        for (j, w) in w.iter_mut().enumerate() {
-                            *w = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
+                        for (p, w) in w.iter_mut().enumerate() {
+                            *w = load(64 * p);
                         }
                     }
                     _ => {
-                        let low = _mm256_set1_epi8(0x0f);
-                        for j in 0..4 {
-                            let v = _mm256_loadu_si256(block[32 * j..].as_ptr() as *const __m256i);
-                            w[j] = _mm256_and_si256(v, low);
-                            w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                        // Low nibbles of registers j = 0..4, then their high nibbles, j = 4..8.
+                        let low = _mm512_set1_epi8(0x0f);
+                        for k in 0..2 {
+                            let v = load(64 * k);
+                            w[k] = _mm512_and_si512(v, low);
+                            w[2 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
                         }
                         if matches!(format, Format::Q5_0 | Format::Q5_1) {
                             let qh = _mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i);
-                            for (j, w) in w.iter_mut().enumerate() {
-                                *w = _mm256_or_si256(*w, high_bits(qh, j));
+                            for (p, w) in w.iter_mut().enumerate() {
+                                let lo = _mm512_castsi256_si512(high_bits(qh, 2 * p));
+                                let bits = _mm512_inserti64x4(lo, high_bits(qh, 2 * p + 1), 1);
+                                *w = _mm512_or_si512(*w, bits);
                             }
                         }
                     }
                 }
-                // Register j pairs with activation quants 4j..4j+4: for nibbles, the low halves are
-                // quants 4j.. (j < 4) and the high halves 16 + 4(j - 4).. = 4j.. as well.
-                let d = scales(block, qb);
+                let d8 = _mm512_castps256_ps512(scales(block, qb));
+                let d = _mm512_shuffle_f32x4(d8, d8, 0b01_00_01_00); // both halves: the rows' d
                 let m = if format.has_offset() {
                     scales(block, qb + 2 * R)
                 } else {
@@ -418,32 +413,36 @@ mod x86 {
                 };
                 for t in 0..N {
                     let a = &acts[t].blocks[b];
-                    let (mut s0, mut s1) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                    for j in (0..8).step_by(2) {
-                        s0 = _mm256_dpbusd_epi32(s0, w[j], four(&a.qs, j));
-                        s1 = _mm256_dpbusd_epi32(s1, w[j + 1], four(&a.qs, j + 1));
-                    }
-                    let mut isum = _mm256_add_epi32(s0, s1);
+                    let act = spread(&a.qs, 0);
+                    let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], act[0]);
+                    let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], act[1]);
+                    let s0 = _mm512_dpbusd_epi32(s0, w[2], act[2]);
+                    let s1 = _mm512_dpbusd_epi32(s1, w[3], act[3]);
+                    let mut isum = _mm512_add_epi32(s0, s1);
                     if !format.has_offset() {
-                        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(off * acts[t].sums[b]));
+                        // The offset term once per row: in the low half only.
+                        isum = _mm512_sub_epi32(isum, _mm512_maskz_set1_epi32(0x00ff, off * acts[t].sums[b]));
                     }
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
-                    acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(isum), acc[t]);
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+                    acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[t]);
                     if format.has_offset() {
                         acc_m[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc_m[t]);
                     }
                 }
             }
             for t in 0..N {
-                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_add_ps(acc[t], acc_m[t]));
+                let lo = _mm512_castps512_ps256(acc[t]);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[t]), 1));
+                let sum = _mm256_add_ps(_mm256_add_ps(lo, hi), acc_m[t]);
+                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), sum);
             }
         }
     }
 
     /// # Safety
-    /// The CPU must support AVX512-VNNI and AVX512-VL with AVX2, FMA and F16C; every act has a
-    /// block for each of the group's blocks; `out.len() >= 8 * acts.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    /// The CPU must support AVX512-VNNI, AVX512-BW and AVX512-VL with AVX2, FMA and F16C; every
+    /// act has a block for each of the group's blocks; `out.len() >= 8 * acts.len()`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
@@ -505,8 +504,9 @@ mod tests {
     fn repacked_rows_dequantize_as_before_and_dot_as_the_row_kernels() {
         let mut state = 0x5eed_1234_u64;
         for format in [Format::Q4_0, Format::Q4_1, Format::Q5_0, Format::Q5_1, Format::Q8_0] {
-            // 19 rows: two full groups and a partial one; 23 tokens: tiles of 8, 8, 4, 2, 1.
-            let (rows, blocks, t) = (19, 3, 23);
+            // 19 rows: two full groups and a partial one; 23 tokens: tiles of 8, 8, 4, 2, 1; 15
+            // and 1: few enough for the 512-bit tile where the CPU has it.
+            let (rows, blocks) = (19, 3);
             let src = random_matrix(format, rows, blocks, &mut state);
             let m = Interleaved::repack(format, rows, blocks * QK, &src).unwrap();
             let row_bytes = blocks * format.block_bytes();
@@ -516,32 +516,34 @@ mod tests {
                 dequantize_row_major(format, &src[r * row_bytes..(r + 1) * row_bytes], &mut want);
                 assert_eq!(got, want, "{format:?} row {r}");
             }
-            let x: Vec<f32> = (0..t * blocks * QK)
-                .map(|_| ((xorshift(&mut state) % 2001) as f32 - 1000.0) / 300.0)
-                .collect();
-            let y = m.matmul(&x, t);
-            let acts = m.quantize(&x);
-            for (tok, act) in acts.iter().enumerate() {
-                for r in 0..rows {
-                    let w = dot_scalar(format, &src[r * row_bytes..(r + 1) * row_bytes], &act.blocks);
-                    let g = y[tok * rows + r];
-                    assert!(
-                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                        "{format:?} token {tok} row {r}: {g} vs {w}"
-                    );
+            for t in [23, 15, 1] {
+                let x: Vec<f32> = (0..t * blocks * QK)
+                    .map(|_| ((xorshift(&mut state) % 2001) as f32 - 1000.0) / 300.0)
+                    .collect();
+                let y = m.matmul(&x, t);
+                let acts = m.quantize(&x);
+                for (tok, act) in acts.iter().enumerate() {
+                    for r in 0..rows {
+                        let w = dot_scalar(format, &src[r * row_bytes..(r + 1) * row_bytes], &act.blocks);
+                        let g = y[tok * rows + r];
+                        assert!(
+                            (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                            "{format:?} token {tok} row {r}: {g} vs {w}"
+                        );
+                    }
                 }
-            }
-            // The plain-Rust form of the layout gives the same sums.
-            let gbb = Interleaved::group_block_bytes(format);
-            let mut scalar = vec![0f32; t * R];
-            group_dots_scalar(format, &m.data[..blocks * gbb], &acts, &mut scalar);
-            for tok in 0..t {
-                for r in 0..R {
-                    let g = y[tok * rows + r];
-                    assert!(
-                        (g - scalar[tok * R + r]).abs() <= 1e-5 * g.abs().max(1.0),
-                        "{format:?} scalar form"
-                    );
+                // The plain-Rust form of the layout gives the same sums.
+                let gbb = Interleaved::group_block_bytes(format);
+                let mut scalar = vec![0f32; t * R];
+                group_dots_scalar(format, &m.data[..blocks * gbb], &acts, &mut scalar);
+                for tok in 0..t {
+                    for r in 0..R {
+                        let g = y[tok * rows + r];
+                        assert!(
+                            (g - scalar[tok * R + r]).abs() <= 1e-5 * g.abs().max(1.0),
+                            "{format:?} scalar form"
+                        );
+                    }
                 }
             }
         }

@@ -26,17 +26,54 @@ macro_rules! tiles_of_four {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use tiles_of_four;
 
-/// Activation quants `at..at + 4` broadcast to every 32-bit lane: the operand one `vpdpbusd`
-/// takes against four quants of each of eight interleaved rows (both k-quant layouts' kernels).
+/// Activation quants `at..at + 32` as the operands of four 512-bit `vpdpbusd`s against an
+/// interleaved layout (the legacy and both k-quant kernels): vector `p` holds quants
+/// `at + 8p..at + 8p + 4` (as one i32) in lanes 0–7 and `at + 8p + 4..at + 8p + 8` in lanes
+/// 8–15, matching a 512-bit load of two of the layout's 32-byte runs (four quants of each of
+/// eight rows, then the next four). One load and four permutes.
 ///
 /// # Safety
-/// The CPU has AVX2 (the callers run inside their `#[target_feature]` kernels).
+/// The CPU has AVX-512 F (the callers run inside their `#[target_feature]` kernels).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn four(qs: &[i8], at: usize) -> std::arch::x86_64::__m256i {
-    let bytes = [qs[at] as u8, qs[at + 1] as u8, qs[at + 2] as u8, qs[at + 3] as u8];
-    // SAFETY: the caller's CPU has AVX2 (this function's contract); the indexing is checked.
-    unsafe { std::arch::x86_64::_mm256_set1_epi32(i32::from_le_bytes(bytes)) }
+pub(crate) unsafe fn spread(qs: &[i8], at: usize) -> [std::arch::x86_64::__m512i; 4] {
+    use std::arch::x86_64::*;
+    let qs = &qs[at..at + 32];
+    // SAFETY: the caller's CPU has AVX-512 F (this function's contract); `qs` holds the 32
+    // bytes the load reads.
+    unsafe {
+        let q = _mm512_castsi256_si512(_mm256_loadu_si256(qs.as_ptr() as *const __m256i));
+        std::array::from_fn(|p| {
+            let (lo, hi) = (2 * p as i32, 2 * p as i32 + 1);
+            let idx = _mm512_setr_epi32(lo, lo, lo, lo, lo, lo, lo, lo, hi, hi, hi, hi, hi, hi, hi, hi);
+            _mm512_permutexvar_epi32(idx, q)
+        })
+    }
+}
+
+/// Eight i32 lanes repeated in both halves of a 512-bit register (the eight rows' scales for
+/// the halves [`spread`]'s products come in).
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn twice(x: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's CPU has AVX-512 F (this function's contract).
+    unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(x), x, 1) }
+}
+
+/// The two halves of a 512-bit register of i32 added: eight rows' sums.
+///
+/// # Safety
+/// The CPU has AVX-512 F and AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn fold(x: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's CPU has AVX-512 F and AVX2 (this function's contract).
+    unsafe { _mm256_add_epi32(_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64(x, 1)) }
 }
 
 /// One k-quant format's interleaved layout.

@@ -133,7 +133,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, DMIN, GROUP_BLOCK, MINS, R, SCALES};
-    use crate::kernels::interleaved_k::{four, tiles_of_four};
+    use crate::kernels::interleaved_k::{fold, spread, tiles_of_four, twice};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -144,9 +144,9 @@ mod x86 {
     }
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
-    /// of two sub-blocks the quants are unpacked once into sixteen registers; each activation row
-    /// then takes sixteen `vpdpbusd`, two integer scalings and adds, and per super-block the
-    /// mins term (four `vpmaddwd`) and two FMAs for all eight rows.
+    /// of two sub-blocks the quants are unpacked once into eight 512-bit registers; each
+    /// activation row then takes eight `vpdpbusd`, two integer scalings and adds, and per
+    /// super-block the mins term (four `vpmaddwd`) and two FMAs for all eight rows.
     #[inline(always)]
     unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
@@ -154,31 +154,36 @@ mod x86 {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); N];
             let mut acc_m = [_mm256_setzero_ps(); N];
-            let low = _mm256_set1_epi8(0x0f);
+            let low = _mm512_set1_epi8(0x0f);
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
-                let mut isum = [_mm256_setzero_si256(); N];
+                let mut wide = [_mm512_setzero_si512(); N];
                 for c in 0..4 {
-                    let (mut lo, mut hi) = ([_mm256_setzero_si256(); 8], [_mm256_setzero_si256(); 8]);
-                    for j in 0..8 {
-                        let v = _mm256_loadu_si256(blk[256 * c + 32 * j..].as_ptr() as *const __m256i);
-                        lo[j] = _mm256_and_si256(v, low);
-                        hi[j] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                    // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`).
+                    let (mut lo, mut hi) = ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4]);
+                    for p in 0..4 {
+                        let v = _mm512_loadu_si512(blk[256 * c + 64 * p..].as_ptr() as *const __m512i);
+                        lo[p] = _mm512_and_si512(v, low);
+                        hi[p] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
                     }
                     let scale = |s: usize| {
-                        _mm256_cvtepu8_epi32(_mm_loadl_epi64(blk[SCALES + 8 * s..].as_ptr() as *const __m128i))
+                        twice(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
+                            blk[SCALES + 8 * s..].as_ptr() as *const __m128i
+                        )))
                     };
                     let (sc_lo, sc_hi) = (scale(2 * c), scale(2 * c + 1));
                     for t in 0..N {
                         let qs = &acts[t][b].qs;
-                        let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                        for j in 0..8 {
-                            s_lo = _mm256_dpbusd_epi32(s_lo, lo[j], four(qs, 64 * c + 4 * j));
-                            s_hi = _mm256_dpbusd_epi32(s_hi, hi[j], four(qs, 64 * c + 32 + 4 * j));
+                        let (a_lo, a_hi) = (spread(qs, 64 * c), spread(qs, 64 * c + 32));
+                        let (mut s_lo, mut s_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                        for p in 0..4 {
+                            s_lo = _mm512_dpbusd_epi32(s_lo, lo[p], a_lo[p]);
+                            s_hi = _mm512_dpbusd_epi32(s_hi, hi[p], a_hi[p]);
                         }
-                        let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
-                        isum[t] = _mm256_add_epi32(isum[t], scaled);
+                        let scaled = _mm512_add_epi32(_mm512_mullo_epi32(s_lo, sc_lo), _mm512_mullo_epi32(s_hi, sc_hi));
+                        wide[t] = _mm512_add_epi32(wide[t], scaled);
                     }
                 }
+                let isum: [__m256i; N] = std::array::from_fn(|t| fold(wide[t]));
                 let mins: [__m256i; 4] = std::array::from_fn(|p| {
                     _mm256_cvtepu8_epi16(_mm_loadu_si128(blk[MINS + 16 * p..].as_ptr() as *const __m128i))
                 });
@@ -209,7 +214,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AVX512-VNNI and AVX512-VL with AVX2, FMA and F16C; every act has a
     /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.

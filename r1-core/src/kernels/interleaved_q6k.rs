@@ -115,12 +115,12 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, GROUP_BLOCK, R, SCALES};
-    use crate::kernels::interleaved_k::{four, tiles_of_four};
+    use crate::kernels::interleaved_k::{fold, spread, tiles_of_four, twice};
     use std::arch::x86_64::*;
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
-    /// of two groups of 16 the quants load into eight registers; each activation row takes eight
-    /// `vpdpbusd`, two integer scalings, and one `vpmaddwd` of the chunk's scale pairs with its
+    /// of two groups of 16 the quants load into four 512-bit registers; each activation row
+    /// takes four `vpdpbusd`, two integer scalings, and one `vpmaddwd` of the chunk's scale pairs with its
     /// group sums (the `-32` of the stored quants, taken out in integers at the end).
     #[inline(always)]
     unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
@@ -129,29 +129,31 @@ mod x86 {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); N];
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
-                let mut isum = [_mm256_setzero_si256(); N];
+                let mut wide = [_mm512_setzero_si512(); N];
                 let mut corr = [_mm256_setzero_si256(); N];
                 let bsums: [__m256i; N] =
                     std::array::from_fn(|t| _mm256_loadu_si256(acts[t][b].bsums.as_ptr() as *const __m256i));
                 for k in 0..8 {
-                    let mut w = [_mm256_setzero_si256(); 8];
-                    for (j, w) in w.iter_mut().enumerate() {
-                        *w = _mm256_loadu_si256(blk[256 * k + 32 * j..].as_ptr() as *const __m256i);
+                    // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`);
+                    // p = 0, 1 are the first group of 16, p = 2, 3 the second.
+                    let mut w = [_mm512_setzero_si512(); 4];
+                    for (p, w) in w.iter_mut().enumerate() {
+                        *w = _mm512_loadu_si512(blk[256 * k + 64 * p..].as_ptr() as *const __m512i);
                     }
                     // Dword r: (scale of group 2k, scale of group 2k + 1) of row r, as i16.
                     let pairs =
                         _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[SCALES + 16 * k..].as_ptr() as *const __m128i));
-                    let sc_lo = _mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16);
-                    let sc_hi = _mm256_srai_epi32(pairs, 16);
+                    let sc_lo = twice(_mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16));
+                    let sc_hi = twice(_mm256_srai_epi32(pairs, 16));
                     for t in 0..N {
                         let qs = &acts[t][b].qs;
-                        let (mut s_lo, mut s_hi) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-                        for j in 0..4 {
-                            s_lo = _mm256_dpbusd_epi32(s_lo, w[j], four(qs, 32 * k + 4 * j));
-                            s_hi = _mm256_dpbusd_epi32(s_hi, w[4 + j], four(qs, 32 * k + 16 + 4 * j));
-                        }
-                        let scaled = _mm256_add_epi32(_mm256_mullo_epi32(s_lo, sc_lo), _mm256_mullo_epi32(s_hi, sc_hi));
-                        isum[t] = _mm256_add_epi32(isum[t], scaled);
+                        let a = spread(qs, 32 * k);
+                        let s_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], a[0]);
+                        let s_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[2], a[2]);
+                        let s_lo = _mm512_dpbusd_epi32(s_lo, w[1], a[1]);
+                        let s_hi = _mm512_dpbusd_epi32(s_hi, w[3], a[3]);
+                        let scaled = _mm512_add_epi32(_mm512_mullo_epi32(s_lo, sc_lo), _mm512_mullo_epi32(s_hi, sc_hi));
+                        wide[t] = _mm512_add_epi32(wide[t], scaled);
                         // The activations' sums of groups 2k and 2k + 1, as an i16 pair in every dword.
                         let group_sums = _mm256_permutevar8x32_epi32(bsums[t], _mm256_set1_epi32(k as i32));
                         corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(pairs, group_sums));
@@ -159,7 +161,7 @@ mod x86 {
                 }
                 let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[D..D + 16].as_ptr() as *const __m128i));
                 for t in 0..N {
-                    let total = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(corr[t], 5));
+                    let total = _mm256_sub_epi32(fold(wide[t]), _mm256_slli_epi32(corr[t], 5));
                     let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[t][b].d));
                     acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[t]);
                 }
