@@ -14,9 +14,13 @@ if [ ! -x "$venv/bin/python" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q "maturin>=1.7,<2" "pytest>=7" "numpy>=1.21"
 fi
+# r1py[ray]'s dependencies, as r1-py/pyproject.toml pins them, for r1-py/tests/test_ray.py.
+ray_deps=$("$venv/bin/python" -c "import tomllib; print('\n'.join(tomllib.load(open('r1-py/pyproject.toml', 'rb'))['project']['optional-dependencies']['ray']))")
+mapfile -t ray_deps <<<"$ray_deps"
+"$venv/bin/pip" install -q "${ray_deps[@]}"
 rm -rf target/wheels
 "$venv/bin/maturin" build --release --manifest-path r1-py/Cargo.toml -o target/wheels >&2
 wheel=$(ls target/wheels/r1py-*.whl)
 echo "wheel: $wheel ($(du -h "$wheel" | cut -f1))"
 "$venv/bin/pip" install -q --force-reinstall --no-deps "$wheel"
-"$venv/bin/python" -m pytest -q r1-py/tests "$@"
+RAY_USAGE_STATS_ENABLED=0 "$venv/bin/python" -m pytest -q r1-py/tests "$@"

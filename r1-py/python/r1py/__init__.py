@@ -39,6 +39,7 @@ __version__ = _r1.__version__
 
 __all__ = [
     "Model",
+    "ModelSpec",
     "Session",
     "Completion",
     "Consensus",
@@ -351,7 +352,8 @@ class Model:
     def __reduce__(self) -> Any:
         raise TypeError(
             "r1py.Model cannot be pickled: its weights live in native memory. "
-            "Load the model in each worker from its path instead: r1py.Model(path)."
+            "Send an r1py.ModelSpec to the worker instead (r1py.ModelSpec.of(path)) and load "
+            "the model there with spec.load(); r1py.ray does this for Ray Data and Ray Serve."
         )
 
     def __repr__(self) -> str:
@@ -561,3 +563,6 @@ class Session:
 
     def __repr__(self) -> str:
         return "r1py.Session(closed)" if self._s.closed else f"r1py.Session(cached_tokens={self.cached_tokens})"
+
+
+from .spec import ModelSpec, file_digest  # noqa: E402  (it loads Model, defined above)
