@@ -174,3 +174,17 @@ def test_chat_batch_equals_each_chat_alone(model):
     assert [t.token_ids for t in texts] == [model.complete(p, greedy=True, max_tokens=5).token_ids for p in ("Once upon", "1 2 3")]
     with pytest.raises(TypeError):
         model.complete_batch("not a list")
+
+
+def test_chat_batch_shares_a_common_system_prompt(model):
+    system = {"role": "system", "content": "You are a careful assistant who counts things, one by one, out loud."}
+    convs = [[system, {"role": "user", "content": q}] for q in ("Count to 3", "Count to 5", "Why?")]
+    shared = len(model.tokenize(model.apply_chat_template([system], add_generation_prompt=False), add_special=False))
+    assert shared >= 16, "the system prompt must be long enough to be shared"
+    batch = model.chat_batch(convs, greedy=True, max_tokens=8)
+    for conv, c in zip(convs, batch):
+        alone = model.chat(conv, greedy=True, max_tokens=8)
+        assert c.token_ids == alone.token_ids
+        assert alone.usage["cached_prompt_tokens"] == 0
+        # At least the system prompt's tokens came from the shared prefix.
+        assert shared - 2 <= c.usage["cached_prompt_tokens"] < c.usage["prompt_tokens"], c.usage
