@@ -85,6 +85,18 @@ class TestOneNode:
         check_rows(out.take_all(), 6, direct)
 
 
+    def test_rows_carry_top_logprobs_for_distillation(self):
+        spec = r1py.ModelSpec.of(MODEL)
+        out = generate(ray.data.from_items(rows_of(3)), spec, top_logprobs=3, **GEN).take_all()
+        with r1py.Model(MODEL) as m:
+            for r in out:
+                want = m.chat(r1py.ray.messages_of(r["prompt"]), top_logprobs=3, **GEN).logprobs
+                got = r["output"]["logprobs"]
+                assert [e["token"] for e in got] == [e["token"] for e in want]
+                for g, w in zip(got, want):
+                    assert list(g["top_tokens"]) == [t for t, _ in w["top"]]
+                    assert list(g["top_logprobs"]) == pytest.approx([p for _, p in w["top"]], abs=1e-5)
+
     def test_a_crashed_actor_is_replaced_and_no_row_is_lost(self, direct, tmp_path):
         import ray_faults
         from ray.data import ActorPoolStrategy
