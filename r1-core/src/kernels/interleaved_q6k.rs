@@ -1,23 +1,19 @@
 //! Q6_K weights repacked at load into groups of eight rows (see [`super::interleaved`]), on CPUs
-//! with AVX-512 VNNI: the LM head of most Q4_K_M files, some of their `ffn_down` matrices, and
-//! half the MoE models' expert `ffn_down`s.
+//! with AVX-512 VNNI: the LM head of most Q4_K_M files, and some of their `ffn_down` matrices.
 //!
-//! A Q6_K super-block holds 256 weights of one row as 6-bit quants `q` (stored as `u = q + 32`)
-//! in sixteen groups of 16, each group with a signed 8-bit scale: weight = `d · sc_g · (u - 32)`.
-//! Weight `e` is in chunk `k = e / 32` (eight chunks of 32), at run `j = (e % 32) / 4` and place
-//! `i = e % 4` in it. Per group of eight rows and per super-block the layout is:
+//! A Q6_K super-block holds 256 weights of one row as 6-bit quants `q` (stored as `q + 32`) in
+//! sixteen groups of 16, each group with a signed 8-bit scale: weight = `d · sc_g · (u - 32)`.
+//! Per group of eight rows and per super-block the layout is:
 //!
-//! - 1,024 bytes of low nibbles: for `k < 4`, then `j < 8`, 32 bytes; byte `4r + i` holds the
-//!   low four bits of row `r`'s weight in chunk `k` (low nibble) and in chunk `k + 4` (high);
-//! - 512 bytes of high bits: for chunks `0..4`, then for chunks `4..8`, `j < 8`, 32 bytes; byte
-//!   `4r + i` holds the two high bits of the weight in chunk `4h + k` at bits `2k`;
-//! - the scales in pairs, `16k + 2r + h` for group `2k + h`, ready both for `vpmaddwd` against
-//!   the activations' group sums (the `-32` term) and, split, for scaling each group's dot;
+//! - 2,048 bytes of quants, one byte each (`u`, 0..64): chunk `k < 8` (weights `32k..32k + 32`),
+//!   then `j < 8`, 32 bytes each, byte `4r + i` holding weight `32k + 4j + i` of row `r`;
+//! - the scales in pairs, `16k + 2r + h` for group `2k + h`, ready both for `vpmaddwd` against the
+//!   activations' group sums (the `-32` term) and, split, for scaling each group's dot;
 //! - the rows' `d` as f16.
 //!
-//! 1,680 bytes, as the file's: the same bits, reordered so that a 512-bit load, two masks, a
-//! shift and an or give a register of 64 weights laid out as `vpdpbusd` takes them (decode
-//! reads every byte once, so fewer bytes is faster as well as smaller).
+//! 2,192 bytes against the file's 1,680: the quants are stored a byte each rather than split into
+//! four and two bits, which keeps the kernel to loads and `vpdpbusd` (30% more memory for these
+//! matrices).
 
 use super::interleaved_k::{Layout, R};
 use super::kquant::{decode, KFormat, Q8KBlock};
@@ -25,9 +21,8 @@ use half::f16;
 
 /// Bytes of the file's Q6_K block (one row, 256 weights).
 const ROW_BLOCK: usize = 210;
-const HIGH: usize = 1024;
-const SCALES: usize = 1536;
-const D: usize = 1536 + 128;
+const SCALES: usize = 2048;
+const D: usize = 2048 + 128;
 /// Bytes per group and super-block.
 const GROUP_BLOCK: usize = D + 16;
 
@@ -59,30 +54,16 @@ impl Layout for Q6K {
     }
 }
 
-/// Where weight `e` (0..256) of row `r` keeps its bits: the byte and shift of its low nibble,
-/// the byte and shift of its two high bits.
-fn place(e: usize, r: usize) -> (usize, u32, usize, u32) {
-    let (k, j, i) = (e / 32, (e % 32) / 4, e % 4);
-    let lane = 4 * r + i;
-    let low = 32 * ((k % 4) * 8 + j) + lane;
-    let high = HIGH + 32 * ((k / 4) * 8 + j) + lane;
-    (low, 4 * (k / 4) as u32, high, 2 * (k % 4) as u32)
-}
-
-/// The stored quant `u` (0..64) of weight `e` of row `r` in a group block.
-fn quant(group: &[u8], e: usize, r: usize) -> u8 {
-    let (low, ls, high, hs) = place(e, r);
-    (group[low] >> ls) & 0x0f | ((group[high] >> hs) & 0x03) << 4
+/// Byte of weight `e` (0..256) of row `r` in a group block's quants.
+fn at(e: usize, r: usize) -> usize {
+    32 * (e / 4) + 4 * r + e % 4
 }
 
 /// Writes the file's Q6_K block of one row as row `r` of a group block.
 fn pack(block: &[u8], r: usize, out: &mut [u8]) {
     let w = decode(KFormat::Q6K, block);
     for (e, q) in w.q.iter().enumerate() {
-        let u = (q + 32) as u8;
-        let (low, ls, high, hs) = place(e, r);
-        out[low] |= (u & 0x0f) << ls;
-        out[high] |= (u >> 4) << hs;
+        out[at(e, r)] = (q + 32) as u8;
     }
     for g in 0..16 {
         out[SCALES + 16 * (g / 2) + 2 * r + g % 2] = block[192 + g];
@@ -94,7 +75,7 @@ fn pack(block: &[u8], r: usize, out: &mut [u8]) {
 /// weights `l` and `l + 64` share a byte of `ql` (and `l + 32`, `l + 96`), their two high bits a
 /// byte of `qh`, in each half of 128 weights.
 fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>) {
-    let u = |e: usize| quant(group, e, r);
+    let u = |e: usize| group[at(e, r)];
     let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
     for h in 0..2 {
         for l in 0..32 {
@@ -120,7 +101,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
                 let mut isum = 0i32;
                 for g in 0..16 {
                     let dot: i32 = (16 * g..16 * g + 16)
-                        .map(|e| (quant(blk, e, r) as i32 - 32) * a.qs[e] as i32)
+                        .map(|e| (blk[at(e, r)] as i32 - 32) * a.qs[e] as i32)
                         .sum();
                     isum += dot * blk[SCALES + 16 * (g / 2) + 2 * r + g % 2] as i8 as i32;
                 }
@@ -133,13 +114,12 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Q8KBlock, D, GROUP_BLOCK, HIGH, R, SCALES};
+    use super::{Q8KBlock, D, GROUP_BLOCK, R, SCALES};
     use crate::kernels::interleaved_k::{fold, spread, tiles_of_four, twice};
     use std::arch::x86_64::*;
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
-    /// of two groups of 16 the quants are put together in four 512-bit registers (from their
-    /// nibbles and high bits); each activation row
+    /// of two groups of 16 the quants load into four 512-bit registers; each activation row
     /// takes four `vpdpbusd`, two integer scalings, and one `vpmaddwd` of the chunk's scale pairs with its
     /// group sums (the `-32` of the stored quants, taken out in integers at the end).
     #[inline(always)]
@@ -153,28 +133,12 @@ mod x86 {
                 let mut corr = [_mm256_setzero_si256(); N];
                 let bsums: [__m256i; N] =
                     std::array::from_fn(|t| _mm256_loadu_si256(acts[t][b].bsums.as_ptr() as *const __m256i));
-                // The high bits of chunks 0..4 and 4..8, register p holding runs 2p, 2p + 1.
-                let load = |at: usize| _mm512_loadu_si512(blk[at..at + 64].as_ptr() as *const __m512i);
-                let high: [[__m512i; 4]; 2] =
-                    std::array::from_fn(|h| std::array::from_fn(|p| load(HIGH + 256 * h + 64 * p)));
-                let (nibble, two) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
                 for k in 0..8 {
                     // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`);
-                    // p = 0, 1 are the first group of 16, p = 2, 3 the second. The low nibble
-                    // of chunk k < 4 (or the high one of chunk k - 4), with its two high bits
-                    // moved to bits 4 and 5 (a 16-bit shift: the masks drop what crossed bytes).
+                    // p = 0, 1 are the first group of 16, p = 2, 3 the second.
                     let mut w = [_mm512_setzero_si512(); 4];
                     for (p, w) in w.iter_mut().enumerate() {
-                        let v = load(256 * (k % 4) + 64 * p);
-                        let low = if k < 4 { v } else { _mm512_srli_epi16(v, 4) };
-                        let h = high[k / 4][p];
-                        let h = match k % 4 {
-                            0 => _mm512_slli_epi16(h, 4),
-                            1 => _mm512_slli_epi16(h, 2),
-                            2 => h,
-                            _ => _mm512_srli_epi16(h, 2),
-                        };
-                        *w = _mm512_or_si512(_mm512_and_si512(low, nibble), _mm512_and_si512(h, two));
+                        *w = _mm512_loadu_si512(blk[256 * k + 64 * p..].as_ptr() as *const __m512i);
                     }
                     // Dword r: (scale of group 2k, scale of group 2k + 1) of row r, as i16.
                     let pairs =
@@ -209,9 +173,9 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU must support AVX512-VNNI, AVX512-BW and AVX512-VL with AVX2, FMA and F16C; every
-    /// act has a block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    /// The CPU must support AVX512-VNNI and AVX512-VL with AVX2, FMA and F16C; every act has a
+    /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
