@@ -317,7 +317,7 @@ fn group_dots_scalar(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]
 mod x86 {
     use super::{offset, Act, Interleaved, R};
     use crate::kernels::cpu::tiles;
-    use crate::kernels::interleaved_k::spread;
+    use crate::kernels::interleaved_k::{prefetch, spread};
     use crate::kernels::quant::{Format, QK};
     use std::arch::x86_64::*;
 
@@ -378,6 +378,7 @@ mod x86 {
             let mut acc = [_mm512_setzero_ps(); N];
             let mut acc_m = [_mm256_setzero_ps(); N];
             for (b, block) in group.chunks_exact(gbb).enumerate() {
+                prefetch(block);
                 let load = |at: usize| _mm512_loadu_si512(block[at..at + 64].as_ptr() as *const __m512i);
                 let mut w = [_mm512_setzero_si512(); 4];
                 match format {

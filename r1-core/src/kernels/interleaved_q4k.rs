@@ -133,7 +133,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, DMIN, GROUP_BLOCK, MINS, R, SCALES};
-    use crate::kernels::interleaved_k::{fold, spread, tiles_of_four, twice};
+    use crate::kernels::interleaved_k::{fold, prefetch, spread, tiles_of_four, twice};
     use std::arch::x86_64::*;
 
     #[inline(always)]
@@ -156,6 +156,7 @@ mod x86 {
             let mut acc_m = [_mm256_setzero_ps(); N];
             let low = _mm512_set1_epi8(0x0f);
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+                prefetch(blk);
                 let mut wide = [_mm512_setzero_si512(); N];
                 for c in 0..4 {
                     // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`).

@@ -115,7 +115,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, GROUP_BLOCK, R, SCALES};
-    use crate::kernels::interleaved_k::{fold, spread, tiles_of_four, twice};
+    use crate::kernels::interleaved_k::{fold, prefetch, spread, tiles_of_four, twice};
     use std::arch::x86_64::*;
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
@@ -129,6 +129,7 @@ mod x86 {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); N];
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
+                prefetch(blk);
                 let mut wide = [_mm512_setzero_si512(); N];
                 let mut corr = [_mm256_setzero_si256(); N];
                 let bsums: [__m256i; N] =
