@@ -9,7 +9,7 @@
 //! The tasks (query row, head) run on candle's spinning pool, like r1's matmul kernels.
 
 use crate::cache::SplitRows;
-use crate::kernels::cpu::vectorized;
+use crate::kernels::cpu::{prefetch, vectorized};
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -74,6 +74,19 @@ pub(crate) fn attend(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) ->
     out.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Key and value rows ahead that the loops ask for: one head's slice of each row is a short
+/// strided read, which the hardware prefetcher does not follow (SmolLM2 at 4,096 tokens of
+/// context decoded at 34–37 tokens/s without this, 47–56 with it).
+const AHEAD: usize = 8;
+
+/// Asks for every cache line of `row` ahead of its use.
+#[inline(always)]
+fn ahead(row: &[f32]) {
+    for line in (0..row.len()).step_by(16) {
+        prefetch(row[line..].as_ptr());
+    }
+}
+
 /// Keys per task of a one-query step: a decode has one query row, so the work is split over
 /// the keys as well as the key/value heads, or two threads would share three heads.
 const KEY_BLOCK: usize = 256;
@@ -97,6 +110,10 @@ fn attend_one(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f3
                     let queries = &q[kv * group * d..(kv + 1) * group * d];
                     let mut scores = vec![0f32; group * n];
                     for i in 0..n {
+                        if i + AHEAD < n {
+                            ahead(&k.row(first + i + AHEAD)[kv * d..][..d]);
+                            ahead(&v.row(first + i + AHEAD)[kv * d..][..d]);
+                        }
                         let kt = &k.row(first + i)[kv * d..][..d];
                         for (g, qg) in queries.chunks_exact(d).enumerate() {
                             scores[g * n + i] = dot(qg, kt) * s.scale;
@@ -145,6 +162,9 @@ impl Tile {
         self.scores.clear();
         self.scores.resize(nq * keys, f32::NEG_INFINITY);
         for t in 0..keys {
+            if t + AHEAD < keys {
+                ahead(&k.row(t + AHEAD)[kv * d..][..d]);
+            }
             let kt = &k.row(t)[kv * d..][..d];
             for qi in 0..nq {
                 if t < visible(qi) {
@@ -166,6 +186,9 @@ impl Tile {
         self.acc.clear();
         self.acc.resize(nq * d, 0.0);
         for t in 0..keys {
+            if t + AHEAD < keys {
+                ahead(&v.row(t + AHEAD)[kv * d..][..d]);
+            }
             let vt = &v.row(t)[kv * d..][..d];
             for (qi, acc) in self.acc.chunks_exact_mut(d).enumerate() {
                 let p = self.scores[qi * keys + t];

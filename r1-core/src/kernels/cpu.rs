@@ -67,6 +67,19 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Asks the CPU to bring the cache line at `p` in ahead of its use (a hint: nothing is read, and
+/// no address faults, so `p` may point anywhere).
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is in every x86-64 baseline, and a prefetch accesses no memory.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// `0..n` cut into the tile sizes of a kernel whose largest tile is `widest` (16 or 8): as many
 /// of the largest as fit, then the rest as tiles of four, two and one.
 pub(crate) fn tiles(n: usize, widest: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
