@@ -23,28 +23,13 @@ read -r -a which <<<"${MODELS:-qwen moe}"
 threads=${THREADS:-2}
 np=${PROMPT:-64}
 ng=${GEN:-32}
-models=$(scripts/fetch-models.sh all)
-bin=${LLAMA_CPP_BIN:-$(bash ../shared/tools/build-llama-cpp.sh)}
+# shellcheck source=benches/common.sh
+source benches/common.sh
 if [ ! -x "$bin/llama-batched-bench" ]; then
   cmake --build "$bin/../.." -j"$(nproc)" --target llama-batched-bench >&2
 fi
-cargo build --release --example bench >&2
-r1=target/release/examples/bench
-file_of() {
-  case "$1" in
-    smollm2) echo SmolLM2-135M-Instruct.Q4_1.gguf ;;
-    qwen) echo qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ;;
-    moe) echo deepseek-moe.Q4_K_M.gguf ;;
-    dense) echo dense-twin.Q4_K_M.gguf ;;
-    *) echo "batched_bench: unknown model $1" >&2; exit 2 ;;
-  esac
-}
-for m in "${which[@]}"; do
-  if [ ! -f "$models/$(file_of "$m")" ]; then LLAMA_CPP_BIN="$bin" bash benches/make_moe.sh >&2; fi
-done
+ensure_models "${which[@]}"
 
-median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.1f}")' "$@"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 # llama-batched-bench's aggregate decode tokens/s for one batch size.
 peer() {
   "$bin/llama-batched-bench" -m "$1" -t "$threads" -tb "$threads" -c $(($2 * (np + ng) + 16)) \

@@ -25,29 +25,14 @@ threads=("${@:3}")
 [ ${#threads[@]} -gt 0 ] || threads=(1 2)
 read -r -a which <<<"${MODELS:-smollm2 qwen moe dense}"
 if [ "$ctx" -gt 0 ]; then np=$ctx; ng=32; depth=(-d "$ctx"); else np=128; ng=64; depth=(); fi
-models=$(scripts/fetch-models.sh all)
-bin=${LLAMA_CPP_BIN:-$(bash ../shared/tools/build-llama-cpp.sh)}
+# shellcheck source=benches/common.sh
+source benches/common.sh
 ik=${IK_LLAMA_BIN:-}
-cargo build --release --example bench >&2
-r1=target/release/examples/bench
 if [ "${NATIVE:-1}" != 0 ]; then
   RUSTFLAGS="-C target-cpu=native" cargo build --release --example bench --target-dir target/native >&2
 fi
-file_of() {
-  case "$1" in
-    smollm2) echo SmolLM2-135M-Instruct.Q4_1.gguf ;;
-    qwen) echo qwen2.5-coder-0.5b-instruct-q4_k_m.gguf ;;
-    moe) echo deepseek-moe.Q4_K_M.gguf ;;
-    dense) echo dense-twin.Q4_K_M.gguf ;;
-    *) echo "compare: unknown model $1" >&2; exit 2 ;;
-  esac
-}
-for m in "${which[@]}"; do
-  if [ ! -f "$models/$(file_of "$m")" ]; then LLAMA_CPP_BIN="$bin" bash benches/make_moe.sh >&2; fi
-done
+ensure_models "${which[@]}"
 
-median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.1f}")' "$@"; }
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])['$2'])" "$1"; }
 # llama-bench's tokens/s for one prefill (-p) or decode (-n, at depth) run.
 peer() {

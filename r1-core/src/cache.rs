@@ -17,38 +17,41 @@ pub(crate) struct SplitRows<'a> {
     head: &'a [f32],
     tail: &'a [f32],
     width: usize,
+    /// Rows in `head`, counted once here rather than by a division at every row read.
+    head_rows: usize,
 }
 
 impl<'a> SplitRows<'a> {
-    /// Rows held in one slice (nothing shared).
-    #[cfg(test)]
-    pub(crate) fn whole(rows: &'a [f32], width: usize) -> Self {
+    /// A shared `head` then own `tail` rows of `width` floats.
+    pub(crate) fn parts(head: &'a [f32], tail: &'a [f32], width: usize) -> Self {
+        let head_rows = head.len() / width.max(1);
         SplitRows {
-            head: rows,
-            tail: &[],
+            head,
+            tail,
             width,
+            head_rows,
         }
     }
 
-    /// A shared `head` then own `tail` rows.
+    /// Rows held in one slice (nothing shared).
     #[cfg(test)]
-    pub(crate) fn parts(head: &'a [f32], tail: &'a [f32], width: usize) -> Self {
-        SplitRows { head, tail, width }
+    pub(crate) fn whole(rows: &'a [f32], width: usize) -> Self {
+        SplitRows::parts(rows, &[], width)
     }
 
     /// Rows in all.
     pub(crate) fn len(&self) -> usize {
-        (self.head.len() + self.tail.len()) / self.width.max(1)
+        self.head_rows + self.tail.len() / self.width.max(1)
     }
 
     /// Row `t`, `width` floats.
     #[inline(always)]
     pub(crate) fn row(&self, t: usize) -> &'a [f32] {
-        let shared = self.head.len() / self.width.max(1);
-        if t < shared {
+        if t < self.head_rows {
             &self.head[t * self.width..(t + 1) * self.width]
         } else {
-            &self.tail[(t - shared) * self.width..(t - shared + 1) * self.width]
+            let t = t - self.head_rows;
+            &self.tail[t * self.width..(t + 1) * self.width]
         }
     }
 }
@@ -164,7 +167,7 @@ impl RowBuffer {
         let own = self.own().ok()?;
         let shared = self.shared.as_ref();
         with_maybe_rows(shared, |head| {
-            with_maybe_rows(own.as_ref(), |tail| f(SplitRows { head, tail, width }))
+            with_maybe_rows(own.as_ref(), |tail| f(SplitRows::parts(head, tail, width)))
         })?
     }
 
@@ -253,11 +256,7 @@ impl Rows {
 
     /// Every row so far, shared and own.
     pub(crate) fn all(&self) -> SplitRows<'_> {
-        SplitRows {
-            head: self.shared.as_deref().unwrap_or(&[]),
-            tail: &self.data,
-            width: self.width,
-        }
+        SplitRows::parts(self.shared.as_deref().unwrap_or(&[]), &self.data, self.width)
     }
 
     fn shared_len(&self) -> usize {

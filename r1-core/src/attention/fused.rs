@@ -9,7 +9,7 @@
 //! The tasks (query row, head) run on candle's spinning pool, like r1's matmul kernels.
 
 use crate::cache::SplitRows;
-use crate::kernels::cpu::{prefetch, vectorized};
+use crate::kernels::cpu::{prefetch_lines, vectorized};
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -82,9 +82,7 @@ const AHEAD: usize = 8;
 /// Asks for every cache line of `row` ahead of its use.
 #[inline(always)]
 fn ahead(row: &[f32]) {
-    for line in (0..row.len()).step_by(16) {
-        prefetch(row[line..].as_ptr());
-    }
+    prefetch_lines(row.as_ptr(), std::mem::size_of_val(row));
 }
 
 /// Keys per task of a one-query step: a decode has one query row, so the work is split over

@@ -80,6 +80,16 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// [`prefetch`] for every 64-byte line of the `bytes` bytes from `start` (which, like `p`
+/// there, may point anywhere).
+#[inline(always)]
+pub(crate) fn prefetch_lines<T>(start: *const T, bytes: usize) {
+    let start = start as *const u8;
+    for line in (0..bytes).step_by(64) {
+        prefetch(start.wrapping_add(line));
+    }
+}
+
 /// `0..n` cut into the tile sizes of a kernel whose largest tile is `widest` (16 or 8): as many
 /// of the largest as fit, then the rest as tiles of four, two and one.
 pub(crate) fn tiles(n: usize, widest: usize) -> impl Iterator<Item = std::ops::Range<usize>> {

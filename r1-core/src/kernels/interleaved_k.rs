@@ -57,20 +57,11 @@ pub(crate) unsafe fn spread(qs: &[i8], at: usize) -> [std::arch::x86_64::__m512i
 /// ahead, 150 at 8 KiB (docs/performance.md).
 pub(crate) const PREFETCH_AHEAD: usize = 4096;
 
-/// Asks the CPU to fetch the bytes [`PREFETCH_AHEAD`] past `block`, as many as it holds.
-///
-/// # Safety
-/// The CPU has SSE (every x86-64 does). A prefetch reads nothing and never faults, so the
-/// address may lie past the end of the weights.
-#[cfg(target_arch = "x86_64")]
+/// Asks the CPU to fetch the bytes [`PREFETCH_AHEAD`] past `block`, as many as it holds (a
+/// hint: the address may lie past the end of the weights).
 #[inline(always)]
-pub(crate) unsafe fn prefetch(block: &[u8]) {
-    use std::arch::x86_64::*;
-    let ahead = block.as_ptr().wrapping_add(PREFETCH_AHEAD);
-    for line in (0..block.len()).step_by(64) {
-        // SAFETY: a prefetch is a hint with no memory access (this function's contract).
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line) as *const i8) };
-    }
+pub(crate) fn prefetch(block: &[u8]) {
+    super::cpu::prefetch_lines(block.as_ptr().wrapping_add(PREFETCH_AHEAD), block.len());
 }
 
 /// Eight i32 lanes repeated in both halves of a 512-bit register (the eight rows' scales for
