@@ -111,8 +111,13 @@ fn gate_up(mlps: &[&BlockMlp], work: &[Assignment], used: &[usize], x: &[f32]) -
             let rows = range.start * 8..(range.end * 8).min(inter);
             let mut part = vec![0f32; n * rows.len()];
             for first in rows.clone().step_by(8) {
-                m.gate.block_dots(first, g_acts, &mut g);
-                m.up.block_dots(first, u_acts.as_ref().unwrap_or(g_acts), &mut v);
+                match u_acts {
+                    Some(u_acts) => {
+                        m.gate.block_dots(first, g_acts, &mut g);
+                        m.up.block_dots(first, u_acts, &mut v);
+                    }
+                    None => m.gate.block_dots_pair(&m.up, first, g_acts, &mut g, &mut v),
+                }
                 for r in first..(first + 8).min(inter) {
                     for k in 0..n {
                         let i = k * 8 + r - first;

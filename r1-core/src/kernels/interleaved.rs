@@ -32,25 +32,31 @@ use std::sync::Mutex;
 /// Rows per group.
 pub(crate) const R: usize = 8;
 
-/// `[t, rows]` from `group_dots(g, out)`, which writes group `g`'s eight rows for every token
-/// as `out[t * 8 + r]`: the groups are split over the thread pool and their rows put in place
-/// (rows past `rows` in the last group dropped). Every interleaved layout's matmul.
-pub(crate) fn over_groups(rows: usize, t: usize, group_dots: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+/// `[t, rows]` from `dots(g, out)`, which writes the rows of groups `g..g + span` (those that
+/// exist) for every token, `out[(k * t + tok) * 8 + r]` for the `k`-th of them: the spans are
+/// split over the thread pool and their rows put in place (rows past `rows` in the last group
+/// dropped). Every interleaved layout's matmul.
+pub(crate) fn over_groups(rows: usize, t: usize, span: usize, dots: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let groups = rows.div_ceil(R);
     let y = Mutex::new(vec![0f32; t * rows]);
-    candle_core::utils::barrier_pool().execute_chunked(rows.div_ceil(R), |range: Range<usize>| {
-        let mut part = vec![0f32; t * R * range.len()];
-        let mut out = vec![0f32; t * R];
-        for (i, g) in range.clone().enumerate() {
-            group_dots(g, &mut out);
-            for tok in 0..t {
-                part[(tok * range.len() + i) * R..][..R].copy_from_slice(&out[tok * R..][..R]);
+    candle_core::utils::barrier_pool().execute_chunked(groups.div_ceil(span), |spans: Range<usize>| {
+        let (first, last) = (spans.start * span, (spans.end * span).min(groups));
+        let n = last - first;
+        let mut part = vec![0f32; t * R * n];
+        let mut out = vec![0f32; span * t * R];
+        for g in spans.map(|s| s * span) {
+            dots(g, &mut out);
+            for k in 0..span.min(groups - g) {
+                for tok in 0..t {
+                    part[(tok * n + g + k - first) * R..][..R].copy_from_slice(&out[(k * t + tok) * R..][..R]);
+                }
             }
         }
         // A poisoned lock only means another task panicked; its rows are lost either way.
         let mut y = y.lock().unwrap_or_else(|p| p.into_inner());
-        let (first, end) = (range.start * R, (range.end * R).min(rows));
+        let end = (last * R).min(rows);
         for tok in 0..t {
-            y[tok * rows + first..tok * rows + end].copy_from_slice(&part[tok * range.len() * R..][..end - first]);
+            y[tok * rows + first * R..tok * rows + end].copy_from_slice(&part[tok * n * R..][..end - first * R]);
         }
     });
     y.into_inner().unwrap_or_else(|p| p.into_inner())
@@ -63,12 +69,6 @@ pub(crate) struct Interleaved {
     rows: usize,
     cols: usize,
     data: Vec<u8>,
-}
-
-/// One token's activation row: ggml's Q8 blocks and each block's exact quant sum.
-pub(crate) struct Act {
-    blocks: Vec<Q8Block>,
-    sums: Vec<i32>,
 }
 
 impl Interleaved {
@@ -159,35 +159,77 @@ impl Interleaved {
     }
 
     /// The activation rows of `x` (`[t, cols]`), quantized as the kernel reads them.
-    pub(crate) fn quantize(&self, x: &[f32]) -> Vec<Act> {
+    pub(crate) fn quantize(&self, x: &[f32]) -> Vec<Vec<Q8Block>> {
         x.chunks_exact(self.cols)
             .map(|row| {
                 let mut blocks = Vec::with_capacity(self.blocks());
                 quantize_q8(row, &mut blocks);
-                let sums = blocks.iter().map(|b| b.qs.iter().map(|&q| q as i32).sum()).collect();
-                Act { blocks, sums }
+                blocks
             })
             .collect()
     }
 
-    /// `x [t, cols]` → `[t, rows]`, groups of eight rows split over the thread pool.
+    /// `x [t, cols]` → `[t, rows]`, pairs of groups of eight rows split over the thread pool.
     pub(crate) fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
         let acts = self.quantize(x);
-        over_groups(self.rows, t, |g, out| self.group_dots(g, &acts, out))
+        let groups = self.rows.div_ceil(R);
+        over_groups(self.rows, t, 2, |g, out| {
+            let (a, b) = out.split_at_mut(t * R);
+            if g + 1 < groups {
+                self.pair_dots(g, self, g + 1, &acts, a, b);
+            } else {
+                self.group_dots(g, &acts, a);
+            }
+        })
     }
 
-    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]`.
-    fn group_dots(&self, g: usize, acts: &[Act], out: &mut [f32]) {
-        let gbb = Self::group_block_bytes(self.format);
-        let group = &self.data[g * self.blocks() * gbb..][..self.blocks() * gbb];
+    fn group(&self, g: usize) -> &[u8] {
+        let n = self.blocks() * Self::group_block_bytes(self.format);
+        &self.data[g * n..][..n]
+    }
+
+    /// The eight rows of group `g` against every activation row: `out[t * 8 + r]` (rows past
+    /// the matrix's last are zero).
+    pub(crate) fn group_dots(&self, g: usize, acts: &[Vec<Q8Block>], out: &mut [f32]) {
+        self.dots(&[self.group(g)], acts, &mut [out]);
+    }
+
+    /// [`group_dots`](Self::group_dots) of group `g` into `out` and of `other`'s group `h`
+    /// into `other_out`, at once where the two matrices have the same format and width (the
+    /// kernel then permutes each activation block once for both).
+    pub(crate) fn pair_dots(
+        &self,
+        g: usize,
+        other: &Interleaved,
+        h: usize,
+        acts: &[Vec<Q8Block>],
+        out: &mut [f32],
+        other_out: &mut [f32],
+    ) {
+        if other.format == self.format && other.cols == self.cols {
+            self.dots(&[self.group(g), other.group(h)], acts, &mut [out, other_out]);
+        } else {
+            self.group_dots(g, acts, out);
+            other.group_dots(h, acts, other_out);
+        }
+    }
+
+    /// Every activation row against `groups` (blocks of this matrix's format and width).
+    fn dots(&self, groups: &[&[u8]], acts: &[Vec<Q8Block>], outs: &mut [&mut [f32]]) {
+        if acts.iter().any(|a| a.len() < self.blocks()) || outs.iter().any(|o| o.len() < R * acts.len()) {
+            return outs.iter_mut().for_each(|o| o.iter_mut().for_each(|v| *v = f32::NAN));
+        }
         #[cfg(target_arch = "x86_64")]
         if super::cpu::level() >= super::cpu::Level::Avx512 {
-            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL/BW, AVX2, FMA and F16C; `group`
-            // holds the blocks of every activation row (`quantize` made them from rows of
-            // `cols`).
-            return unsafe { x86::group_dots(self.format, group, acts, out) };
+            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL/BW, AVX2, FMA and F16C; the
+            // groups are this matrix's (of one length), every activation row has a block for
+            // each of their blocks, and each of `outs` room for eight rows per token (both
+            // checked above).
+            return unsafe { x86::group_dots(self.format, groups, acts, outs) };
         }
-        group_dots_scalar(self.format, group, acts, out);
+        for (group, out) in groups.iter().zip(outs.iter_mut()) {
+            group_dots_scalar(self.format, group, acts, out);
+        }
     }
 }
 
@@ -293,19 +335,19 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 }
 
 /// The reference: the same sums in plain Rust, straight from the layout's definition.
-fn group_dots_scalar(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]) {
+fn group_dots_scalar(format: Format, group: &[u8], acts: &[Vec<Q8Block>], out: &mut [f32]) {
     let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
     for (t, act) in acts.iter().enumerate() {
         for r in 0..R {
             let mut sum = 0f32;
             for (b, block) in group.chunks_exact(gbb).enumerate() {
-                let a = &act.blocks[b];
+                let a = &act[b];
                 let isum: i32 = (0..QK).map(|k| quant(format, block, r, k) * a.qs[k] as i32).sum();
                 let d = f16_at(block, qb + 2 * r);
                 sum += if format.has_offset() {
                     d * a.d * isum as f32 + f16_at(block, qb + 2 * R + 2 * r) * a.s
                 } else {
-                    d * a.d * (isum - offset(format) * act.sums[b]) as f32
+                    d * a.d * (isum - offset(format) * a.sum) as f32
                 };
             }
             out[t * R + r] = sum;
@@ -315,10 +357,10 @@ fn group_dots_scalar(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{offset, Act, Interleaved, R};
+    use super::{offset, Interleaved, R};
     use crate::kernels::cpu::tiles;
     use crate::kernels::interleaved_k::{prefetch, spread};
-    use crate::kernels::quant::{Format, QK};
+    use crate::kernels::quant::{Format, Q8Block, QK};
     use std::arch::x86_64::*;
 
     /// The eight rows' f16 scales at `at` as eight f32 lanes.
@@ -360,104 +402,149 @@ mod x86 {
         }
     }
 
-    /// `N` activation rows against the group's eight rows, one block at a time. A 512-bit
-    /// register holds two 256-bit lanes of the layout (quants `4j..4j + 4` of the eight rows for
-    /// `j = 2p` and `2p + 1`, adjacent in memory): the block's quants are unpacked once into four
-    /// such registers, then each activation row takes four `vpdpbusd` against its own quants
-    /// permuted to match (`4j..4j + 4` broadcast over lanes 0–7, `4j + 4..4j + 8` over lanes
-    /// 8–15), one integer correction and one FMA for all eight weight rows. The two halves of a
-    /// row's sum are scaled and summed apart and added at the end; the offset terms (Q4_1, Q5_1)
-    /// accumulate apart, so consecutive blocks do not wait on one FMA chain.
+    /// `N` activation rows against the eight rows of each of `G` groups (of one format and
+    /// width), one block at a time. A 512-bit register holds two 256-bit lanes of the layout
+    /// (quants `4j..4j + 4` of the eight rows for `j = 2p` and `2p + 1`, adjacent in memory):
+    /// each group's block is unpacked once into four such registers, then each activation row
+    /// takes four `vpdpbusd` per group against its own quants permuted to match (`4j..4j + 4`
+    /// broadcast over lanes 0–7, `4j + 4..4j + 8` over lanes 8–15), one conversion and one FMA
+    /// for all eight weight rows.
+    ///
+    /// Two groups at once share that permutation between them, the instructions this kernel
+    /// is bound by when several rows are computed (a batch, a prefill). The weights' offset
+    /// (`Σ u·a - offset · Σ a`) is the dot chain's starting value, half in each 256-bit lane:
+    /// every offset is even, and the lanes are added at the end. Q4_1 / Q5_1's `m · s` term
+    /// is a second FMA into the same sum, from `m` in the low lane only.
     #[inline(always)]
-    unsafe fn tile<const N: usize>(format: Format, group: &[u8], acts: [&Act; N], out: &mut [f32]) {
+    unsafe fn tile<const N: usize, const G: usize>(
+        format: Format,
+        groups: [&[u8]; G],
+        acts: [&[Q8Block]; N],
+        outs: [&mut [f32]; G],
+    ) {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
         unsafe {
             let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
-            let off = offset(format);
-            let mut acc = [_mm512_setzero_ps(); N];
-            let mut acc_m = [_mm256_setzero_ps(); N];
-            for (b, block) in group.chunks_exact(gbb).enumerate() {
-                prefetch(block);
-                let load = |at: usize| _mm512_loadu_si512(block[at..at + 64].as_ptr() as *const __m512i);
-                let mut w = [_mm512_setzero_si512(); 4];
-                match format {
-                    Format::Q8_0 => {
-                        for (p, w) in w.iter_mut().enumerate() {
-                            *w = load(64 * p);
-                        }
-                    }
-                    _ => {
-                        // Low nibbles of registers j = 0..4, then their high nibbles, j = 4..8.
-                        let low = _mm512_set1_epi8(0x0f);
-                        for k in 0..2 {
-                            let v = load(64 * k);
-                            w[k] = _mm512_and_si512(v, low);
-                            w[2 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-                        }
-                        if matches!(format, Format::Q5_0 | Format::Q5_1) {
-                            let qh = _mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i);
-                            for (p, w) in w.iter_mut().enumerate() {
-                                let lo = _mm512_castsi256_si512(high_bits(qh, 2 * p));
-                                let bits = _mm512_inserti64x4(lo, high_bits(qh, 2 * p + 1), 1);
-                                *w = _mm512_or_si512(*w, bits);
-                            }
-                        }
+            let half_offset = offset(format) / 2;
+            let mut acc = [[_mm512_setzero_ps(); N]; G];
+            for b in 0..groups[0].len() / gbb {
+                let mut w = [[_mm512_setzero_si512(); 4]; G];
+                let mut d = [_mm512_setzero_ps(); G];
+                let mut m = [_mm512_setzero_ps(); G];
+                for g in 0..G {
+                    let block = &groups[g][b * gbb..][..gbb];
+                    prefetch(block, N);
+                    w[g] = weights(format, block);
+                    let d8 = _mm512_castps256_ps512(scales(block, qb));
+                    d[g] = _mm512_shuffle_f32x4(d8, d8, 0b01_00_01_00); // the rows' d, both lanes
+                    if format.has_offset() {
+                        m[g] = _mm512_zextps256_ps512(scales(block, qb + 2 * R));
                     }
                 }
-                let d8 = _mm512_castps256_ps512(scales(block, qb));
-                let d = _mm512_shuffle_f32x4(d8, d8, 0b01_00_01_00); // both halves: the rows' d
-                let m = if format.has_offset() {
-                    scales(block, qb + 2 * R)
-                } else {
-                    _mm256_setzero_ps()
-                };
                 for t in 0..N {
-                    let a = &acts[t].blocks[b];
+                    let a = &acts[t][b];
                     let act = spread(&a.qs, 0);
-                    let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], act[0]);
-                    let s1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], act[1]);
-                    let s0 = _mm512_dpbusd_epi32(s0, w[2], act[2]);
-                    let s1 = _mm512_dpbusd_epi32(s1, w[3], act[3]);
-                    let mut isum = _mm512_add_epi32(s0, s1);
-                    if !format.has_offset() {
-                        // The offset term once per row: in the low half only.
-                        isum = _mm512_sub_epi32(isum, _mm512_maskz_set1_epi32(0x00ff, off * acts[t].sums[b]));
-                    }
-                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
-                    acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[t]);
-                    if format.has_offset() {
-                        acc_m[t] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), acc_m[t]);
+                    let start = _mm512_set1_epi32(-half_offset * a.sum);
+                    let ad = _mm512_set1_ps(a.d);
+                    for g in 0..G {
+                        let mut isum = start;
+                        for p in 0..4 {
+                            isum = _mm512_dpbusd_epi32(isum, w[g][p], act[p]);
+                        }
+                        let scale = _mm512_mul_ps(d[g], ad);
+                        acc[g][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[g][t]);
+                        if format.has_offset() {
+                            acc[g][t] = _mm512_fmadd_ps(m[g], _mm512_set1_ps(a.s), acc[g][t]);
+                        }
                     }
                 }
             }
-            for t in 0..N {
-                let lo = _mm512_castps512_ps256(acc[t]);
-                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[t]), 1));
-                let sum = _mm256_add_ps(_mm256_add_ps(lo, hi), acc_m[t]);
-                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), sum);
+            for (g, out) in outs.into_iter().enumerate() {
+                for t in 0..N {
+                    let lo = _mm512_castps512_ps256(acc[g][t]);
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[g][t]), 1));
+                    _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_add_ps(lo, hi));
+                }
             }
         }
     }
 
-    /// # Safety
-    /// The CPU must support AVX512-VNNI, AVX512-BW and AVX512-VL with AVX2, FMA and F16C; every
-    /// act has a block for each of the group's blocks; `out.len() >= 8 * acts.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(super) unsafe fn group_dots(format: Format, group: &[u8], acts: &[Act], out: &mut [f32]) {
+    /// One group block's quants as four registers of unsigned bytes, in the order of
+    /// [`spread`]'s activation vectors.
+    #[inline(always)]
+    unsafe fn weights(format: Format, block: &[u8]) -> [__m512i; 4] {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
         unsafe {
-            for r in tiles(acts.len(), 8) {
-                let (a, o) = (&acts[r.clone()], &mut out[r.start * R..r.end * R]);
-                // One copy of the tile per format and size, so the format's branches fold away.
+            let load = |at: usize| _mm512_loadu_si512(block[at..at + 64].as_ptr() as *const __m512i);
+            let mut w = [_mm512_setzero_si512(); 4];
+            if format == Format::Q8_0 {
+                for (p, w) in w.iter_mut().enumerate() {
+                    *w = load(64 * p);
+                }
+                return w;
+            }
+            // Low nibbles of registers j = 0..4, then their high nibbles, j = 4..8.
+            let low = _mm512_set1_epi8(0x0f);
+            for k in 0..2 {
+                let v = load(64 * k);
+                w[k] = _mm512_and_si512(v, low);
+                w[2 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+            }
+            if matches!(format, Format::Q5_0 | Format::Q5_1) {
+                let qh = _mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i);
+                for (p, w) in w.iter_mut().enumerate() {
+                    let lo = _mm512_castsi256_si512(high_bits(qh, 2 * p));
+                    let bits = _mm512_inserti64x4(lo, high_bits(qh, 2 * p + 1), 1);
+                    *w = _mm512_or_si512(*w, bits);
+                }
+            }
+            w
+        }
+    }
+
+    /// Every activation row against the groups `groups` (one or two, of `format`): for group
+    /// `k`, `outs[k][t * 8 + r]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX512-VNNI, AVX512-BW and AVX512-VL with AVX2, FMA and F16C; the
+    /// groups have the same length; every act has a block for each of their blocks; each of
+    /// `outs` holds `8 * acts.len()` values.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group_dots(format: Format, groups: &[&[u8]], acts: &[Vec<Q8Block>], outs: &mut [&mut [f32]]) {
+        // SAFETY: this function's contract is what the operations below need: the caller has
+        // checked the CPU for its target features, and passes slices as long as its loads read.
+        unsafe {
+            // Tiles of up to 8 rows for one group, 4 for two (their sums fill the registers).
+            let widest = if groups.len() == 2 { 4 } else { 8 };
+            for r in tiles(acts.len(), widest) {
+                let a = &acts[r.clone()];
+                let at = r.start * R..r.end * R;
+                // One copy of the tile per format, size and group count, so the format's
+                // branches fold away.
                 macro_rules! tiled {
                     ($f:expr) => {
-                        match a.len() {
-                            8 => tile::<8>($f, group, std::array::from_fn(|k| &a[k]), o),
-                            4 => tile::<4>($f, group, std::array::from_fn(|k| &a[k]), o),
-                            2 => tile::<2>($f, group, std::array::from_fn(|k| &a[k]), o),
-                            _ => tile::<1>($f, group, [&a[0]], o),
+                        match (groups, &mut *outs) {
+                            ([g0, g1], [o0, o1]) => {
+                                let gs = [*g0, *g1];
+                                let os = [&mut o0[at.clone()], &mut o1[at.clone()]];
+                                match a.len() {
+                                    4 => tile::<4, 2>($f, gs, std::array::from_fn(|k| a[k].as_slice()), os),
+                                    2 => tile::<2, 2>($f, gs, std::array::from_fn(|k| a[k].as_slice()), os),
+                                    _ => tile::<1, 2>($f, gs, [a[0].as_slice()], os),
+                                }
+                            }
+                            ([g0], [o0]) => {
+                                let (gs, os) = ([*g0], [&mut o0[at.clone()]]);
+                                match a.len() {
+                                    8 => tile::<8, 1>($f, gs, std::array::from_fn(|k| a[k].as_slice()), os),
+                                    4 => tile::<4, 1>($f, gs, std::array::from_fn(|k| a[k].as_slice()), os),
+                                    2 => tile::<2, 1>($f, gs, std::array::from_fn(|k| a[k].as_slice()), os),
+                                    _ => tile::<1, 1>($f, gs, [a[0].as_slice()], os),
+                                }
+                            }
+                            _ => {}
                         }
                     };
                 }
@@ -525,7 +612,7 @@ mod tests {
                 let acts = m.quantize(&x);
                 for (tok, act) in acts.iter().enumerate() {
                     for r in 0..rows {
-                        let w = dot_scalar(format, &src[r * row_bytes..(r + 1) * row_bytes], &act.blocks);
+                        let w = dot_scalar(format, &src[r * row_bytes..(r + 1) * row_bytes], act);
                         let g = y[tok * rows + r];
                         assert!(
                             (g - w).abs() <= 1e-5 * w.abs().max(1.0),

@@ -51,17 +51,27 @@ pub(crate) unsafe fn spread(qs: &[i8], at: usize) -> [std::arch::x86_64::__m512i
     }
 }
 
-/// How far ahead of the block being computed the kernels ask for weights. Decode reads every
-/// weight once, from memory, and with the hardware prefetcher alone the cores waited on it: the
-/// dense twin of the MoE benchmark decoded at 137 tokens/s without this, 160–164 at 2 to 4 KiB
-/// ahead, 150 at 8 KiB (docs/performance.md).
-pub(crate) const PREFETCH_AHEAD: usize = 4096;
+/// How far ahead of the block being computed the kernels ask for weights, for a tile of
+/// `tokens` activation rows. A decode step reads every weight once, from memory, and with the
+/// hardware prefetcher alone the cores waited on it. One or two rows stream the weights fast,
+/// and 4 KiB ahead served them best: the dense twin of the MoE benchmark decoded at 137
+/// tokens/s with no prefetch, 160–164 at 2 to 4 KiB ahead, 150 at 8 KiB. Four rows and more
+/// (a batch, a prefill) compute longer per byte and want the weights from further off: the
+/// Q8_0 LM head of Qwen2.5 (151,936 × 896) for 8 rows took 4.7 ms at 4 KiB, 4.4 at 8 KiB, 2.8
+/// at 16 KiB and 3.0 at 32 KiB (docs/performance.md).
+pub(crate) const fn prefetch_ahead(tokens: usize) -> usize {
+    if tokens >= 4 {
+        16 << 10
+    } else {
+        4 << 10
+    }
+}
 
-/// Asks the CPU to fetch the bytes [`PREFETCH_AHEAD`] past `block`, as many as it holds (a
-/// hint: the address may lie past the end of the weights).
+/// Asks the CPU to fetch the bytes [`prefetch_ahead`]`(tokens)` past `block`, as many as it
+/// holds (a hint: the address may lie past the end of the weights).
 #[inline(always)]
-pub(crate) fn prefetch(block: &[u8]) {
-    super::cpu::prefetch_lines(block.as_ptr().wrapping_add(PREFETCH_AHEAD), block.len());
+pub(crate) fn prefetch(block: &[u8], tokens: usize) {
+    super::cpu::prefetch_lines(block.as_ptr().wrapping_add(prefetch_ahead(tokens)), block.len());
 }
 
 /// Eight i32 lanes repeated in both halves of a 512-bit register (the eight rows' scales for
@@ -204,7 +214,7 @@ impl<L: Layout> Grouped<L> {
                 q
             })
             .collect();
-        over_groups(self.rows, t, |g, out| self.group_dots(g, &acts, out))
+        over_groups(self.rows, t, 1, |g, out| self.group_dots(g, &acts, out))
     }
 }
 

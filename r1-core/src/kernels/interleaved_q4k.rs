@@ -156,7 +156,7 @@ mod x86 {
             let mut acc_m = [_mm256_setzero_ps(); N];
             let low = _mm512_set1_epi8(0x0f);
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
-                prefetch(blk);
+                prefetch(blk, N);
                 let mut wide = [_mm512_setzero_si512(); N];
                 for c in 0..4 {
                     // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`).

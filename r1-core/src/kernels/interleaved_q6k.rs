@@ -129,7 +129,7 @@ mod x86 {
         unsafe {
             let mut acc = [_mm256_setzero_ps(); N];
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
-                prefetch(blk);
+                prefetch(blk, N);
                 let mut wide = [_mm512_setzero_si512(); N];
                 let mut corr = [_mm256_setzero_si256(); N];
                 let bsums: [__m256i; N] =

@@ -58,13 +58,12 @@ pub fn quantize_q8k(x: &[f32], out: &mut Vec<Q8KBlock>) {
 fn quantize_q8k_blocks(x: &[f32], out: &mut Vec<Q8KBlock>) {
     out.clear();
     for chunk in x.chunks_exact(QK_K) {
-        let (mut amax, mut max) = (0f32, 0f32);
-        for &v in chunk {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        // The value of largest magnitude, found by two reductions that vectorize (ggml keeps
+        // the first such value; where +m and -m tie this takes +m, which negates the scale and
+        // every quant, so every product is the same).
+        let hi = chunk.iter().fold(0f32, |m, &v| m.max(v));
+        let lo = chunk.iter().fold(0f32, |m, &v| m.min(v));
+        let (amax, max) = if -lo > hi { (-lo, lo) } else { (hi, hi) };
         let mut b = Q8KBlock {
             d: 0.0,
             qs: [0; QK_K],

@@ -290,6 +290,7 @@ impl QuantMatrix {
         match (&self.interleaved, acts, first % 8) {
             (Some(Packed::Q4K(m)), Acts::Q8K(a), 0) => return m.group_dots(first / 8, a, out),
             (Some(Packed::Q6K(m)), Acts::Q8K(a), 0) => return m.group_dots(first / 8, a, out),
+            (Some(Packed::Legacy(m)), Acts::Q8(a), 0) => return m.group_dots(first / 8, a, out),
             _ => {}
         }
         let mut col = vec![0f32; acts.len()];
@@ -299,6 +300,26 @@ impl QuantMatrix {
                 out[k * 8 + r - first] = *v;
             }
         }
+    }
+
+    /// [`block_dots`](Self::block_dots) of this matrix into `out` and of `other` into
+    /// `other_out`, for the same rows and activations (a gated MLP's gate and up): one pass of
+    /// the kernel over both where they share an interleaved legacy layout.
+    pub(crate) fn block_dots_pair(
+        &self,
+        other: &QuantMatrix,
+        first: usize,
+        acts: &Acts,
+        out: &mut [f32],
+        other_out: &mut [f32],
+    ) {
+        if let (Some(Packed::Legacy(m)), Some(Packed::Legacy(o)), Acts::Q8(a), 0) =
+            (&self.interleaved, &other.interleaved, acts, first % 8)
+        {
+            return m.pair_dots(first / 8, o, first / 8, a, out, other_out);
+        }
+        self.block_dots(first, acts, out);
+        other.block_dots(first, acts, other_out);
     }
 
     /// `x [t, cols]` (row-major) → `[t, rows]`.

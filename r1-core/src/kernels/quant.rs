@@ -59,10 +59,13 @@ pub struct Q8Block {
     pub d: f32,
     /// `d * Σ qs`, rounded to f16 (ggml's Q8_1 `s`).
     pub s: f32,
+    /// `Σ qs`, exact: the interleaved kernels take their weights' offset out with it.
+    pub sum: i32,
     /// Quants.
     pub qs: [i8; QK],
 }
 
+#[inline(always)]
 fn f16_round(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
@@ -86,12 +89,13 @@ fn quantize_q8_blocks(x: &[f32], out: &mut Vec<Q8Block>) {
             d: f16_round(d),
             ..Default::default()
         };
-        let mut sum = 0i32;
+        // Ties to even, as ggml's SIMD quantizers round (`_mm256_round_ps`): unlike `f32::round`
+        // it is one vector instruction, so the loop stays vectorized.
         for (q, &v) in b.qs.iter_mut().zip(chunk) {
-            *q = (v * id).round() as i8;
-            sum += *q as i32;
+            *q = (v * id).round_ties_even() as i8;
         }
-        b.s = f16_round(sum as f32 * d);
+        b.sum = b.qs.iter().map(|&q| q as i32).sum();
+        b.s = f16_round(b.sum as f32 * d);
         out.push(b);
     }
 }
