@@ -1,6 +1,6 @@
 //! Throughput of r1's quantized matmul kernels on one matrix the size of a Qwen2.5-0.5B MLP
 //! projection (`[4864, 896]`; 2304 wide for the k-quants, whose rows need multiples of 256), for
-//! a decode step (1 token) and a prefill (128 tokens), in weight-block dots per second.
+//! a decode step (1 token), a batch-8 decode step (8) and a prefill (128 tokens), in weight-block dots per second.
 //!
 //! ```text
 //! cargo bench --bench kernels            # RAYON_NUM_THREADS=1 CANDLE_NUM_THREADS=1 for one thread
@@ -11,7 +11,9 @@
 use r1_core::internals::Format;
 use r1_core::internals::KFormat;
 use r1_core::internals::{Kind, QuantMatrix};
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
+use timing::best_of;
 
 fn xorshift(state: &mut u64) -> u8 {
     *state ^= *state << 13;
@@ -41,17 +43,6 @@ fn matrix(kind: Kind, rows: usize, cols: usize) -> QuantMatrix {
     QuantMatrix::new(kind, rows, cols, &bytes).expect("block-aligned matrix")
 }
 
-/// Best time of `reps` calls, in seconds.
-fn best_of(reps: usize, mut f: impl FnMut()) -> f64 {
-    (0..reps)
-        .map(|_| {
-            let t0 = Instant::now();
-            f();
-            t0.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
-}
-
 fn main() {
     let kinds = [
         ("Q4_0", Kind::Legacy(Format::Q4_0), 896),
@@ -61,7 +52,7 @@ fn main() {
         ("Q4_K", Kind::K(KFormat::Q4K), 2304),
         ("Q6_K", Kind::K(KFormat::Q6K), 2304),
     ];
-    let rows = 4864;
+    let rows = std::env::var("ROWS").ok().and_then(|r| r.parse().ok()).unwrap_or(4864);
     println!("| format | layout | matrix | tokens | ms | G block-dots/s (blocks of 32) |");
     println!("|---|---|---|---|---|---|");
     for (name, kind, cols) in kinds {
@@ -70,9 +61,9 @@ fn main() {
         let interleaved = QuantMatrix::interleaved(kind, rows, cols, rows_layout.bytes());
         let layouts = std::iter::once(("rows", &rows_layout)).chain(interleaved.as_ref().map(|m| ("interleaved", m)));
         for (layout, m) in layouts {
-            for t in [1, 128] {
+            for t in [1, 8, 128] {
                 let x: Vec<f32> = (0..t * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
-                let reps = if t == 1 { 200 } else { 20 };
+                let reps = if t == 128 { 20 } else { 200 };
                 let s = best_of(reps, || {
                     std::hint::black_box(m.matmul(&x, t).expect("shapes match"));
                 });

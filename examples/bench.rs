@@ -44,12 +44,18 @@ struct Args {
     /// With `--shared-prefix`: compute the shared prefix once per sequence (the baseline).
     #[arg(long)]
     no_share: bool,
+    /// Most prompt tokens per forward pass (the model's default when not given).
+    #[arg(long)]
+    prefill_chunk: Option<usize>,
 }
 
 fn run(args: &Args) -> r1_core::Result<String> {
     let mut options = LoadOptions::default();
     if let Some(n) = args.threads {
         options = options.with_threads(n);
+    }
+    if let Some(n) = args.prefill_chunk {
+        options = options.with_prefill_chunk(n);
     }
     if let Some(shared) = args.shared_prefix {
         return shared_prefix(args, &Engine::load(&args.model, &options)?, shared);

@@ -82,8 +82,8 @@ struct Args {
     /// Quantize a checkpoint's linear weights while loading: q8_0 or q4_k.
     #[arg(long)]
     quantize: Option<String>,
-    /// Prompt tokens per forward pass.
-    #[arg(long, default_value_t = r1_core::DEFAULT_PREFILL_CHUNK)]
+    /// Prompt tokens per forward pass (0: the model's own, 512; 2,048 for MoE models).
+    #[arg(long, default_value_t = 0)]
     prefill_chunk: usize,
     /// Report each generated token's log-probability and its K (0-20) best alternatives.
     #[arg(long)]

@@ -145,6 +145,28 @@ fn cache_clones_are_deep_copies() {
 }
 
 #[test]
+fn the_default_prefill_chunk_is_the_models_own() {
+    let mut seen = (false, false);
+    for dir in reference_folders(&fixtures_dir()) {
+        let model = Model::load(&dir, &LoadOptions::default()).unwrap();
+        let moe = std::fs::read_to_string(dir.join("config.json"))
+            .unwrap()
+            .contains("n_routed_experts");
+        // 0 asks for the model's own; MoE models take 2,048 tokens a pass, dense ones 512.
+        let want = if moe { 2048 } else { r1_core::DEFAULT_PREFILL_CHUNK };
+        assert_eq!(model.prefill_chunk(), want, "{}", dir.display());
+        let set = Model::load(&dir, &LoadOptions::default().with_prefill_chunk(7)).unwrap();
+        assert_eq!(set.prefill_chunk(), 7);
+        if moe {
+            seen.0 = true;
+        } else {
+            seen.1 = true;
+        }
+    }
+    assert_eq!(seen, (true, true), "fixtures of both kinds");
+}
+
+#[test]
 fn chunked_prefill_equals_one_pass_and_transformers() {
     let mut o = Outcome::default();
     for dir in reference_folders(&fixtures_dir()) {

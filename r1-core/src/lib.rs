@@ -126,6 +126,31 @@ pub mod internals {
 
     pub use crate::weights::safetensors::SafetensorsStore;
 
+    /// Causal grouped-query attention of `q [len, heads, head_dim]` over `k`, `v` `[offset + len,
+    /// kv_heads, head_dim]` through r1's fused kernels (the attention bench).
+    pub fn attention(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        offset: usize,
+    ) -> Vec<f32> {
+        use crate::attention::fused::{attend, Shape};
+        let width = kv_heads * head_dim;
+        let rows = |x| crate::cache::SplitRows::parts(x, &[], width);
+        let shape = Shape {
+            heads,
+            kv_heads,
+            head_dim,
+            value_dim: head_dim,
+            offset,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+        };
+        attend(q, rows(k), rows(v), shape)
+    }
+
     /// What loading does with a GGUF file's header, on bytes in memory: parse it, then build
     /// the model config and the tokenizer from its metadata (the GGUF fuzz target).
     pub fn gguf_header(bytes: &[u8]) -> crate::Result<(ModelConfig, crate::Tokenizer)> {

@@ -49,9 +49,15 @@ impl std::str::FromStr for DType {
     }
 }
 
-/// The default prefill chunk: long prompts run this many tokens at a time, so attention scores
-/// never exceed `chunk × context` floats per head.
+/// The default prefill chunk of dense models: long prompts run this many tokens at a time, which
+/// bounds the activations a pass holds (attention never builds a score tensor).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
+
+/// The default prefill chunk of Mixture-of-Experts models: each routed expert then gets four
+/// times the tokens per pass for its batched products, and MLA expands its latent cache to keys
+/// and values once per pass, not once per 512 tokens. DeepSeek-shaped MoE at 4,096 tokens of
+/// prompt: 127–129 tokens/s at 512, 178–194 at 2,048, for 70 MB more at the peak.
+pub(crate) const MOE_PREFILL_CHUNK: usize = 2048;
 
 /// How to load a model. Start from `LoadOptions::default()` and change what you need.
 #[derive(Clone)]
@@ -67,7 +73,8 @@ pub struct LoadOptions {
     pub progress: Option<Progress>,
     /// Compute threads (`None` or 0: one per physical core). Process-wide: see [`set_threads`](crate::set_threads).
     pub threads: Option<usize>,
-    /// Most prompt tokens run in one forward pass (default [`DEFAULT_PREFILL_CHUNK`]).
+    /// Most prompt tokens run in one forward pass; 0 (the default) for the model's own:
+    /// [`DEFAULT_PREFILL_CHUNK`], or 2,048 for Mixture-of-Experts models (DeepSeek V2/V3/R1).
     pub prefill_chunk: usize,
 }
 
@@ -122,7 +129,7 @@ impl Default for LoadOptions {
             quantize: None,
             progress: None,
             threads: None,
-            prefill_chunk: DEFAULT_PREFILL_CHUNK,
+            prefill_chunk: 0,
         }
     }
 }
@@ -294,9 +301,6 @@ impl Model {
         if let Some(n) = options.threads {
             crate::threads::set_threads(n)?;
         }
-        if options.prefill_chunk == 0 {
-            return Err(Error::InvalidArgument("prefill_chunk must be at least 1 token".into()));
-        }
         let dtype = options.dtype.to_candle();
         let device = candle_core::Device::Cpu;
         let (config, weights, source) = match Checkpoint::identify(path)? {
@@ -321,8 +325,14 @@ impl Model {
         Ok((model, source))
     }
 
-    /// Builds the model `config` describes from `weights`.
+    /// Builds the model `config` describes from `weights`, with prefill chunks of
+    /// `prefill_chunk` tokens (0: the model's default, see [`LoadOptions::prefill_chunk`]).
     pub(crate) fn from_weights(config: ModelConfig, weights: &Weights, prefill_chunk: usize) -> Result<Model> {
+        let prefill_chunk = match (prefill_chunk, &config.moe) {
+            (0, Some(_)) => MOE_PREFILL_CHUNK,
+            (0, None) => DEFAULT_PREFILL_CHUNK,
+            (n, _) => n,
+        };
         let family = match config.arch {
             Architecture::Llama | Architecture::Qwen2 => Family::Llama(Llama::load(weights, &config)?),
             Architecture::DeepseekV2 | Architecture::DeepseekV3 => Family::Deepseek(Deepseek::load(weights, &config)?),
@@ -331,7 +341,7 @@ impl Model {
             inner: Arc::new(Inner {
                 config,
                 family,
-                prefill_chunk: prefill_chunk.max(1),
+                prefill_chunk,
             }),
         })
     }

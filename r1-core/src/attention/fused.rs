@@ -1,15 +1,17 @@
-//! Grouped-query attention as one fused pass over the cache, without a score tensor.
+//! Grouped-query attention as fused passes over the cache, without a score tensor.
 //!
-//! For each query row and head, the scores against every visible key are computed into a short
-//! per-task buffer (one row of at most `context` floats), softmaxed, and the values summed with
-//! those weights, all reading the keys and values where the cache keeps them: token-major rows
-//! of `kv_heads × head_dim` floats. No `[heads, len, context]` tensor is built and no step copies
-//! the history, which is what made long contexts slow and large.
+//! Keys and values are read where the cache keeps them: token-major rows of `kv_heads ×
+//! head_dim` floats. A prefill (several query rows) runs as flash attention, tiles of keys
+//! against blocks of queries with the softmax kept online ([`attend`]); a decode step (one
+//! query row) splits the keys into blocks scored in parallel and merges their partial softmaxes
+//! ([`attend_one`]). No `[heads, len, context]` tensor is built and no step copies the history,
+//! which is what made long contexts slow and large.
 //!
-//! The tasks (query row, head) run on candle's spinning pool, like r1's matmul kernels.
+//! The tasks run on candle's spinning pool, like r1's matmul kernels.
 
 use crate::cache::SplitRows;
 use crate::kernels::cpu::{prefetch_lines, vectorized};
+use crate::kernels::exp::exp;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -20,58 +22,25 @@ pub(crate) struct Shape {
     pub heads: usize,
     /// Key/value heads (each shared by `heads / kv_heads` consecutive query heads).
     pub kv_heads: usize,
-    /// Dimensions per head.
+    /// Dimensions per head of queries and keys.
     pub head_dim: usize,
+    /// Dimensions per head of values (and of the output): `head_dim` but in MLA's expanded
+    /// form. The one-query kernel here takes them equal.
+    pub value_dim: usize,
     /// Position of the first query row (the tokens cached before this step).
     pub offset: usize,
     /// Score scale (`1 / sqrt(head_dim)`).
     pub scale: f32,
 }
 
-/// Query rows handled together: each key and value row loaded once serves this many rows times
-/// the group of query heads that share it.
-const ROWS_PER_TASK: usize = 4;
-
 /// `q [len, heads, d]` against `k`, `v` `[total, kv_heads, d]` (total = offset + len), causal:
-/// query row `i` sees keys `0..=offset + i`. Returns `[len, heads * d]`.
+/// query row `i` sees keys `0..=offset + i`. Returns `[len, heads * d]`. Several query rows run
+/// as flash attention ([`super::flash`]), one as a split-key decode ([`attend_one`]).
 pub(crate) fn attend(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f32> {
-    let d = s.head_dim;
-    let len = q.len() / (s.heads * d);
-    if len == 1 {
+    if q.len() == s.heads * s.head_dim {
         return attend_one(q, k, v, s);
     }
-    let blocks = len.div_ceil(ROWS_PER_TASK);
-    // A task is a block of query rows for one key/value head and the query heads sharing it.
-    let tasks = blocks * s.kv_heads;
-    let group = s.heads / s.kv_heads;
-    let out = Mutex::new(vec![0f32; len * s.heads * d]);
-    candle_core::utils::barrier_pool().execute_chunked(tasks, |range: Range<usize>| {
-        let mut tile = Tile::default();
-        let mut done: Vec<(usize, Vec<f32>)> = Vec::new();
-        vectorized(
-            #[inline(always)]
-            || {
-                for task in range {
-                    let (block, kv) = (task / s.kv_heads, task % s.kv_heads);
-                    let rows = block * ROWS_PER_TASK..((block + 1) * ROWS_PER_TASK).min(len);
-                    tile.run(q, k, v, s, rows, kv);
-                    done.push((task, std::mem::take(&mut tile.acc)));
-                }
-            },
-        );
-        // A poisoned lock only means another task panicked; its rows are lost either way.
-        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
-        for (task, acc) in done {
-            let (block, kv) = (task / s.kv_heads, task % s.kv_heads);
-            let first = block * ROWS_PER_TASK;
-            for (qi, chunk) in acc.chunks_exact(d).enumerate() {
-                let (r, g) = (qi / group, qi % group);
-                let at = ((first + r) * s.heads + kv * group + g) * d;
-                out[at..at + d].copy_from_slice(chunk);
-            }
-        }
-    });
-    out.into_inner().unwrap_or_else(|p| p.into_inner())
+    super::flash::attend(q, k, v, s)
 }
 
 /// Key and value rows ahead that the loops ask for: one head's slice of each row is a short
@@ -134,70 +103,6 @@ fn attend_one(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f3
         .collect()
 }
 
-/// The working memory of one task: scores `[queries, keys]` and accumulators `[queries, d]`,
-/// queries ordered (row, head in group).
-#[derive(Default)]
-struct Tile {
-    scores: Vec<f32>,
-    acc: Vec<f32>,
-}
-
-impl Tile {
-    /// softmax(q·Kᵀ · scale) · V for query rows `rows` and the heads of key/value head `kv`.
-    /// Inlined into [`vectorized`]'s copies, like the two loops below.
-    #[inline(always)]
-    fn run(&mut self, q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape, rows: Range<usize>, kv: usize) {
-        let d = s.head_dim;
-        let group = s.heads / s.kv_heads;
-        let nq = rows.len() * group;
-        let keys = s.offset + rows.end; // what the tile's last row sees
-        let query = |qi: usize| {
-            let (r, g) = (rows.start + qi / group, qi % group);
-            &q[(r * s.heads + kv * group + g) * d..][..d]
-        };
-        let visible = |qi: usize| s.offset + rows.start + qi / group + 1;
-        // Scores: each key row is read once for every query of the tile; masked ones stay -inf.
-        self.scores.clear();
-        self.scores.resize(nq * keys, f32::NEG_INFINITY);
-        for t in 0..keys {
-            if t + AHEAD < keys {
-                ahead(&k.row(t + AHEAD)[kv * d..][..d]);
-            }
-            let kt = &k.row(t)[kv * d..][..d];
-            for qi in 0..nq {
-                if t < visible(qi) {
-                    self.scores[qi * keys + t] = dot(query(qi), kt) * s.scale;
-                }
-            }
-        }
-        for row in self.scores.chunks_exact_mut(keys) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f32;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
-        // Values: each value row is read once and added into every query's accumulator.
-        self.acc.clear();
-        self.acc.resize(nq * d, 0.0);
-        for t in 0..keys {
-            if t + AHEAD < keys {
-                ahead(&v.row(t + AHEAD)[kv * d..][..d]);
-            }
-            let vt = &v.row(t)[kv * d..][..d];
-            for (qi, acc) in self.acc.chunks_exact_mut(d).enumerate() {
-                let p = self.scores[qi * keys + t];
-                if p != 0.0 {
-                    axpy(p, vt, acc);
-                }
-            }
-        }
-    }
-}
-
 /// One block of keys' share of a split softmax: per query the block's score maximum, the sum
 /// of `exp(s - max)`, and `Σ exp(s - max) · v[t]`. Blocks of keys then run in parallel, and
 /// [`merge`] rescales them to the overall maximum (the split-K form of online softmax).
@@ -224,11 +129,11 @@ impl Partial {
             acc: vec![0.0; queries * width],
         };
         for (h, row) in scores.chunks_exact_mut(n).enumerate() {
-            p.max[h] = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            for x in row.iter_mut() {
-                *x = (*x - p.max[h]).exp();
-                p.sum[h] += *x;
-            }
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // The exponentials in a loop of their own, which vectorizes; the sum after.
+            row.iter_mut().for_each(|x| *x = exp(*x - max));
+            p.max[h] = max;
+            p.sum[h] = row.iter().sum();
         }
         for i in 0..n {
             let vi = value(i);
@@ -334,12 +239,19 @@ mod tests {
             (4, 2, 8, KEY_BLOCK - 1, 1),
             (4, 2, 8, KEY_BLOCK, 1),
             (9, 3, 64, 3 * KEY_BLOCK + 40, 1),
+            // Prefills over several key tiles, with ragged tiles, query blocks and value columns.
+            (4, 2, 8, 70, 40),
+            (9, 3, 64, 100, 37),
+            (6, 3, 13, 60, 9),
+            (12, 2, 128, 3, 130),
+            (2, 1, 72, 0, 2 * super::super::flash::KEY_TILE + 1),
         ] {
             let total = offset + len;
             let s = Shape {
                 heads,
                 kv_heads,
                 head_dim: d,
+                value_dim: d,
                 offset,
                 scale: 1.0 / (d as f32).sqrt(),
             };

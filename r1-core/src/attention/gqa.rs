@@ -86,6 +86,7 @@ impl Gqa {
                 heads: h,
                 kv_heads: kvh,
                 head_dim: d,
+                value_dim: d,
                 offset: seg.offset,
                 scale: 1.0 / (d as f32).sqrt(),
             };

@@ -6,13 +6,16 @@
 //! and `rope(k_rope)`.
 //!
 //! Two exact forms of the same attention:
-//! - expanded (prefill): build `k_nope`, `v` for every cached token, attend as usual;
+//! - expanded (prefill): build `k_nope`, `v` for every cached token, attend as usual (flash
+//!   attention, [`super::flash`]);
 //! - absorbed (decode, one query): `q_nope · k_noperᵀ = (q_nope · W_UK) · cᵀ`, so the query is
 //!   moved into latent space and attends to `c` directly; the output `Σ p·v = (Σ p·c) · W_UVᵀ`.
 //!   This never expands the cache: per step it reads `kv_lora_rank + rope` floats per token.
 
+use super::flash::{self, Packed};
+use super::fused::Shape;
 use super::latent::{self, LatentShape};
-use super::{causal_mask, check_batch, masked_softmax, Segment};
+use super::{check_batch, masked_softmax, Segment};
 use crate::cache::{with_rows, LayerCache, RowBuffer};
 use crate::config::{yarn_mscale, MlaConfig, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
@@ -20,7 +23,7 @@ use crate::layers::linear::Linear;
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::Rope;
 use crate::weights::Weights;
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 /// `q_a_layernorm` and `kv_a_layernorm` use this epsilon whatever `rms_norm_eps` says.
 const LATENT_NORM_EPS: f64 = 1e-6;
@@ -165,9 +168,9 @@ impl Mla {
     }
 
     /// One sequence's attention output `[len, h, v]` for queries `[h, len, ·]` over its whole
-    /// cache (`ckv`, `k_rope`): the fused latent kernel for one query where it applies, reading
-    /// the rows where they are; the absorbed form for other single queries, the expanded form
-    /// for a prefill.
+    /// cache (`ckv`, `k_rope`): the expanded form through flash attention for several queries;
+    /// for one, the fused latent kernel reading the rows where they are, or where the cache is
+    /// not plain f32 rows, the absorbed form through tensor ops.
     fn attend(&self, q_nope: &Tensor, q_rope: &Tensor, ckv: &RowBuffer, k_rope: &RowBuffer) -> Result<Tensor> {
         let (h, len, _) = q_nope.dims3()?;
         if len == 1 {
@@ -176,19 +179,16 @@ impl Mla {
             }
         }
         let (c_all, k_r_all) = (&ckv.all()?, &k_rope.all()?);
+        if len > 1 {
+            return self.attend_expanded(q_nope, q_rope, c_all, k_r_all);
+        }
         let (total, rope) = (c_all.dim(0)?, self.cfg.qk_rope_head_dim);
-        // The rope part of the scores is the same in both forms: [h, len, total].
         let rope_scores = q_rope
             .reshape((h * len, rope))?
             .matmul(&k_r_all.t()?)?
             .reshape((h, len, total))?;
-        let mask = causal_mask(len, total, c_all.device())?;
-        let out = if len == 1 {
-            self.attend_absorbed(q_nope, &rope_scores, c_all, mask.as_ref())?
-        } else {
-            self.attend_expanded(q_nope, &rope_scores, c_all, mask.as_ref())?
-        };
-        Ok(out.transpose(0, 1)?.contiguous()?) // [h, len, v] → [len, h, v]
+        let out = self.attend_absorbed(q_nope, &rope_scores, c_all)?;
+        Ok(out.transpose(0, 1)?.contiguous()?) // [h, 1, v] → [1, h, v]
     }
 
     /// The absorbed form for one query as r1's fused kernel ([`latent::attend`]), reading the
@@ -229,31 +229,39 @@ impl Mla {
         Ok(Some(Tensor::from_vec(v, (1, h, vd), &device)?)) // [1, h, v]
     }
 
-    /// Expanded form: `k_nope = c · W_UKᵀ`, `v = c · W_UVᵀ` for every cached token.
-    fn attend_expanded(
-        &self,
-        q_nope: &Tensor,
-        rope_scores: &Tensor,
-        c_all: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    /// Expanded form: per head, keys `[k_nope | k_rope]` with `k_nope = c · W_UKᵀ`, and values
+    /// `v = c · W_UVᵀ`, for every cached token (the absorbed form would cost ~3.4× the FLOPs over
+    /// several queries), then flash attention over them ([`flash::run`]). `[len, h, v]`.
+    fn attend_expanded(&self, q_nope: &Tensor, q_rope: &Tensor, c_all: &Tensor, k_r_all: &Tensor) -> Result<Tensor> {
+        let (h, len, nope) = q_nope.dims3()?;
+        let (rope, vd) = (self.cfg.qk_rope_head_dim, self.cfg.v_head_dim);
+        let total = c_all.dim(0)?;
+        let f32s = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
         let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
         let c = c_all.unsqueeze(0)?;
-        let k_nope = c.broadcast_matmul(&w_uk.transpose(1, 2)?)?; // [h, total, nope]
-        let v = c.broadcast_matmul(&w_uv.transpose(1, 2)?)?; // [h, total, v]
-        let scores = (q_nope.matmul(&k_nope.t()?)? + rope_scores)?;
-        let probs = masked_softmax(&scores, self.softmax_scale, mask)?;
-        Ok(probs.matmul(&v)?)
+        let k_nope = f32s(&c.broadcast_matmul(&w_uk.transpose(1, 2)?)?)?; // [h, total, nope]
+        let v = f32s(&c.broadcast_matmul(&w_uv.transpose(1, 2)?)?)?; // [h, total, v]
+        let k_rope = f32s(k_r_all)?; // [total, rope]
+        let q = f32s(&Tensor::cat(&[q_nope, q_rope], 2)?.transpose(0, 1)?.contiguous()?)?; // [len, h, nope + rope]
+        let shape = Shape {
+            heads: h,
+            kv_heads: h,
+            head_dim: nope + rope,
+            value_dim: vd,
+            offset: total - len,
+            scale: self.softmax_scale as f32,
+        };
+        let key = |head: usize, t: usize, out: &mut [f32]| {
+            out[..nope].copy_from_slice(&k_nope[(head * total + t) * nope..][..nope]);
+            out[nope..].copy_from_slice(&k_rope[t * rope..][..rope]);
+        };
+        let packed = Packed::new(shape, total, key, |head, t| &v[(head * total + t) * vd..][..vd]);
+        let out = flash::run(&q, &packed, shape);
+        Ok(Tensor::from_vec(out, (len, h, vd), q_nope.device())?.to_dtype(q_nope.dtype())?)
     }
 
     /// Absorbed form: the query moves into latent space and attends to `c` itself.
-    fn attend_absorbed(
-        &self,
-        q_nope: &Tensor,
-        rope_scores: &Tensor,
-        c_all: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn attend_absorbed(&self, q_nope: &Tensor, rope_scores: &Tensor, c_all: &Tensor) -> Result<Tensor> {
         let (h, len, _) = q_nope.dims3()?;
         let r = self.cfg.kv_lora_rank;
         let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
@@ -263,7 +271,7 @@ impl Mla {
             .reshape((h * len, r))?
             .matmul(&c_all.t()?)?
             .reshape((h, len, total))?;
-        let probs = masked_softmax(&(latent_scores + rope_scores)?, self.softmax_scale, mask)?;
+        let probs = masked_softmax(&(latent_scores + rope_scores)?, self.softmax_scale, None)?;
         let out_latent = probs.reshape((h * len, total))?.matmul(c_all)?.reshape((h, len, r))?;
         Ok(out_latent.matmul(&w_uv.transpose(1, 2)?)?) // [h, len, v]
     }

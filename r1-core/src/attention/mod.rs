@@ -1,12 +1,13 @@
 //! Attention: grouped-query (Llama, Qwen2) and multi-head latent (DeepSeek).
 
+pub(crate) mod flash;
 pub(crate) mod fused;
 pub(crate) mod gqa;
 pub(crate) mod latent;
 pub(crate) mod mla;
 
 use crate::error::{Error, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 /// Where one sequence's tokens are in a packed batch: rows `start..start + len` of the
 /// activations, at positions `offset..offset + len` of that sequence's cache. A pass over one
@@ -35,19 +36,6 @@ pub(crate) fn check_batch<S, C>(sequences: &[S], caches: &[C]) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Additive causal mask `[len, total]` for queries at positions `total-len..total`: 0 where the
-/// key is at or before the query, -inf after it. `None` when every key is visible (one query).
-pub(crate) fn causal_mask(len: usize, total: usize, device: &Device) -> Result<Option<Tensor>> {
-    if len == 1 {
-        return Ok(None);
-    }
-    let offset = total - len;
-    let mask: Vec<f32> = (0..len)
-        .flat_map(|i| (0..total).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
-    Ok(Some(Tensor::from_vec(mask, (len, total), device)?))
 }
 
 /// `softmax(scores * scale + mask)` over the last dim; `scores [.., len, total]`.

@@ -110,8 +110,102 @@ pub(crate) fn tiles(n: usize, widest: usize) -> impl Iterator<Item = std::ops::R
     })
 }
 
+/// The largest value of `x` (`-inf` for none; NaNs are not looked for).
+///
+/// A horizontal reduction the compiler does not vectorize by itself: a float `max` or sum in
+/// one chain may not be reordered, and written over lanes it is left half scalar. Here it is
+/// one vector instruction per 16 (or 8) values and a reduction across the register, at the
+/// level the CPU has; inlined into a [`vectorized`] loop of the same level.
+#[inline(always)]
+pub(crate) fn max_of(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: `level` found every feature these functions enable.
+        Level::Avx512 => return unsafe { x86::max512(x) },
+        Level::Avx2 => return unsafe { x86::max256(x) },
+        Level::Baseline => {}
+    }
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// The sum of `x`, over vector lanes as [`max_of`] (so in another order than one chain).
+#[inline(always)]
+pub(crate) fn sum_of(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    match level() {
+        // SAFETY: `level` found every feature these functions enable.
+        Level::Avx512 => return unsafe { x86::sum512(x) },
+        Level::Avx2 => return unsafe { x86::sum256(x) },
+        Level::Baseline => {}
+    }
+    x.iter().sum()
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn max512(x: &[f32]) -> f32 {
+        let chunks = x.chunks_exact(16);
+        let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for c in chunks {
+            // SAFETY: `c` holds 16 floats; the CPU has AVX-512F (this function's contract).
+            m = _mm512_max_ps(m, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+        }
+        _mm512_reduce_max_ps(m).max(tail)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn sum512(x: &[f32]) -> f32 {
+        let chunks = x.chunks_exact(16);
+        let tail: f32 = chunks.remainder().iter().sum();
+        let mut s = _mm512_setzero_ps();
+        for c in chunks {
+            // SAFETY: `c` holds 16 floats; the CPU has AVX-512F (this function's contract).
+            s = _mm512_add_ps(s, unsafe { _mm512_loadu_ps(c.as_ptr()) });
+        }
+        _mm512_reduce_add_ps(s) + tail
+    }
+
+    /// The eight lanes of `v` reduced by `f` (a vector max or add).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn across(v: __m256, f: impl Fn(__m128, __m128) -> __m128) -> f32 {
+        let v = f(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let v = f(v, _mm_movehl_ps(v, v));
+        _mm_cvtss_f32(f(v, _mm_movehdup_ps(v)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn max256(x: &[f32]) -> f32 {
+        let chunks = x.chunks_exact(8);
+        let tail = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in chunks {
+            // SAFETY: `c` holds 8 floats; the CPU has AVX2 (this function's contract).
+            m = _mm256_max_ps(m, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        across(m, |a, b| _mm_max_ps(a, b)).max(tail)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn sum256(x: &[f32]) -> f32 {
+        let chunks = x.chunks_exact(8);
+        let tail: f32 = chunks.remainder().iter().sum();
+        let mut s = _mm256_setzero_ps();
+        for c in chunks {
+            // SAFETY: `c` holds 8 floats; the CPU has AVX2 (this function's contract).
+            s = _mm256_add_ps(s, unsafe { _mm256_loadu_ps(c.as_ptr()) });
+        }
+        across(s, |a, b| _mm_add_ps(a, b)) + tail
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
         // SAFETY: this function's contract is what the operations below need: the caller has
@@ -166,6 +260,19 @@ mod tests {
             x.iter().sum::<f32>()
         });
         assert_eq!((sum, calls), (4950.0, 1));
+    }
+
+    #[test]
+    fn max_and_sum_equal_plain_folds() {
+        for n in [0, 1, 7, 8, 15, 16, 17, 64, 100] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) / 4.0).collect();
+            let want_max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let want_sum: f64 = x.iter().map(|&v| v as f64).sum();
+            assert_eq!(max_of(&x), want_max, "max of {n}");
+            assert!((sum_of(&x) as f64 - want_sum).abs() < 1e-4, "sum of {n}");
+            // Inlined into a vectorized loop too.
+            assert_eq!(vectorized(|| max_of(&x)), want_max);
+        }
     }
 
     #[cfg(target_arch = "x86_64")]

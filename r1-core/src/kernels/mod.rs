@@ -8,6 +8,7 @@
 //! tests compare with the scalar ones.
 
 pub(crate) mod cpu;
+pub(crate) mod exp;
 pub(crate) mod experts;
 pub(crate) mod interleaved;
 pub(crate) mod interleaved_k;
