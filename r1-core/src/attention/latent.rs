@@ -10,8 +10,12 @@
 
 use super::fused::{axpy, dot, merge, Partial};
 use crate::cache::SplitRows;
+use crate::error::{Error, Result};
 use crate::kernels::cpu::vectorized;
+use crate::kernels::matmul::Acts;
+use crate::kernels::QuantMatrix;
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 /// The shapes of one absorbed decode step.
@@ -122,6 +126,45 @@ pub(crate) fn per_head_product(x: &[f32], w: &[f32], heads: usize, n: usize, m: 
     out.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
+/// [`per_head_product`] for matrices kept in r1's block formats: `out[h] = mats[h] · x[h]`, each
+/// `mats[h]` `[m, n]` and `x [heads, n]` → `[heads, m]`, all heads' groups of eight rows in one
+/// round of the pool (each head's input quantized once, as the block kernels take it).
+pub(crate) fn per_head_blocks(x: &[f32], mats: &[Arc<QuantMatrix>]) -> Result<Vec<f32>> {
+    let Some((m, n)) = mats.first().map(|w| w.shape()) else {
+        return Ok(Vec::new());
+    };
+    if x.len() != mats.len() * n || mats.iter().any(|w| w.shape() != (m, n)) {
+        return Err(Error::InvalidArgument(format!(
+            "per-head products of {} matrices [{m}, {n}] on {} values",
+            mats.len(),
+            x.len()
+        )));
+    }
+    let acts: Vec<Acts> = mats
+        .iter()
+        .zip(x.chunks_exact(n))
+        .map(|(w, xh)| w.quantize(xh))
+        .collect();
+    let groups = m.div_ceil(8);
+    let out = Mutex::new(vec![0f32; mats.len() * m]);
+    candle_core::utils::barrier_pool().execute_chunked(mats.len() * groups, |range: Range<usize>| {
+        let mut done = Vec::with_capacity(range.len());
+        let mut dots = [0f32; 8];
+        for task in range {
+            let (h, first) = (task / groups, task % groups * 8);
+            mats[h].block_dots(first, &acts[h], &mut dots);
+            done.push((h * m + first, dots));
+        }
+        // A poisoned lock only means another task panicked; its rows are lost either way.
+        let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+        for (at, dots) in done {
+            let rows = (m - at % m).min(8);
+            out[at..at + rows].copy_from_slice(&dots[..rows]);
+        }
+    });
+    Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +194,56 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn per_head_blocks_equal_the_sums_of_their_dequantized_rows() {
+        use crate::kernels::kquant::KFormat;
+        use crate::kernels::matmul::Kind;
+        use crate::kernels::quant::Format;
+        use candle_core::quantized::{GgmlDType, QTensor};
+        use candle_core::{Device, Tensor};
+        let (heads, m) = (3, 24);
+        for (kind, n) in [
+            (Kind::Legacy(Format::Q8_0), 64),
+            (Kind::Legacy(Format::Q5_0), 96),
+            (Kind::K(KFormat::Q4K), 256),
+        ] {
+            // Matrices quantized from known values by ggml's quantizers (candle's), so their
+            // blocks are well formed.
+            let ggml = match kind {
+                Kind::Legacy(Format::Q8_0) => GgmlDType::Q8_0,
+                Kind::Legacy(_) => GgmlDType::Q5_0,
+                Kind::K(_) => GgmlDType::Q4K,
+            };
+            let mats: Vec<Arc<QuantMatrix>> = (0..heads)
+                .map(|h| {
+                    let dense = Tensor::from_vec(values(m * n, 11 + h as u32), (m, n), &Device::Cpu).unwrap();
+                    let q = QTensor::quantize(&dense, ggml).unwrap();
+                    Arc::new(QuantMatrix::new(kind, m, n, &q.data().unwrap()).unwrap())
+                })
+                .collect();
+            let x = values(heads * n, 7);
+            let got = per_head_blocks(&x, &mats).unwrap();
+            let mut want = Vec::new();
+            let mut row = Vec::new();
+            for (h, w) in mats.iter().enumerate() {
+                for r in 0..m {
+                    w.dequantize_row(r, &mut row);
+                    want.push(row.iter().zip(&x[h * n..(h + 1) * n]).map(|(a, b)| a * b).sum::<f32>());
+                }
+            }
+            // The activations are quantized to 8 bits, as every block kernel does.
+            let err: f32 = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f32>()
+                .sqrt();
+            let norm: f32 = want.iter().map(|b| b * b).sum::<f32>().sqrt();
+            assert!(err / norm < 1e-2, "{kind:?}: relative error {}", err / norm);
+        }
+        assert!(per_head_blocks(&[0.0; 5], &[]).unwrap().is_empty());
     }
 
     fn values(n: usize, seed: u32) -> Vec<f32> {

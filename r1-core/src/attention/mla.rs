@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::layers::linear::Linear;
 use crate::layers::norm::RmsNorm;
 use crate::layers::rope::Rope;
-use crate::weights::Weights;
+use crate::weights::{HeadMatrices, Weights};
 use candle_core::{DType, Tensor};
 
 /// `q_a_layernorm` and `kv_a_layernorm` use this epsilon whatever `rms_norm_eps` says.
@@ -64,6 +64,9 @@ pub struct Mla {
     w_uk: Tensor,
     /// `W_UV` per head: `[heads, v_head_dim, kv_lora_rank]`.
     w_uv: Tensor,
+    /// The same two per head as block matrices, where a GGUF file stores them so (W_UK
+    /// transposed, `[kv_lora_rank, qk_nope]`, and W_UV): the absorbed decode reads these.
+    blocks: Option<HeadMatrices>,
     o_proj: Linear,
     cfg: MlaConfig,
     rope: Rope,
@@ -95,6 +98,13 @@ impl Mla {
         let kv_b = kv_b.reshape((h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank))?;
         let w_uk = kv_b.narrow(1, 0, cfg.qk_nope_head_dim)?.contiguous()?;
         let w_uv = kv_b.narrow(1, cfg.qk_nope_head_dim, cfg.v_head_dim)?.contiguous()?;
+        let blocks = w.split_kv_b(
+            &format!("{prefix}.kv_b_proj.weight"),
+            h,
+            cfg.qk_nope_head_dim,
+            cfg.v_head_dim,
+            cfg.kv_lora_rank,
+        )?;
         Ok(Mla {
             q,
             kv_a_proj_with_mqa: Linear::load(w, &format!("{prefix}.kv_a_proj_with_mqa"), hidden, kv_a_dim, cfg.bias)?,
@@ -106,6 +116,7 @@ impl Mla {
             )?,
             w_uk,
             w_uv,
+            blocks,
             o_proj: Linear::load(w, &format!("{prefix}.o_proj"), h * cfg.v_head_dim, hidden, cfg.bias)?,
             cfg: cfg.clone(),
             rope: Rope::new(&model.rope, cfg.qk_rope_head_dim),
@@ -208,8 +219,12 @@ impl Mla {
         );
         let (w_uk, w_uv) = (widen(&self.w_uk, q_nope)?, widen(&self.w_uv, q_nope)?);
         let q_nope = q_nope.flatten_all()?.to_vec1::<f32>()?; // [h, nope]
-        let Some(q_lat) = with_rows(&w_uk, |w| latent::per_head_product(&q_nope, w, h, nope, r, false)) else {
-            return Ok(None);
+        let q_lat = match &self.blocks {
+            Some(m) => latent::per_head_blocks(&q_nope, &m.k_b)?,
+            None => match with_rows(&w_uk, |w| latent::per_head_product(&q_nope, w, h, nope, r, false)) {
+                Some(q_lat) => q_lat,
+                None => return Ok(None),
+            },
         }; // [h, r]
         let device = q_rope.device().clone();
         let q_rope = q_rope.flatten_all()?.to_vec1::<f32>()?; // [h, rope]
@@ -223,8 +238,12 @@ impl Mla {
             k_rope.with_split(rope, |k| latent::attend(&q_lat, &q_rope, c, k, shape))
         });
         let Some(Some(out)) = out else { return Ok(None) };
-        let Some(v) = with_rows(&w_uv, |w| latent::per_head_product(&out, w, h, r, vd, true)) else {
-            return Ok(None);
+        let v = match &self.blocks {
+            Some(m) => latent::per_head_blocks(&out, &m.v_b)?,
+            None => match with_rows(&w_uv, |w| latent::per_head_product(&out, w, h, r, vd, true)) {
+                Some(v) => v,
+                None => return Ok(None),
+            },
         };
         Ok(Some(Tensor::from_vec(v, (1, h, vd), &device)?)) // [1, h, v]
     }

@@ -249,6 +249,52 @@ impl Weights {
         }
     }
 
+    /// The per-head matrices of DeepSeek's `kv_b_proj` `name` where the GGUF file splits it
+    /// into `attn_k_b` (per head `[kv_lora, nope]`: W_UK transposed) and `attn_v_b` (per head
+    /// `[v, kv_lora]`: W_UV) in formats r1's kernels read: kept in those blocks, so MLA's absorbed
+    /// decode reads a tenth of the bytes of the dequantized f32. `None` for other files (the
+    /// dense `kv_b_proj` from [`get`](Self::get) serves them).
+    pub(crate) fn split_kv_b(
+        &self,
+        name: &str,
+        heads: usize,
+        nope: usize,
+        v: usize,
+        kv_lora: usize,
+    ) -> Result<Option<HeadMatrices>> {
+        let (Source::Gguf(g), false) = (&self.source, self.dense) else {
+            return Ok(None);
+        };
+        let Some(GgufName::KvB { k_b, v_b, .. }) = gguf::gguf_name(name) else {
+            return Ok(None);
+        };
+        let per_head = |gname: &str, rows: usize, cols: usize| -> Result<Option<Vec<Arc<QuantMatrix>>>> {
+            let Some(info) = g.tensors.get(gname) else {
+                return Ok(None);
+            };
+            let Some(format) = kernel_format(info.dtype) else {
+                return Ok(None);
+            };
+            if info.shape() != [heads, rows, cols] || !cols.is_multiple_of(format.block_len()) {
+                return Ok(None); // the dense path reports a wrong shape
+            }
+            let per = g.byte_len(info) / heads;
+            (0..heads)
+                .map(|h| {
+                    let m = QuantMatrix::read(format, rows, cols, per, true, |r| {
+                        g.part(info, h * per + r.start..h * per + r.end)
+                    })?;
+                    Ok(Arc::new(m))
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some)
+        };
+        match (per_head(&k_b, kv_lora, nope)?, per_head(&v_b, v, kv_lora)?) {
+            (Some(k_b), Some(v_b)) => Ok(Some(HeadMatrices { k_b, v_b })),
+            _ => Ok(None),
+        }
+    }
+
     /// Tensor `name` with exactly `shape`, in the storage dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.load(name, shape, self.dtype)
@@ -417,6 +463,15 @@ impl Weights {
     }
 }
 
+/// MLA's two per-head matrices in r1's block formats ([`Weights::split_kv_b`]).
+#[derive(Debug, Clone)]
+pub(crate) struct HeadMatrices {
+    /// Per head W_UK transposed: `[kv_lora_rank, qk_nope]` (the query's move into latent space).
+    pub k_b: Vec<Arc<QuantMatrix>>,
+    /// Per head W_UV: `[v_head_dim, kv_lora_rank]` (the output's move out of it).
+    pub v_b: Vec<Arc<QuantMatrix>>,
+}
+
 /// Little-endian bytes → values. Safetensors does not promise alignment, so the bytes are
 /// decoded rather than reinterpreted.
 fn decode<const N: usize, T>(raw: &RawTensor, from_le: fn([u8; N]) -> T) -> Vec<T> {
@@ -511,5 +566,65 @@ impl Stamp {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::gguf_file;
+
+    /// The per-head block matrices of a split `kv_b_proj` hold what the dense loader rebuilds
+    /// from the same two tensors: head `h`'s `attn_k_b` rows are W_UK's columns, its
+    /// `attn_v_b` rows W_UV's rows.
+    #[test]
+    fn split_kv_b_per_head_equals_the_rebuilt_kv_b_proj() {
+        let (heads, kv_lora, nope, v) = (2, 64, 32, 32);
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7919 + seed * 104729) % 2001) as f32 / 1000.0 - 1.0)
+                .collect()
+        };
+        let q8 = |data: Vec<f32>, shape: (usize, usize, usize)| {
+            let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
+            QTensor::quantize(&t, GgmlDType::Q8_0).unwrap()
+        };
+        let k_b = q8(values(heads * kv_lora * nope, 1), (heads, kv_lora, nope));
+        let v_b = q8(values(heads * v * kv_lora, 2), (heads, v, kv_lora));
+        let arch = gguf_file::Value::String("deepseek2".into());
+        let path = std::env::temp_dir().join(format!("r1-split-kv-b-{}.gguf", std::process::id()));
+        let mut file = std::fs::File::create(&path).unwrap();
+        let tensors = [("blk.0.attn_k_b.weight", &k_b), ("blk.0.attn_v_b.weight", &v_b)];
+        gguf_file::write(&mut file, &[("general.architecture", &arch)], &tensors).unwrap();
+        drop(file);
+        let weights = Weights::from_gguf(GgufFile::open(&path).unwrap(), DType::F32, &Device::Cpu).unwrap();
+        let name = "model.layers.0.self_attn.kv_b_proj.weight";
+        let split = weights.split_kv_b(name, heads, nope, v, kv_lora).unwrap();
+        let kv_b = weights.get(name, &[heads * (nope + v), kv_lora]).unwrap();
+        std::fs::remove_file(&path).ok();
+        let HeadMatrices {
+            k_b: k_mats,
+            v_b: v_mats,
+        } = split.expect("Q8_0 halves are kept as blocks");
+        let kv_b: Vec<Vec<f32>> = kv_b.to_vec2().unwrap();
+        let mut row = Vec::new();
+        for h in 0..heads {
+            let base = h * (nope + v);
+            // Column r of head h's W_UK (its nope rows in kv_b_proj) is row r of its attn_k_b.
+            let w_uk_column = |r: usize| (0..nope).map(|c| kv_b[base + c][r]).collect::<Vec<f32>>();
+            for r in 0..kv_lora {
+                k_mats[h].dequantize_row(r, &mut row);
+                assert_eq!(row, w_uk_column(r), "k_b head {h} row {r}");
+            }
+            for r in 0..v {
+                v_mats[h].dequantize_row(r, &mut row);
+                assert_eq!(row, kv_b[base + nope + r], "v_b head {h} row {r}");
+            }
+        }
+        // A checkpoint without the split tensors has none.
+        assert!(weights
+            .split_kv_b("model.layers.1.self_attn.kv_b_proj.weight", heads, nope, v, kv_lora)
+            .unwrap()
+            .is_none());
     }
 }
