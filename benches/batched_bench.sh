@@ -26,7 +26,7 @@ ng=${GEN:-32}
 # shellcheck source=benches/common.sh
 source benches/common.sh
 if [ ! -x "$bin/llama-batched-bench" ]; then
-  cmake --build "$bin/../.." -j"$(nproc)" --target llama-batched-bench >&2
+  cmake --build "$bin/.." -j"$(nproc)" --target llama-batched-bench >&2
 fi
 ensure_models "${which[@]}"
 
