@@ -13,7 +13,8 @@
 //!
 //! Keys (transposed) and values (one head's rows together) are packed per call into 64-byte
 //! aligned buffers: a 512-bit load that straddles two cache lines costs two, and the cache's rows
-//! start wherever the allocator put them.
+//! start wherever the allocator put them. Keys and values may differ in width: MLA's expanded
+//! prefill ([`super::mla`]) packs keys `[k_nope | k_rope]` of 192 and values of 128 per head.
 
 use super::fused::Shape;
 use crate::cache::SplitRows;

@@ -32,7 +32,7 @@ const MINS: usize = 1088;
 const D: usize = 1152;
 const DMIN: usize = 1168;
 
-/// The layout's marker, for [`Grouped`].
+/// The layout's marker, for [`Grouped`](super::interleaved_k::Grouped).
 #[derive(Debug, Clone)]
 pub(crate) struct Q4K;
 

@@ -26,7 +26,7 @@ const D: usize = 2048 + 128;
 /// Bytes per group and super-block.
 const GROUP_BLOCK: usize = D + 16;
 
-/// The layout's marker, for [`Grouped`].
+/// The layout's marker, for [`Grouped`](super::interleaved_k::Grouped).
 #[derive(Debug, Clone)]
 pub(crate) struct Q6K;
 
