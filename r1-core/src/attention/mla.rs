@@ -15,7 +15,7 @@
 use super::flash::{self, Packed};
 use super::fused::Shape;
 use super::latent::{self, LatentShape};
-use super::{check_batch, masked_softmax, Segment};
+use super::{check_batch, scaled_softmax, Segment};
 use crate::cache::{with_rows, LayerCache, RowBuffer};
 use crate::config::{yarn_mscale, MlaConfig, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
@@ -217,11 +217,12 @@ impl Mla {
             self.cfg.v_head_dim,
             self.cfg.qk_rope_head_dim,
         );
-        let (w_uk, w_uv) = (widen(&self.w_uk, q_nope)?, widen(&self.w_uv, q_nope)?);
-        let q_nope = q_nope.flatten_all()?.to_vec1::<f32>()?; // [h, nope]
+        let q_nope_rows = q_nope.flatten_all()?.to_vec1::<f32>()?; // [h, nope]
         let q_lat = match &self.blocks {
-            Some(m) => latent::per_head_blocks(&q_nope, &m.k_b)?,
-            None => match with_rows(&w_uk, |w| latent::per_head_product(&q_nope, w, h, nope, r, false)) {
+            Some(m) => latent::per_head_blocks(&q_nope_rows, &m.k_b)?,
+            None => match with_rows(&widen(&self.w_uk, q_nope)?, |w| {
+                latent::per_head_product(&q_nope_rows, w, h, nope, r, false)
+            }) {
                 Some(q_lat) => q_lat,
                 None => return Ok(None),
             },
@@ -240,7 +241,9 @@ impl Mla {
         let Some(Some(out)) = out else { return Ok(None) };
         let v = match &self.blocks {
             Some(m) => latent::per_head_blocks(&out, &m.v_b)?,
-            None => match with_rows(&w_uv, |w| latent::per_head_product(&out, w, h, r, vd, true)) {
+            None => match with_rows(&widen(&self.w_uv, q_nope)?, |w| {
+                latent::per_head_product(&out, w, h, r, vd, true)
+            }) {
                 Some(v) => v,
                 None => return Ok(None),
             },
@@ -290,7 +293,7 @@ impl Mla {
             .reshape((h * len, r))?
             .matmul(&c_all.t()?)?
             .reshape((h, len, total))?;
-        let probs = masked_softmax(&(latent_scores + rope_scores)?, self.softmax_scale, None)?;
+        let probs = scaled_softmax(&(latent_scores + rope_scores)?, self.softmax_scale)?;
         let out_latent = probs.reshape((h * len, total))?.matmul(c_all)?.reshape((h, len, r))?;
         Ok(out_latent.matmul(&w_uv.transpose(1, 2)?)?) // [h, len, v]
     }

@@ -38,12 +38,7 @@ pub(crate) fn check_batch<S, C>(sequences: &[S], caches: &[C]) -> Result<()> {
     Ok(())
 }
 
-/// `softmax(scores * scale + mask)` over the last dim; `scores [.., len, total]`.
-pub(crate) fn masked_softmax(scores: &Tensor, scale: f64, mask: Option<&Tensor>) -> Result<Tensor> {
-    let scores = (scores * scale)?;
-    let scores = match mask {
-        Some(m) => scores.broadcast_add(m)?,
-        None => scores,
-    };
-    Ok(candle_nn::ops::softmax_last_dim(&scores.contiguous()?)?.contiguous()?)
+/// `softmax(scores * scale)` over the last dim; `scores [.., len, total]`.
+pub(crate) fn scaled_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::softmax_last_dim(&(scores * scale)?.contiguous()?)?.contiguous()?)
 }
