@@ -184,10 +184,15 @@ mod x86 {
                         wide[t] = _mm512_add_epi32(wide[t], scaled);
                     }
                 }
-                let isum: [__m256i; N] = std::array::from_fn(|t| fold(wide[t]));
-                let mins: [__m256i; 4] = std::array::from_fn(|p| {
-                    _mm256_cvtepu8_epi16(_mm_loadu_si128(blk[MINS + 16 * p..].as_ptr() as *const __m128i))
-                });
+                // Loops, not `array::from_fn`: see `interleaved_k::spread`.
+                let mut isum = [_mm256_setzero_si256(); N];
+                for (s, w) in isum.iter_mut().zip(&wide) {
+                    *s = fold(*w);
+                }
+                let mut mins = [_mm256_setzero_si256(); 4];
+                for (p, m) in mins.iter_mut().enumerate() {
+                    *m = _mm256_cvtepu8_epi16(_mm_loadu_si128(blk[MINS + 16 * p..].as_ptr() as *const __m128i));
+                }
                 let (d, dmin) = (halves(blk, D), halves(blk, DMIN));
                 for t in 0..N {
                     let a = &acts[t][b];

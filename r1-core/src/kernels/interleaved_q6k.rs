@@ -132,8 +132,11 @@ mod x86 {
                 prefetch(blk, N);
                 let mut wide = [_mm512_setzero_si512(); N];
                 let mut corr = [_mm256_setzero_si256(); N];
-                let bsums: [__m256i; N] =
-                    std::array::from_fn(|t| _mm256_loadu_si256(acts[t][b].bsums.as_ptr() as *const __m256i));
+                // A loop, not `array::from_fn`: see `interleaved_k::spread`.
+                let mut bsums = [_mm256_setzero_si256(); N];
+                for (s, a) in bsums.iter_mut().zip(acts) {
+                    *s = _mm256_loadu_si256(a[b].bsums.as_ptr() as *const __m256i);
+                }
                 for k in 0..8 {
                     // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`);
                     // p = 0, 1 are the first group of 16, p = 2, 3 the second.
