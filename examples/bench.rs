@@ -2,7 +2,7 @@
 //! one model, as one JSON line (the same test shape as `llama-bench -p N -n M`).
 //!
 //! ```text
-//! cargo run --release --example bench -- --model FILE_OR_DIR [--prompt-tokens 128] [--gen-tokens 64] [--threads N] [--batch N]
+//! cargo run --release --example bench -- --model FILE_OR_DIR [--prompt-tokens 128] [--gen-tokens 64] [--threads N] [--batch N] [--cache auto|f32|f16]
 //! ```
 //! With `--batch N`, N sequences of `--prompt-tokens` each are prefilled in one batched pass and
 //! decoded together (`Model::forward_batch`); the speeds are then the aggregates (tokens of all
@@ -14,7 +14,7 @@
 //! prompt tokens reported cached, and the peak RSS.
 
 use clap::Parser;
-use r1_core::{BatchOptions, Engine, GenerateParams, LoadOptions, Model, Prompt};
+use r1_core::{BatchOptions, CachePrecision, Engine, GenerateParams, LoadOptions, Model, Prompt};
 use r1_examples::peak_rss_kib;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -47,6 +47,9 @@ struct Args {
     /// Most prompt tokens per forward pass (the model's default when not given).
     #[arg(long)]
     prefill_chunk: Option<usize>,
+    /// KV cache precision: `auto` (f16 for quantized weights), `f32` or `f16`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "f16"])]
+    cache: String,
 }
 
 fn run(args: &Args) -> r1_core::Result<String> {
@@ -57,6 +60,11 @@ fn run(args: &Args) -> r1_core::Result<String> {
     if let Some(n) = args.prefill_chunk {
         options = options.with_prefill_chunk(n);
     }
+    options = options.with_cache_precision(match args.cache.as_str() {
+        "f32" => CachePrecision::F32,
+        "f16" => CachePrecision::F16,
+        _ => CachePrecision::Auto,
+    });
     if let Some(shared) = args.shared_prefix {
         return shared_prefix(args, &Engine::load(&args.model, &options)?, shared);
     }

@@ -9,7 +9,7 @@ use r1_core::internals::ModelConfig;
 use r1_core::internals::Weights;
 use r1_core::Architecture;
 use r1_core::QuantizeTo;
-use r1_core::{LoadOptions, Model};
+use r1_core::{CachePrecision, LoadOptions, Model};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -181,7 +181,8 @@ fn gguf_weights_equal_their_exported_checkpoint() {
         let w = Weights::from_gguf(g, DType::F32, &Device::Cpu)
             .unwrap()
             .with_dense_matrices(true);
-        let gguf_model = r1_core::internals::model_from_weights(cfg.clone(), &w).unwrap();
+        // Both in f32 (a quantized file's cache is f16 by default): the weights are compared here.
+        let gguf_model = r1_core::internals::model_from_weights(cfg.clone(), &w, CachePrecision::F32).unwrap();
         let dir = std::env::temp_dir().join(format!("r1-export-{}-{file}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         export_checkpoint(&cfg, &w, &dir);

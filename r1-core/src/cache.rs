@@ -6,24 +6,35 @@
 //! 128 heads × (192 + 128) = 40,960 for the expanded keys and values, 71x more).
 
 use crate::error::{Error, Result};
+use crate::kernels::f16::Element;
 use candle_core::Tensor;
+use half::f16;
 use std::sync::Arc;
 
-/// Token-major rows of plain floats in two parts: a prefix shared with other caches (frozen,
+/// Token-major rows of `T` (f32, or f16 for a quantized model's keys and values) in two parts: a prefix shared with other caches (frozen,
 /// see [`Cache::share`]), then the cache's own rows. Attention reads keys through this view, so
 /// forks of one prompt prefix hold its rows once.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SplitRows<'a> {
-    head: &'a [f32],
-    tail: &'a [f32],
+#[derive(Debug)]
+pub(crate) struct SplitRows<'a, T = f32> {
+    head: &'a [T],
+    tail: &'a [T],
     width: usize,
     /// Rows in `head`, counted once here rather than by a division at every row read.
     head_rows: usize,
 }
 
-impl<'a> SplitRows<'a> {
-    /// A shared `head` then own `tail` rows of `width` floats.
-    pub(crate) fn parts(head: &'a [f32], tail: &'a [f32], width: usize) -> Self {
+// Copy whatever `T` is (a derive would ask `T: Copy`): the view holds only references.
+impl<T> Clone for SplitRows<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SplitRows<'_, T> {}
+
+impl<'a, T> SplitRows<'a, T> {
+    /// A shared `head` then own `tail` rows of `width` values.
+    pub(crate) fn parts(head: &'a [T], tail: &'a [T], width: usize) -> Self {
         let head_rows = head.len() / width.max(1);
         SplitRows {
             head,
@@ -35,7 +46,7 @@ impl<'a> SplitRows<'a> {
 
     /// Rows held in one slice (nothing shared).
     #[cfg(test)]
-    pub(crate) fn whole(rows: &'a [f32], width: usize) -> Self {
+    pub(crate) fn whole(rows: &'a [T], width: usize) -> Self {
         SplitRows::parts(rows, &[], width)
     }
 
@@ -44,9 +55,9 @@ impl<'a> SplitRows<'a> {
         self.head_rows + self.tail.len() / self.width.max(1)
     }
 
-    /// Row `t`, `width` floats.
+    /// Row `t`, `width` values.
     #[inline(always)]
-    pub(crate) fn row(&self, t: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, t: usize) -> &'a [T] {
         if t < self.head_rows {
             &self.head[t * self.width..(t + 1) * self.width]
         } else {
@@ -230,19 +241,19 @@ fn with_maybe_rows<R>(t: Option<&Tensor>, f: impl FnOnce(&[f32]) -> R) -> Option
     }
 }
 
-/// Token-major rows of plain floats that a step appends to in place and the fused attention
-/// reads where they are (GQA keys and values): a prefix shared with other caches, frozen (see
+/// Token-major rows of `T` that a step appends to in place and the fused attention reads where
+/// they are (GQA keys and values): a prefix shared with other caches, frozen (see
 /// [`Cache::share`]), then the cache's own rows. `Clone` copies the own rows.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Rows {
-    shared: Option<Arc<[f32]>>,
-    data: Vec<f32>,
+pub(crate) struct Rows<T> {
+    shared: Option<Arc<[T]>>,
+    data: Vec<T>,
     width: usize,
     reserved: usize,
 }
 
-impl Rows {
-    /// Appends rows (`values.len()` a multiple of `width`).
+impl<T: Element> Rows<T> {
+    /// Appends rows (`values.len()` a multiple of `width`), converted to `T`.
     pub(crate) fn append(&mut self, values: &[f32], width: usize) {
         if self.width == 0 {
             self.width = width;
@@ -251,11 +262,11 @@ impl Rows {
             let own = self.reserved.saturating_sub(self.shared_len());
             self.data.reserve_exact(own * width);
         }
-        self.data.extend_from_slice(values);
+        T::extend_from_f32(&mut self.data, values);
     }
 
     /// Every row so far, shared and own.
-    pub(crate) fn all(&self) -> SplitRows<'_> {
+    pub(crate) fn all(&self) -> SplitRows<'_, T> {
         SplitRows::parts(self.shared.as_deref().unwrap_or(&[]), &self.data, self.width)
     }
 
@@ -286,7 +297,7 @@ impl Rows {
     }
 
     /// Freezes every row into the shared prefix and returns rows sharing it, with no own rows.
-    fn share(&mut self) -> Rows {
+    fn share(&mut self) -> Rows<T> {
         if !self.data.is_empty() {
             let mut all = self.shared.as_deref().unwrap_or(&[]).to_vec();
             all.extend_from_slice(&self.data);
@@ -302,20 +313,64 @@ impl Rows {
     }
 
     fn bytes(&self) -> usize {
-        self.data.capacity() * 4
+        self.data.capacity() * std::mem::size_of::<T>()
     }
+}
+
+/// One GQA layer's rotated keys and values, each `[tokens, kv_heads * head_dim]` of `T`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Kv<T> {
+    /// Rotated keys.
+    pub k: Rows<T>,
+    /// Values.
+    pub v: Rows<T>,
+}
+
+impl<T: Element> Kv<T> {
+    fn truncate(&mut self, len: usize) {
+        self.k.truncate(len);
+        self.v.truncate(len);
+    }
+
+    fn reserve(&mut self, rows: usize) {
+        self.k.reserve(rows);
+        self.v.reserve(rows);
+    }
+
+    fn share(&mut self) -> Kv<T> {
+        Kv {
+            k: self.k.share(),
+            v: self.v.share(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.k.bytes() + self.v.bytes()
+    }
+}
+
+/// How a GQA cache stores keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum CachePrecision {
+    /// f16 for a model whose weights are quantized (a GGUF file's, as llama.cpp keeps them, or
+    /// a checkpoint's quantized while loading), f32 for a checkpoint kept in f32, f16 or bf16
+    /// (whose logits then match transformers').
+    #[default]
+    Auto,
+    /// 32-bit floats: exact, twice the memory and the bytes a decode step reads.
+    F32,
+    /// 16-bit floats (IEEE half): keys and values rounded to 11 significant bits.
+    F16,
 }
 
 /// What one layer caches.
 #[derive(Debug, Clone)]
 pub(crate) enum LayerCache {
-    /// Keys and values, each `[tokens, kv_heads * head_dim]`.
-    Kv {
-        /// Rotated keys.
-        k: Rows,
-        /// Values.
-        v: Rows,
-    },
+    /// Keys and values as f32.
+    Kv(Kv<f32>),
+    /// Keys and values as f16.
+    KvHalf(Kv<f16>),
     /// MLA: the normalized latent `[tokens, kv_lora_rank]` and rotated rope key `[tokens, qk_rope_head_dim]`.
     Latent {
         /// `kv_a_layernorm(c)`.
@@ -337,20 +392,16 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// An empty cache of `n_layers` layers, MLA (`latent`) or GQA, for at most `max_len` tokens.
-    pub(crate) fn new(n_layers: usize, latent: bool, max_len: usize) -> Self {
-        let layer = || {
-            if latent {
-                LayerCache::Latent {
-                    ckv: RowBuffer::new(),
-                    k_rope: RowBuffer::new(),
-                }
-            } else {
-                LayerCache::Kv {
-                    k: Rows::default(),
-                    v: Rows::default(),
-                }
-            }
+    /// An empty cache of `n_layers` layers, MLA (`latent`) or GQA with keys and values in f16
+    /// (`half`) or f32, for at most `max_len` tokens.
+    pub(crate) fn new(n_layers: usize, latent: bool, half: bool, max_len: usize) -> Self {
+        let layer = || match (latent, half) {
+            (true, _) => LayerCache::Latent {
+                ckv: RowBuffer::new(),
+                k_rope: RowBuffer::new(),
+            },
+            (false, true) => LayerCache::KvHalf(Kv::default()),
+            (false, false) => LayerCache::Kv(Kv::default()),
         };
         Cache {
             layers: (0..n_layers).map(|_| layer()).collect(),
@@ -385,10 +436,8 @@ impl Cache {
         let tokens = tokens.min(self.max_len);
         for l in &mut self.layers {
             match l {
-                LayerCache::Kv { k, v } => {
-                    k.reserve(tokens);
-                    v.reserve(tokens);
-                }
+                LayerCache::Kv(kv) => kv.reserve(tokens),
+                LayerCache::KvHalf(kv) => kv.reserve(tokens),
                 LayerCache::Latent { ckv, k_rope } => {
                     ckv.reserved = ckv.reserved.max(tokens);
                     k_rope.reserved = k_rope.reserved.max(tokens);
@@ -401,10 +450,8 @@ impl Cache {
     pub fn truncate(&mut self, len: usize) {
         for l in &mut self.layers {
             match l {
-                LayerCache::Kv { k, v } => {
-                    k.truncate(len);
-                    v.truncate(len);
-                }
+                LayerCache::Kv(kv) => kv.truncate(len),
+                LayerCache::KvHalf(kv) => kv.truncate(len),
                 LayerCache::Latent { ckv, k_rope } => {
                     ckv.truncate(len);
                     k_rope.truncate(len);
@@ -423,10 +470,8 @@ impl Cache {
             .iter_mut()
             .map(|l| {
                 Ok(match l {
-                    LayerCache::Kv { k, v } => LayerCache::Kv {
-                        k: k.share(),
-                        v: v.share(),
-                    },
+                    LayerCache::Kv(kv) => LayerCache::Kv(kv.share()),
+                    LayerCache::KvHalf(kv) => LayerCache::KvHalf(kv.share()),
                     LayerCache::Latent { ckv, k_rope } => LayerCache::Latent {
                         ckv: ckv.share()?,
                         k_rope: k_rope.share()?,
@@ -447,7 +492,8 @@ impl Cache {
         self.layers
             .iter()
             .map(|l| match l {
-                LayerCache::Kv { k, v } => k.bytes() + v.bytes(),
+                LayerCache::Kv(kv) => kv.bytes(),
+                LayerCache::KvHalf(kv) => kv.bytes(),
                 LayerCache::Latent { ckv, k_rope } => ckv.bytes() + k_rope.bytes(),
             })
             .sum()
@@ -487,7 +533,7 @@ mod tests {
 
     #[test]
     fn forks_share_a_frozen_prefix_and_keep_their_own_rows_apart() {
-        let mut base = Rows::default();
+        let mut base = Rows::<f32>::default();
         base.append(&[1., 2., 3., 4.], 2); // two rows
         let mut fork = base.share();
         base.append(&[5., 6.], 2);
@@ -510,6 +556,22 @@ mod tests {
         fork.append(&[9., 9.], 2);
         assert_eq!(rows_of(&fork.all()), [1., 2., 9., 9.]);
         assert_eq!(rows_of(&base.all()), [1., 2., 3., 4., 5., 6.]);
+    }
+
+    #[test]
+    fn half_rows_round_each_value_and_count_half_the_bytes() {
+        let values = [1.0, 1.0 + 1.0 / 4096.0, -2.5e-3, 70000.0];
+        let (mut full, mut half) = (Rows::<f32>::default(), Rows::<f16>::default());
+        full.append(&values, 2);
+        half.append(&values, 2);
+        let widened: Vec<f32> = half.all().row(1).iter().map(|h| h.to_f32()).collect();
+        assert_eq!(half.all().len(), 2);
+        // 1 + 2^-12 is below half of f16's step at 1 (2^-10): it rounds to 1.
+        assert_eq!(half.all().row(0), [f16::ONE, f16::ONE]);
+        assert_eq!(widened[0], f16::from_f32(-2.5e-3).to_f32());
+        assert!(widened[1].is_infinite(), "beyond f16's range: {}", widened[1]);
+        assert_eq!(full.all().row(1), [-2.5e-3, 70000.0]);
+        assert_eq!(2 * half.bytes(), full.bytes());
     }
 
     #[test]

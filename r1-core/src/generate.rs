@@ -965,7 +965,7 @@ impl Iterator for Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         if let Some(home) = self.home.take() {
-            let cache = std::mem::replace(&mut self.cache, Cache::new(0, false, 0));
+            let cache = std::mem::replace(&mut self.cache, Cache::new(0, false, false, 0));
             let ids = self.history[..cache.len()].to_vec();
             home.give_back(cache, ids, self.generated_ids().to_vec(), self.trace.take());
         }
@@ -1002,7 +1002,7 @@ mod tests {
         let before = g.generated_ids().to_vec();
         assert!(!before.is_empty());
         // A cache made for no layers: the next forward pass fails inside the model.
-        g.cache = Cache::new(0, true, 256);
+        g.cache = Cache::new(0, true, false, 256);
         let mut errors = 0;
         for ev in g.by_ref() {
             if ev.is_err() {

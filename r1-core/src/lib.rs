@@ -54,7 +54,7 @@ mod verify;
 mod weights;
 
 pub use batch::{BatchOptions, MIN_SHARED_PREFIX};
-pub use cache::Cache;
+pub use cache::{Cache, CachePrecision};
 pub use chat_template::{ChatTemplate, Message, DEEPSEEK_R1_TEMPLATE};
 pub use config::Architecture;
 pub use consistency::{normalize_answer, Consensus, Sample, Vote, MAX_SAMPLES};
@@ -114,9 +114,13 @@ pub mod internals {
         model.config()
     }
 
-    /// A model built from opened weights.
-    pub fn model_from_weights(config: ModelConfig, weights: &Weights) -> crate::Result<crate::Model> {
-        crate::Model::from_weights(config, weights, crate::DEFAULT_PREFILL_CHUNK)
+    /// A model built from opened weights, with caches of `precision`.
+    pub fn model_from_weights(
+        config: ModelConfig,
+        weights: &Weights,
+        precision: crate::CachePrecision,
+    ) -> crate::Result<crate::Model> {
+        crate::Model::from_weights(config, weights, crate::DEFAULT_PREFILL_CHUNK, precision)
     }
 
     /// The config of a GGUF file.
@@ -132,6 +136,31 @@ pub mod internals {
         q: &[f32],
         k: &[f32],
         v: &[f32],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        offset: usize,
+    ) -> Vec<f32> {
+        attention_of(q, k, v, heads, kv_heads, head_dim, offset)
+    }
+
+    /// [`attention`] over keys and values cached in f16.
+    pub fn attention_f16(
+        q: &[f32],
+        k: &[half::f16],
+        v: &[half::f16],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        offset: usize,
+    ) -> Vec<f32> {
+        attention_of(q, k, v, heads, kv_heads, head_dim, offset)
+    }
+
+    fn attention_of<T: crate::kernels::f16::Element>(
+        q: &[f32],
+        k: &[T],
+        v: &[T],
         heads: usize,
         kv_heads: usize,
         head_dim: usize,

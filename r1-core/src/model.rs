@@ -1,6 +1,6 @@
 //! The public model: load a checkpoint, run tokens through it with a caller-owned [`Cache`].
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CachePrecision};
 use crate::config::{config_path, Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use crate::metadata::Metadata;
@@ -76,6 +76,10 @@ pub struct LoadOptions {
     /// Most prompt tokens run in one forward pass; 0 (the default) for the model's own:
     /// [`DEFAULT_PREFILL_CHUNK`], or 2,048 for Mixture-of-Experts models (DeepSeek V2/V3/R1).
     pub prefill_chunk: usize,
+    /// How a grouped-query model's KV cache stores keys and values (default
+    /// [`CachePrecision::Auto`]: f16 for quantized weights). A decode step reads the whole
+    /// cache, so at long contexts f16 nearly halves its time. MLA models cache their latent in f32.
+    pub cache_precision: CachePrecision,
 }
 
 impl LoadOptions {
@@ -108,6 +112,12 @@ impl LoadOptions {
         self.prefill_chunk = tokens;
         self
     }
+
+    /// Sets [`LoadOptions::cache_precision`].
+    pub fn with_cache_precision(mut self, precision: CachePrecision) -> Self {
+        self.cache_precision = precision;
+        self
+    }
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -118,6 +128,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("progress", &self.progress.is_some())
             .field("threads", &self.threads)
             .field("prefill_chunk", &self.prefill_chunk)
+            .field("cache_precision", &self.cache_precision)
             .finish()
     }
 }
@@ -130,6 +141,7 @@ impl Default for LoadOptions {
             progress: None,
             threads: None,
             prefill_chunk: 0,
+            cache_precision: CachePrecision::Auto,
         }
     }
 }
@@ -232,6 +244,8 @@ struct Inner {
     config: ModelConfig,
     family: Family,
     prefill_chunk: usize,
+    /// Whether GQA caches keep keys and values in f16.
+    half_cache: bool,
 }
 
 /// A loaded model. Immutable after loading and cheap to clone (the weights are shared): share it
@@ -319,19 +333,30 @@ impl Model {
                 (config, weights, TokenizerSource::Folder(dir))
             }
         };
-        let model = Self::from_weights(config, &weights, options.prefill_chunk)?;
+        let model = Self::from_weights(config, &weights, options.prefill_chunk, options.cache_precision)?;
         weights.check_unchanged()?;
         weights.finish_progress()?;
         Ok((model, source))
     }
 
     /// Builds the model `config` describes from `weights`, with prefill chunks of
-    /// `prefill_chunk` tokens (0: the model's default, see [`LoadOptions::prefill_chunk`]).
-    pub(crate) fn from_weights(config: ModelConfig, weights: &Weights, prefill_chunk: usize) -> Result<Model> {
+    /// `prefill_chunk` tokens (0: the model's default, see [`LoadOptions::prefill_chunk`]) and
+    /// caches of `precision`.
+    pub(crate) fn from_weights(
+        config: ModelConfig,
+        weights: &Weights,
+        prefill_chunk: usize,
+        precision: CachePrecision,
+    ) -> Result<Model> {
         let prefill_chunk = match (prefill_chunk, &config.moe) {
             (0, Some(_)) => MOE_PREFILL_CHUNK,
             (0, None) => DEFAULT_PREFILL_CHUNK,
             (n, _) => n,
+        };
+        let half_cache = match precision {
+            CachePrecision::F32 => false,
+            CachePrecision::F16 => true,
+            _ => weights.quantized("model.layers.0.self_attn.k_proj.weight"),
         };
         let family = match config.arch {
             Architecture::Llama | Architecture::Qwen2 => Family::Llama(Llama::load(weights, &config)?),
@@ -342,6 +367,7 @@ impl Model {
                 config,
                 family,
                 prefill_chunk,
+                half_cache,
             }),
         })
     }
@@ -389,7 +415,12 @@ impl Model {
     /// An empty cache sized for this model's context.
     pub fn new_cache(&self) -> Cache {
         let c = &self.inner.config;
-        Cache::new(c.num_hidden_layers, c.mla().is_some(), c.max_position_embeddings)
+        Cache::new(
+            c.num_hidden_layers,
+            c.mla().is_some(),
+            self.inner.half_cache,
+            c.max_position_embeddings,
+        )
     }
 
     /// Runs `tokens` after what `cache` holds; returns logits `[tokens.len(), vocab]`. Long
@@ -570,5 +601,33 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         assert!(diff < 1e-4, "{diff}");
+    }
+
+    #[test]
+    fn quantized_weights_cache_f16_and_checkpoints_f32_unless_asked() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/qwen2_tiny");
+        let load = |o: LoadOptions| Model::load(&dir, &o).unwrap();
+        let half = |m: &Model| matches!(m.new_cache().layer(0).unwrap(), crate::cache::LayerCache::KvHalf(_));
+        let plain = load(LoadOptions::default());
+        let asked = load(LoadOptions::default().with_cache_precision(CachePrecision::F16));
+        let quantized = load(LoadOptions::default().with_quantize(Some(QuantizeTo::Q8_0)));
+        let bf16 = load(LoadOptions::default().with_dtype(crate::DType::BF16));
+        assert_eq!(
+            (half(&plain), half(&asked), half(&quantized), half(&bf16)),
+            (false, true, true, false)
+        );
+        // An f16 cache changes the logits by the rounding of keys and values (11 significant
+        // bits), not more: the same model, prompt and decode step beside an f32 cache.
+        let tokens: Vec<u32> = (1..=40).collect();
+        let step = |m: &Model| {
+            let mut cache = m.new_cache();
+            m.forward_last(&tokens[..39], &mut cache).unwrap();
+            m.forward_last(&tokens[39..], &mut cache).unwrap().last().to_vec()
+        };
+        let (want, got) = (step(&plain), step(&asked));
+        let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+        let diff: Vec<f32> = want.iter().zip(&got).map(|(a, b)| a - b).collect();
+        let rel = norm(&diff) / norm(&want);
+        assert!(rel > 0.0 && rel < 2e-3, "f16 cache: relative L2 {rel}");
     }
 }

@@ -68,7 +68,7 @@ impl Scheduler {
     pub(crate) fn decode(&self, token: u32, cache: &mut Cache) -> Result<Vec<f32>> {
         let sender = self.sender.get_or_init(|| Mutex::new(self.spawn()));
         let (reply, answer) = sync_channel(1);
-        let moved = std::mem::replace(cache, Cache::new(0, false, 0));
+        let moved = std::mem::replace(cache, Cache::new(0, false, false, 0));
         let sent = sender.lock().unwrap_or_else(|p| p.into_inner()).send(Step {
             token,
             cache: moved,

@@ -20,6 +20,7 @@ use super::fused::Shape;
 use crate::cache::SplitRows;
 use crate::kernels::cpu::{level, max_of, sum_of, vectorized, Level};
 use crate::kernels::exp::exp;
+use crate::kernels::f16::Element;
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -37,13 +38,16 @@ const TASK_QUERIES: usize = 16;
 
 /// [`super::fused::attend`] for several query rows: `q [len, heads, d]` against `k`, `v`
 /// `[offset + len, kv_heads, d]`, causal. Returns `[len, heads * d]`.
-pub(crate) fn attend(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f32> {
+pub(crate) fn attend<T: Element>(q: &[f32], k: SplitRows<'_, T>, v: SplitRows<'_, T>, s: Shape) -> Vec<f32> {
     let d = s.head_dim;
+    let head = |rows: SplitRows<'_, T>, kv: usize, t: usize, out: &mut [f32]| {
+        T::write_f32(&rows.row(t)[kv * d..(kv + 1) * d], out)
+    };
     let packed = Packed::new(
         s,
         s.offset + q.len() / (s.heads * d),
-        |kv, t, out| out.copy_from_slice(&k.row(t)[kv * d..(kv + 1) * d]),
-        |kv, t| &v.row(t)[kv * d..(kv + 1) * d],
+        |kv, t, out| head(k, kv, t, out),
+        |kv, t, out| head(v, kv, t, out),
     );
     run(q, &packed, s)
 }
@@ -147,28 +151,34 @@ pub(crate) struct Packed {
 impl Packed {
     /// The keys and values of `total` positions for `s.kv_heads` heads of `s.head_dim` and
     /// `s.value_dim`: `key(kv, t, out)` writes head `kv`'s key at position `t` into `out`,
-    /// `value(kv, t)` is its value.
-    pub(crate) fn new<'a>(
+    /// `value(kv, t, out)` its value.
+    pub(crate) fn new(
         s: Shape,
         total: usize,
         key: impl Fn(usize, usize, &mut [f32]),
-        value: impl Fn(usize, usize) -> &'a [f32],
+        value: impl Fn(usize, usize, &mut [f32]),
     ) -> Self {
         let (dk, dv, tiles) = (s.head_dim, s.value_dim, total.div_ceil(KEY_TILE));
         let mut keys = Aligned::zeros(s.kv_heads * tiles * dk * KEY_TILE);
         let mut values = Aligned::zeros(s.kv_heads * total * dv);
         let (kd, vd) = (keys.as_mut_slice(), values.as_mut_slice());
         let mut row = vec![0f32; dk];
-        for t in 0..total {
-            for kv in 0..s.kv_heads {
-                key(kv, t, &mut row);
-                let tile = &mut kd[(kv * tiles + t / KEY_TILE) * dk * KEY_TILE..][..dk * KEY_TILE];
-                for (j, &x) in row.iter().enumerate() {
-                    tile[j * KEY_TILE + t % KEY_TILE] = x;
+        // At the CPU's SIMD level: an f16 cache's rows are widened here.
+        vectorized(
+            #[inline(always)]
+            || {
+                for t in 0..total {
+                    for kv in 0..s.kv_heads {
+                        key(kv, t, &mut row);
+                        let tile = &mut kd[(kv * tiles + t / KEY_TILE) * dk * KEY_TILE..][..dk * KEY_TILE];
+                        for (j, &x) in row.iter().enumerate() {
+                            tile[j * KEY_TILE + t % KEY_TILE] = x;
+                        }
+                        value(kv, t, &mut vd[(kv * total + t) * dv..][..dv]);
+                    }
                 }
-                vd[(kv * total + t) * dv..][..dv].copy_from_slice(value(kv, t));
-            }
-        }
+            },
+        );
         Packed {
             keys,
             values,

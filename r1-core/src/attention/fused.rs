@@ -4,16 +4,16 @@
 //! head_dim` floats. A prefill (several query rows) runs as flash attention, tiles of keys
 //! against blocks of queries with the softmax kept online ([`attend`]); a decode step (one
 //! query row) splits the keys into blocks scored in parallel and merges their partial softmaxes
-//! ([`attend_one`]). No `[heads, len, context]` tensor is built and no step copies the history,
+//! ([`super::decode`]). No `[heads, len, context]` tensor is built and no step copies the history,
 //! which is what made long contexts slow and large.
 //!
 //! The tasks run on candle's spinning pool, like r1's matmul kernels.
 
+use super::decode::{accumulate_tile, ahead, tile_buffer, tile_rows, TILE};
 use crate::cache::SplitRows;
-use crate::kernels::cpu::{prefetch_lines, vectorized};
+use crate::kernels::cpu::{max_of, sum_of, vectorized};
 use crate::kernels::exp::exp;
-use std::ops::Range;
-use std::sync::Mutex;
+use crate::kernels::f16::Element;
 
 /// The shapes of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -35,72 +35,12 @@ pub(crate) struct Shape {
 
 /// `q [len, heads, d]` against `k`, `v` `[total, kv_heads, d]` (total = offset + len), causal:
 /// query row `i` sees keys `0..=offset + i`. Returns `[len, heads * d]`. Several query rows run
-/// as flash attention ([`super::flash`]), one as a split-key decode ([`attend_one`]).
-pub(crate) fn attend(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f32> {
+/// as flash attention ([`super::flash`]), one as a split-key decode ([`super::decode`]).
+pub(crate) fn attend<T: Element>(q: &[f32], k: SplitRows<'_, T>, v: SplitRows<'_, T>, s: Shape) -> Vec<f32> {
     if q.len() == s.heads * s.head_dim {
-        return attend_one(q, k, v, s);
+        return super::decode::attend_one(q, k, v, s);
     }
     super::flash::attend(q, k, v, s)
-}
-
-/// Key and value rows ahead that the loops ask for: one head's slice of each row is a short
-/// strided read, which the hardware prefetcher does not follow (SmolLM2 at 4,096 tokens of
-/// context decoded at 34–37 tokens/s without this, 47–56 with it).
-const AHEAD: usize = 8;
-
-/// Asks for every cache line of `row` ahead of its use.
-#[inline(always)]
-fn ahead(row: &[f32]) {
-    prefetch_lines(row.as_ptr(), std::mem::size_of_val(row));
-}
-
-/// Keys per task of a one-query step: a decode has one query row, so the work is split over
-/// the keys as well as the key/value heads, or two threads would share three heads.
-const KEY_BLOCK: usize = 256;
-
-/// [`attend`] for one query row (a decode step): tasks are (key/value head, block of keys),
-/// merged per head as a split softmax.
-fn attend_one(q: &[f32], k: SplitRows<'_>, v: SplitRows<'_>, s: Shape) -> Vec<f32> {
-    let (d, group) = (s.head_dim, s.heads / s.kv_heads);
-    let keys = s.offset + 1;
-    let blocks = keys.div_ceil(KEY_BLOCK);
-    let parts: Mutex<Vec<(usize, Partial)>> = Mutex::new(Vec::with_capacity(blocks * s.kv_heads));
-    candle_core::utils::barrier_pool().execute_chunked(blocks * s.kv_heads, |range: Range<usize>| {
-        let mut done = Vec::new();
-        vectorized(
-            #[inline(always)]
-            || {
-                for task in range {
-                    let (kv, b) = (task / blocks, task % blocks);
-                    let first = b * KEY_BLOCK;
-                    let n = KEY_BLOCK.min(keys - first);
-                    let queries = &q[kv * group * d..(kv + 1) * group * d];
-                    let mut scores = vec![0f32; group * n];
-                    for i in 0..n {
-                        if i + AHEAD < n {
-                            ahead(&k.row(first + i + AHEAD)[kv * d..][..d]);
-                            ahead(&v.row(first + i + AHEAD)[kv * d..][..d]);
-                        }
-                        let kt = &k.row(first + i)[kv * d..][..d];
-                        for (g, qg) in queries.chunks_exact(d).enumerate() {
-                            scores[g * n + i] = dot(qg, kt) * s.scale;
-                        }
-                    }
-                    let value = |i: usize| &v.row(first + i)[kv * d..][..d];
-                    done.push((task, Partial::new(&mut scores, group, d, value)));
-                }
-            },
-        );
-        // A poisoned lock only means another task panicked; its blocks are lost either way.
-        parts.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
-    });
-    let mut parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
-    parts.sort_by_key(|(task, _)| *task);
-    let parts: Vec<Partial> = parts.into_iter().map(|(_, p)| p).collect();
-    parts
-        .chunks(blocks)
-        .flat_map(|per_head| merge(per_head, group, d))
-        .collect()
 }
 
 /// One block of keys' share of a split softmax: per query the block's score maximum, the sum
@@ -114,13 +54,15 @@ pub(super) struct Partial {
 
 impl Partial {
     /// From the block's `scores [queries, n]` (overwritten with their exponentials) and its
-    /// value rows (`value(i)`, `width` floats each, for key `i` of the block).
+    /// value rows (`value(i)` for key `i` of the block): `width` values for every `group`
+    /// consecutive queries (query `h` takes the row's slice `h / group`).
     #[inline(always)]
-    pub(super) fn new<'a>(
+    pub(super) fn new<'a, T: Element>(
         scores: &mut [f32],
         queries: usize,
+        group: usize,
         width: usize,
-        value: impl Fn(usize) -> &'a [f32],
+        value: impl Fn(usize) -> &'a [T],
     ) -> Self {
         let n = scores.len() / queries;
         let mut p = Partial {
@@ -129,16 +71,25 @@ impl Partial {
             acc: vec![0.0; queries * width],
         };
         for (h, row) in scores.chunks_exact_mut(n).enumerate() {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = max_of(row);
             // The exponentials in a loop of their own, which vectorizes; the sum after.
             row.iter_mut().for_each(|x| *x = exp(*x - max));
             p.max[h] = max;
-            p.sum[h] = row.iter().sum();
+            p.sum[h] = sum_of(row);
         }
-        for i in 0..n {
-            let vi = value(i);
-            for (h, acc) in p.acc.chunks_exact_mut(width).enumerate() {
-                axpy(scores[h * n + i], vi, acc);
+        // A tile of value rows at a time, per key/value head, for the queries it serves.
+        let mut wide = tile_buffer::<T>(width);
+        let mut p_tile = [0f32; TILE];
+        for first in (0..n).step_by(TILE) {
+            let m = TILE.min(n - first);
+            for kv in 0..queries.div_ceil(group) {
+                let slice = |j: usize| &value(j)[kv * width..][..width];
+                ahead(first + TILE..(first + 2 * TILE).min(n), slice);
+                let rows = tile_rows(|j| slice(first + j), m, width, &mut wide);
+                for h in kv * group..((kv + 1) * group).min(queries) {
+                    p_tile[..m].copy_from_slice(&scores[h * n + first..][..m]);
+                    accumulate_tile(&p_tile[..m], &rows[..m], &mut p.acc[h * width..][..width]);
+                }
             }
         }
         p
@@ -185,7 +136,14 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
             acc[j] = x[j].mul_add(y[j], acc[j]);
         }
     }
-    acc.iter().sum::<f32>() + tail
+    // Halves added pairwise (a few vector adds): summed in lane order, the sixteen would be a
+    // chain of dependent scalar adds, longer than the products for a head of 64 or 128.
+    for half in [8, 4, 2, 1] {
+        for j in 0..half {
+            acc[j] += acc[j + half];
+        }
+    }
+    acc[0] + tail
 }
 
 /// `out += p * x`, by fused multiply-adds (see [`dot`]).
@@ -197,7 +155,7 @@ pub(super) fn axpy(p: f32, x: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// The textbook form, in f64: scores, mask, softmax, weighted sum.
@@ -231,7 +189,8 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// Values in [-1, 1), from a hash of the index.
+    pub(crate) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0)
             .collect()
@@ -247,9 +206,9 @@ mod tests {
             (9, 3, 64, 5, 11),
             (12, 2, 128, 3, 9),
             // One query over one, exactly one, and several key blocks (ragged).
-            (4, 2, 8, KEY_BLOCK - 1, 1),
-            (4, 2, 8, KEY_BLOCK, 1),
-            (9, 3, 64, 3 * KEY_BLOCK + 40, 1),
+            (4, 2, 8, super::super::decode::KEY_BLOCK - 1, 1),
+            (4, 2, 8, super::super::decode::KEY_BLOCK, 1),
+            (9, 3, 64, 3 * super::super::decode::KEY_BLOCK + 40, 1),
             // Prefills over several key tiles, with ragged tiles, query blocks and value columns.
             (4, 2, 8, 70, 40),
             (9, 3, 64, 100, 37),
@@ -276,6 +235,21 @@ mod tests {
             assert!(
                 err < 1e-5,
                 "heads {heads}/{kv_heads} d {d} offset {offset} len {len}: {err}"
+            );
+            // Keys and values cached in f16: the textbook form over the same rounded values.
+            let half = |x: &[f32]| x.iter().map(|&a| half::f16::from_f32(a)).collect::<Vec<_>>();
+            let wide = |x: &[half::f16]| x.iter().map(|a| a.to_f32()).collect::<Vec<_>>();
+            let (kh, vh) = (half(&k), half(&v));
+            let want_half = reference(&q, &wide(&kh), &wide(&vh), s);
+            let got_half = attend(&q, SplitRows::whole(&kh, width), SplitRows::whole(&vh, width), s);
+            let err = got_half
+                .iter()
+                .zip(&want_half)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                err < 1e-5,
+                "f16: heads {heads}/{kv_heads} d {d} offset {offset} len {len}: {err}"
             );
             // The same rows held as a shared prefix and own rows, cut anywhere: the same result.
             for cut in [0, 1, offset / 2, offset, total - 1] {

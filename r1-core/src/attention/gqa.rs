@@ -3,9 +3,10 @@
 
 use super::fused::{attend, Shape};
 use super::{check_batch, Segment};
-use crate::cache::LayerCache;
+use crate::cache::{Kv, LayerCache};
 use crate::config::{GqaConfig, ModelConfig};
 use crate::error::{Error, Result};
+use crate::kernels::f16::Element;
 use crate::layers::linear::Linear;
 use crate::layers::rope::Rope;
 use crate::weights::Weights;
@@ -74,14 +75,9 @@ impl Gqa {
             .to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(rows * h * d);
         for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
-            let LayerCache::Kv { k: k_cache, v: v_cache } = &mut **cache else {
-                return Err(Error::InvalidArgument("a GQA layer was given an MLA cache".into()));
-            };
             let rows_of = |t: &'_ [f32], width: usize| -> Vec<f32> {
                 t[seg.start * width..(seg.start + seg.len) * width].to_vec()
             };
-            k_cache.append(&rows_of(&k, kvh * d), kvh * d);
-            v_cache.append(&rows_of(&v, kvh * d), kvh * d);
             let shape = Shape {
                 heads: h,
                 kv_heads: kvh,
@@ -90,9 +86,25 @@ impl Gqa {
                 offset: seg.offset,
                 scale: 1.0 / (d as f32).sqrt(),
             };
-            out.extend(attend(&rows_of(&q, h * d), k_cache.all(), v_cache.all(), shape));
+            let (q, k, v) = (rows_of(&q, h * d), rows_of(&k, kvh * d), rows_of(&v, kvh * d));
+            out.extend(match &mut **cache {
+                LayerCache::Kv(kv) => append_and_attend(kv, &q, &k, &v, shape),
+                LayerCache::KvHalf(kv) => append_and_attend(kv, &q, &k, &v, shape),
+                LayerCache::Latent { .. } => {
+                    return Err(Error::InvalidArgument("a GQA layer was given an MLA cache".into()))
+                }
+            });
         }
         let out = Tensor::from_vec(out, (rows, h * d), x.device())?;
         self.o_proj.forward(&out)
     }
+}
+
+/// Appends one sequence's new keys and values (`[len, kv_heads * head_dim]`) to its cache, then
+/// its queries attend over everything cached.
+fn append_and_attend<T: Element>(cache: &mut Kv<T>, q: &[f32], k: &[f32], v: &[f32], s: Shape) -> Vec<f32> {
+    let width = s.kv_heads * s.head_dim;
+    cache.k.append(k, width);
+    cache.v.append(v, width);
+    attend(q, cache.k.all(), cache.v.all(), s)
 }

@@ -8,7 +8,8 @@
 //! maximum and sum, merged at the end (the split-K form of online softmax): with 8 heads and
 //! one token there is nothing else to share between threads.
 
-use super::fused::{axpy, dot, merge, Partial};
+use super::decode::{ahead, score_tile, split_softmax, TILE};
+use super::fused::{axpy, dot, Partial};
 use crate::cache::SplitRows;
 use crate::error::{Error, Result};
 use crate::kernels::cpu::vectorized;
@@ -31,10 +32,6 @@ pub(crate) struct LatentShape {
     pub scale: f32,
 }
 
-/// Cached tokens per task: a block's latent rows (here 256 × 512 floats) stay in L2 between the
-/// score pass and the value pass.
-const BLOCK: usize = 256;
-
 /// `softmax(q_lat · cᵀ + q_rope · k_ropeᵀ) · c` per head: `q_lat [heads, rank]`, `q_rope
 /// [heads, rope]`, `c [total, rank]`, `k_rope [total, rope]` → `[heads, rank]`.
 pub(crate) fn attend(
@@ -44,27 +41,13 @@ pub(crate) fn attend(
     k_rope: SplitRows<'_>,
     s: LatentShape,
 ) -> Vec<f32> {
-    let total = c.len();
-    let blocks = total.div_ceil(BLOCK);
-    let parts: Mutex<Vec<(usize, Partial)>> = Mutex::new(Vec::with_capacity(blocks));
-    candle_core::utils::barrier_pool().execute_chunked(blocks, |range: Range<usize>| {
-        let mut done = Vec::new();
-        vectorized(
-            #[inline(always)]
-            || {
-                for b in range {
-                    let rows = b * BLOCK..((b + 1) * BLOCK).min(total);
-                    done.push((b, block(q_lat, q_rope, c, k_rope, s, rows)));
-                }
-            },
-        );
-        // A poisoned lock only means another task panicked; its blocks are lost either way.
-        parts.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
-    });
-    let mut parts = parts.into_inner().unwrap_or_else(|p| p.into_inner());
-    parts.sort_by_key(|(b, _)| *b);
-    let parts: Vec<Partial> = parts.into_iter().map(|(_, p)| p).collect();
-    merge(&parts, s.heads, s.rank)
+    split_softmax(
+        c.len(),
+        s.heads,
+        s.rank,
+        #[inline(always)]
+        |rows| block(q_lat, q_rope, c, k_rope, s, rows),
+    )
 }
 
 /// Scores, softmax terms and weighted latent sums of cached tokens `rows`, for every head.
@@ -79,14 +62,23 @@ fn block(
 ) -> Partial {
     let (n, r, e) = (rows.len(), s.rank, s.rope);
     let mut scores = vec![0f32; s.heads * n];
-    for (i, t) in rows.clone().enumerate() {
-        let (ct, kt) = (c.row(t), k_rope.row(t));
+    let (mut latent, mut rope) = ([0f32; TILE], [0f32; TILE]);
+    for first in (0..n).step_by(TILE) {
+        let m = TILE.min(n - first);
+        let next = first + TILE..(first + 2 * TILE).min(n);
+        ahead(next.clone(), |j| c.row(rows.start + j));
+        ahead(next, |j| k_rope.row(rows.start + j));
+        let cs: [&[f32]; TILE] = std::array::from_fn(|j| if j < m { c.row(rows.start + first + j) } else { &[] });
+        let ks: [&[f32]; TILE] = std::array::from_fn(|j| if j < m { k_rope.row(rows.start + first + j) } else { &[] });
         for h in 0..s.heads {
-            let qh = (&q_lat[h * r..(h + 1) * r], &q_rope[h * e..(h + 1) * e]);
-            scores[h * n + i] = (dot(qh.0, ct) + dot(qh.1, kt)) * s.scale;
+            score_tile(&q_lat[h * r..(h + 1) * r], &cs[..m], &mut latent);
+            score_tile(&q_rope[h * e..(h + 1) * e], &ks[..m], &mut rope);
+            for (j, o) in scores[h * n + first..][..m].iter_mut().enumerate() {
+                *o = (latent[j] + rope[j]) * s.scale;
+            }
         }
     }
-    Partial::new(&mut scores, s.heads, r, |i| c.row(rows.start + i))
+    Partial::new(&mut scores, s.heads, s.heads, r, |i| c.row(rows.start + i))
 }
 
 /// Per head `h`, `x[h] · w[h]` for `x [heads, n]` and `w [heads, n, m]` (`transposed`: `w
@@ -273,7 +265,11 @@ mod tests {
     #[test]
     fn fused_latent_attention_equals_the_textbook_form() {
         // One block, a partial block, and several blocks with a ragged end.
-        for (heads, rank, rope, total) in [(2, 16, 8, 5), (8, 64, 16, 300), (4, 32, 8, 3 * BLOCK + 17)] {
+        for (heads, rank, rope, total) in [
+            (2, 16, 8, 5),
+            (8, 64, 16, 300),
+            (4, 32, 8, 3 * super::super::decode::KEY_BLOCK + 17),
+        ] {
             let s = LatentShape {
                 heads,
                 rank,

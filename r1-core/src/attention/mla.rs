@@ -277,7 +277,8 @@ impl Mla {
             out[..nope].copy_from_slice(&k_nope[(head * total + t) * nope..][..nope]);
             out[nope..].copy_from_slice(&k_rope[t * rope..][..rope]);
         };
-        let packed = Packed::new(shape, total, key, |head, t| &v[(head * total + t) * vd..][..vd]);
+        let value = |head: usize, t: usize, out: &mut [f32]| out.copy_from_slice(&v[(head * total + t) * vd..][..vd]);
+        let packed = Packed::new(shape, total, key, value);
         let out = flash::run(&q, &packed, shape);
         Ok(Tensor::from_vec(out, (len, h, vd), q_nope.device())?.to_dtype(q_nope.dtype())?)
     }

@@ -1,5 +1,6 @@
 //! Attention: grouped-query (Llama, Qwen2) and multi-head latent (DeepSeek).
 
+pub(crate) mod decode;
 pub(crate) mod flash;
 pub(crate) mod fused;
 pub(crate) mod gqa;

@@ -10,6 +10,7 @@
 pub(crate) mod cpu;
 pub(crate) mod exp;
 pub(crate) mod experts;
+pub(crate) mod f16;
 pub(crate) mod interleaved;
 pub(crate) mod interleaved_k;
 pub(crate) mod interleaved_q4k;

@@ -199,6 +199,20 @@ impl Weights {
         }
     }
 
+    /// Whether matrix `name` is rounded below its source: a GGUF file's tensor in any type but
+    /// f32, or a checkpoint's quantized while loading. Such a model keeps its KV cache in f16 by
+    /// default, as llama.cpp does; a checkpoint kept in f32, f16 or bf16 caches f32, and its
+    /// logits match transformers'.
+    pub(crate) fn quantized(&self, name: &str) -> bool {
+        match &self.source {
+            Source::Gguf(g) => match gguf::gguf_name(name) {
+                Some(GgufName::Whole(n)) => g.tensors.get(&n).is_some_and(|i| i.dtype != GgmlDType::F32),
+                _ => false,
+            },
+            Source::Safetensors(_) => self.quantize.is_some(),
+        }
+    }
+
     /// Whether the checkpoint has tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
         match &self.source {
