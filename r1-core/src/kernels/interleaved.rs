@@ -477,18 +477,24 @@ mod x86 {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
         unsafe {
-            let load = |at: usize| _mm512_loadu_si512(block[at..at + 64].as_ptr() as *const __m512i);
+            // A function, not a closure: a closure's body is compiled without the caller's
+            // target features (see `interleaved_k::spread`).
+            #[inline(always)]
+            unsafe fn load(block: &[u8], at: usize) -> __m512i {
+                // SAFETY: the caller's CPU has AVX-512 F; the slice is checked.
+                unsafe { _mm512_loadu_si512(block[at..at + 64].as_ptr() as *const __m512i) }
+            }
             let mut w = [_mm512_setzero_si512(); 4];
             if format == Format::Q8_0 {
                 for (p, w) in w.iter_mut().enumerate() {
-                    *w = load(64 * p);
+                    *w = load(block, 64 * p);
                 }
                 return w;
             }
             // Low nibbles of registers j = 0..4, then their high nibbles, j = 4..8.
             let low = _mm512_set1_epi8(0x0f);
             for k in 0..2 {
-                let v = load(64 * k);
+                let v = load(block, 64 * k);
                 w[k] = _mm512_and_si512(v, low);
                 w[2 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
             }

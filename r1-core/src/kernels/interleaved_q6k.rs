@@ -5,15 +5,20 @@
 //! sixteen groups of 16, each group with a signed 8-bit scale: weight = `d · sc_g · (u - 32)`.
 //! Per group of eight rows and per super-block the layout is:
 //!
-//! - 2,048 bytes of quants, one byte each (`u`, 0..64): chunk `k < 8` (weights `32k..32k + 32`),
-//!   then `j < 8`, 32 bytes each, byte `4r + i` holding weight `32k + 4j + i` of row `r`;
+//! - the quants (`u`, 0..64) in the order the kernel takes them: chunk `k < 8` (weights
+//!   `32k..32k + 32`), then `j < 8`, four weights of each row, weight `32k + 4j + i` of row `r`
+//!   at place `4r + i` of run `j`; a chunk is four 64-byte registers `p`, runs `2p` and `2p + 1`
+//!   side by side. The low four bits of registers 0 and 1 share 64 bytes (register 1's in the
+//!   high nibbles), then those of 2 and 3: 1,024 bytes in all; the two high bits of all four
+//!   share 64 bytes per chunk, register `p`'s at bits `2p`: 512 bytes;
 //! - the scales in pairs, `16k + 2r + h` for group `2k + h`, ready both for `vpmaddwd` against the
 //!   activations' group sums (the `-32` term) and, split, for scaling each group's dot;
 //! - the rows' `d` as f16.
 //!
-//! 2,192 bytes against the file's 1,680: the quants are stored a byte each rather than split into
-//! four and two bits, which keeps the kernel to loads and `vpdpbusd` (30% more memory for these
-//! matrices).
+//! 1,680 bytes, as in the file. The kernel rebuilds each register of quants from its nibbles and
+//! bits with a few shifts and masks. (Stored a byte per quant, the layout was 30% larger than the
+//! file: 41 MB more for the benchmark MoE's experts, which put its peak RSS over its bound, and
+//! a fifth more bytes for every decode step to read.)
 
 use super::interleaved_k::{Layout, R};
 use super::kquant::{decode, KFormat, Q8KBlock};
@@ -21,8 +26,10 @@ use half::f16;
 
 /// Bytes of the file's Q6_K block (one row, 256 weights).
 const ROW_BLOCK: usize = 210;
-const SCALES: usize = 2048;
-const D: usize = 2048 + 128;
+/// Where the high bits of the quants start.
+const QH: usize = 1024;
+const SCALES: usize = QH + 512;
+const D: usize = SCALES + 128;
 /// Bytes per group and super-block.
 const GROUP_BLOCK: usize = D + 16;
 
@@ -54,16 +61,35 @@ impl Layout for Q6K {
     }
 }
 
-/// Byte of weight `e` (0..256) of row `r` in a group block's quants.
-fn at(e: usize, r: usize) -> usize {
-    32 * (e / 4) + 4 * r + e % 4
+/// Where weight `e` (0..256) of row `r` lies in a group block: its low four bits in byte `lo`
+/// from bit `lo_shift`, its high two in byte `hi` from bit `hi_shift`. Each byte holds quants of
+/// one row only.
+fn place(e: usize, r: usize) -> (usize, u32, usize, u32) {
+    // Its place had every quant a byte of its own: chunk k, register p, byte b.
+    let o = 32 * (e / 4) + 4 * r + e % 4;
+    let (k, p, b) = (o / 256, o % 256 / 64, o % 64);
+    (
+        128 * k + 64 * (p / 2) + b,
+        4 * (p % 2) as u32,
+        QH + 64 * k + b,
+        2 * p as u32,
+    )
+}
+
+/// The quant `u` (0..64) of weight `e` of row `r`.
+fn quant(group: &[u8], e: usize, r: usize) -> u8 {
+    let (lo, lo_shift, hi, hi_shift) = place(e, r);
+    (group[lo] >> lo_shift) & 0x0f | ((group[hi] >> hi_shift) & 0x03) << 4
 }
 
 /// Writes the file's Q6_K block of one row as row `r` of a group block.
 fn pack(block: &[u8], r: usize, out: &mut [u8]) {
     let w = decode(KFormat::Q6K, block);
     for (e, q) in w.q.iter().enumerate() {
-        out[at(e, r)] = (q + 32) as u8;
+        let u = (q + 32) as u8;
+        let (lo, lo_shift, hi, hi_shift) = place(e, r);
+        out[lo] = out[lo] & !(0x0f << lo_shift) | (u & 0x0f) << lo_shift;
+        out[hi] = out[hi] & !(0x03 << hi_shift) | (u >> 4) << hi_shift;
     }
     for g in 0..16 {
         out[SCALES + 16 * (g / 2) + 2 * r + g % 2] = block[192 + g];
@@ -75,7 +101,7 @@ fn pack(block: &[u8], r: usize, out: &mut [u8]) {
 /// weights `l` and `l + 64` share a byte of `ql` (and `l + 32`, `l + 96`), their two high bits a
 /// byte of `qh`, in each half of 128 weights.
 fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>) {
-    let u = |e: usize| group[at(e, r)];
+    let u = |e: usize| quant(group, e, r);
     let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
     for h in 0..2 {
         for l in 0..32 {
@@ -101,7 +127,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
                 let mut isum = 0i32;
                 for g in 0..16 {
                     let dot: i32 = (16 * g..16 * g + 16)
-                        .map(|e| (blk[at(e, r)] as i32 - 32) * a.qs[e] as i32)
+                        .map(|e| (quant(blk, e, r) as i32 - 32) * a.qs[e] as i32)
                         .sum();
                     isum += dot * blk[SCALES + 16 * (g / 2) + 2 * r + g % 2] as i8 as i32;
                 }
@@ -114,7 +140,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{Q8KBlock, D, GROUP_BLOCK, R, SCALES};
+    use super::{Q8KBlock, D, GROUP_BLOCK, QH, R, SCALES};
     use crate::kernels::interleaved_k::{fold, prefetch, spread, tiles_of_four, twice};
     use std::arch::x86_64::*;
 
@@ -140,10 +166,28 @@ mod x86 {
                 for k in 0..8 {
                     // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`);
                     // p = 0, 1 are the first group of 16, p = 2, 3 the second.
-                    let mut w = [_mm512_setzero_si512(); 4];
-                    for (p, w) in w.iter_mut().enumerate() {
-                        *w = _mm512_loadu_si512(blk[256 * k + 64 * p..].as_ptr() as *const __m512i);
-                    }
+                    // The four registers of quants from their nibbles and high bits: register p's
+                    // high bits sit at 2p, moved to 4 (16-bit shifts: the masks drop what crosses
+                    // a byte).
+                    let l01 = _mm512_loadu_si512(blk[128 * k..][..64].as_ptr() as *const __m512i);
+                    let l23 = _mm512_loadu_si512(blk[128 * k + 64..][..64].as_ptr() as *const __m512i);
+                    let h = _mm512_loadu_si512(blk[QH + 64 * k..][..64].as_ptr() as *const __m512i);
+                    let (low, high) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+                    let w = [
+                        _mm512_or_si512(
+                            _mm512_and_si512(l01, low),
+                            _mm512_and_si512(_mm512_slli_epi16::<4>(h), high),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(l01), low),
+                            _mm512_and_si512(_mm512_slli_epi16::<2>(h), high),
+                        ),
+                        _mm512_or_si512(_mm512_and_si512(l23, low), _mm512_and_si512(h, high)),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(l23), low),
+                            _mm512_and_si512(_mm512_srli_epi16::<2>(h), high),
+                        ),
+                    ];
                     // Dword r: (scale of group 2k, scale of group 2k + 1) of row r, as i16.
                     let pairs =
                         _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[SCALES + 16 * k..].as_ptr() as *const __m128i));
