@@ -60,13 +60,8 @@ pub struct Mla {
     q: QueryProj,
     kv_a_proj_with_mqa: Linear,
     kv_a_layernorm: RmsNorm,
-    /// `W_UK` per head: `[heads, qk_nope_head_dim, kv_lora_rank]`.
-    w_uk: Tensor,
-    /// `W_UV` per head: `[heads, v_head_dim, kv_lora_rank]`.
-    w_uv: Tensor,
-    /// The same two per head as block matrices, where a GGUF file stores them so (W_UK
-    /// transposed, `[kv_lora_rank, qk_nope]`, and W_UV): the absorbed decode reads these.
-    blocks: Option<HeadMatrices>,
+    /// `W_UK` and `W_UV` per head.
+    up: UpProjections,
     o_proj: Linear,
     cfg: MlaConfig,
     rope: Rope,
@@ -90,21 +85,6 @@ impl Mla {
             },
         };
         let kv_a_dim = cfg.kv_lora_rank + cfg.qk_rope_head_dim;
-        // kv_b_proj rows are per head [k_nope | v]; split it once into W_UK and W_UV.
-        let kv_b = w.get(
-            &format!("{prefix}.kv_b_proj.weight"),
-            &[h * (cfg.qk_nope_head_dim + cfg.v_head_dim), cfg.kv_lora_rank],
-        )?;
-        let kv_b = kv_b.reshape((h, cfg.qk_nope_head_dim + cfg.v_head_dim, cfg.kv_lora_rank))?;
-        let w_uk = kv_b.narrow(1, 0, cfg.qk_nope_head_dim)?.contiguous()?;
-        let w_uv = kv_b.narrow(1, cfg.qk_nope_head_dim, cfg.v_head_dim)?.contiguous()?;
-        let blocks = w.split_kv_b(
-            &format!("{prefix}.kv_b_proj.weight"),
-            h,
-            cfg.qk_nope_head_dim,
-            cfg.v_head_dim,
-            cfg.kv_lora_rank,
-        )?;
         Ok(Mla {
             q,
             kv_a_proj_with_mqa: Linear::load(w, &format!("{prefix}.kv_a_proj_with_mqa"), hidden, kv_a_dim, cfg.bias)?,
@@ -114,9 +94,7 @@ impl Mla {
                 cfg.kv_lora_rank,
                 LATENT_NORM_EPS,
             )?,
-            w_uk,
-            w_uv,
-            blocks,
+            up: UpProjections::load(w, &format!("{prefix}.kv_b_proj.weight"), cfg)?,
             o_proj: Linear::load(w, &format!("{prefix}.o_proj"), h * cfg.v_head_dim, hidden, cfg.bias)?,
             cfg: cfg.clone(),
             rope: Rope::new(&model.rope, cfg.qk_rope_head_dim),
@@ -218,9 +196,9 @@ impl Mla {
             self.cfg.qk_rope_head_dim,
         );
         let q_nope_rows = q_nope.flatten_all()?.to_vec1::<f32>()?; // [h, nope]
-        let q_lat = match &self.blocks {
-            Some(m) => latent::per_head_blocks(&q_nope_rows, &m.k_b)?,
-            None => match with_rows(&widen(&self.w_uk, q_nope)?, |w| {
+        let q_lat = match &self.up {
+            UpProjections::Blocks(m) => latent::per_head_blocks(&q_nope_rows, &m.k_b)?,
+            UpProjections::Dense { w_uk, .. } => match with_rows(&widen(w_uk, q_nope)?, |w| {
                 latent::per_head_product(&q_nope_rows, w, h, nope, r, false)
             }) {
                 Some(q_lat) => q_lat,
@@ -239,9 +217,9 @@ impl Mla {
             k_rope.with_split(rope, |k| latent::attend(&q_lat, &q_rope, c, k, shape))
         });
         let Some(Some(out)) = out else { return Ok(None) };
-        let v = match &self.blocks {
-            Some(m) => latent::per_head_blocks(&out, &m.v_b)?,
-            None => match with_rows(&widen(&self.w_uv, q_nope)?, |w| {
+        let v = match &self.up {
+            UpProjections::Blocks(m) => latent::per_head_blocks(&out, &m.v_b)?,
+            UpProjections::Dense { w_uv, .. } => match with_rows(&widen(w_uv, q_nope)?, |w| {
                 latent::per_head_product(&out, w, h, r, vd, true)
             }) {
                 Some(v) => v,
@@ -259,7 +237,7 @@ impl Mla {
         let (rope, vd) = (self.cfg.qk_rope_head_dim, self.cfg.v_head_dim);
         let total = c_all.dim(0)?;
         let f32s = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
-        let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
+        let (w_uk, w_uv) = self.up.dense(c_all)?;
         let c = c_all.unsqueeze(0)?;
         let k_nope = f32s(&c.broadcast_matmul(&w_uk.transpose(1, 2)?)?)?; // [h, total, nope]
         let v = f32s(&c.broadcast_matmul(&w_uv.transpose(1, 2)?)?)?; // [h, total, v]
@@ -287,7 +265,7 @@ impl Mla {
     fn attend_absorbed(&self, q_nope: &Tensor, rope_scores: &Tensor, c_all: &Tensor) -> Result<Tensor> {
         let (h, len, _) = q_nope.dims3()?;
         let r = self.cfg.kv_lora_rank;
-        let (w_uk, w_uv) = (widen(&self.w_uk, c_all)?, widen(&self.w_uv, c_all)?);
+        let (w_uk, w_uv) = self.up.dense(c_all)?;
         let q_latent = q_nope.matmul(&w_uk)?; // [h, len, r]
         let total = c_all.dim(0)?;
         let latent_scores = q_latent
@@ -301,6 +279,41 @@ impl Mla {
 }
 
 /// A weight in the activations' dtype (bf16 storage is widened per use on the CPU).
+/// `kv_b_proj` split per head into `W_UK` (keys: `k_nope = c · W_UKᵀ`) and `W_UV` (values).
+#[derive(Debug, Clone)]
+enum UpProjections {
+    /// Dense, `[heads, qk_nope_head_dim, kv_lora_rank]` and `[heads, v_head_dim, kv_lora_rank]`.
+    Dense { w_uk: Tensor, w_uv: Tensor },
+    /// In the blocks a GGUF file stores them in (W_UK transposed, `[kv_lora_rank, qk_nope]`, and
+    /// W_UV): the absorbed decode reads these, a tenth of the bytes of f32. The expanded prefill
+    /// widens them for the call; kept dense as well, they were 48 MB of the benchmark MoE's RSS.
+    Blocks(HeadMatrices),
+}
+
+impl UpProjections {
+    fn load(w: &Weights, name: &str, cfg: &MlaConfig) -> Result<Self> {
+        let (h, nope, v, r) = (cfg.num_heads, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank);
+        if let Some(blocks) = w.split_kv_b(name, h, nope, v, r)? {
+            return Ok(UpProjections::Blocks(blocks));
+        }
+        // kv_b_proj rows are per head [k_nope | v]; split it once into W_UK and W_UV.
+        let kv_b = w.get(name, &[h * (nope + v), r])?.reshape((h, nope + v, r))?;
+        Ok(UpProjections::Dense {
+            w_uk: kv_b.narrow(1, 0, nope)?.contiguous()?,
+            w_uv: kv_b.narrow(1, nope, v)?.contiguous()?,
+        })
+    }
+
+    /// `(W_UK, W_UV)` as dense tensors in `like`'s dtype.
+    fn dense(&self, like: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (w_uk, w_uv) = match self {
+            UpProjections::Dense { w_uk, w_uv } => (w_uk.clone(), w_uv.clone()),
+            UpProjections::Blocks(m) => m.dense(like.device())?,
+        };
+        Ok((widen(&w_uk, like)?, widen(&w_uv, like)?))
+    }
+}
+
 fn widen(w: &Tensor, like: &Tensor) -> Result<Tensor> {
     Ok(if w.dtype() == like.dtype() {
         w.clone()

@@ -486,6 +486,28 @@ pub(crate) struct HeadMatrices {
     pub v_b: Vec<Arc<QuantMatrix>>,
 }
 
+impl HeadMatrices {
+    /// W_UK `[heads, qk_nope, kv_lora_rank]` and W_UV `[heads, v_head_dim, kv_lora_rank]`
+    /// dequantized: what `kv_b_proj` holds, per head.
+    pub(crate) fn dense(&self, device: &Device) -> Result<(Tensor, Tensor)> {
+        let stack = |mats: &[Arc<QuantMatrix>]| -> Result<Tensor> {
+            let (rows, cols) = mats.first().map_or((0, 0), |m| m.shape());
+            let mut values = Vec::with_capacity(mats.len() * rows * cols);
+            let mut row = Vec::with_capacity(cols);
+            for m in mats {
+                for r in 0..rows {
+                    m.dequantize_row(r, &mut row);
+                    values.extend_from_slice(&row);
+                }
+            }
+            Ok(Tensor::from_vec(values, (mats.len(), rows, cols), device)?)
+        };
+        // k_b holds W_UK transposed per head.
+        let w_uk = stack(&self.k_b)?.transpose(1, 2)?.contiguous()?;
+        Ok((w_uk, stack(&self.v_b)?))
+    }
+}
+
 /// Little-endian bytes → values. Safetensors does not promise alignment, so the bytes are
 /// decoded rather than reinterpreted.
 fn decode<const N: usize, T>(raw: &RawTensor, from_le: fn([u8; N]) -> T) -> Vec<T> {
@@ -616,11 +638,21 @@ mod tests {
         let split = weights.split_kv_b(name, heads, nope, v, kv_lora).unwrap();
         let kv_b = weights.get(name, &[heads * (nope + v), kv_lora]).unwrap();
         std::fs::remove_file(&path).ok();
+        let split = split.expect("Q8_0 halves are kept as blocks");
+        let kv_b: Vec<Vec<f32>> = kv_b.to_vec2().unwrap();
+        // Widened back to dense (what MLA's expanded prefill uses): kv_b_proj split per head.
+        let (w_uk, w_uv) = split.dense(&Device::Cpu).unwrap();
+        let heads_of = |t: Tensor| -> Vec<Vec<Vec<f32>>> { t.to_vec3().unwrap() };
+        let (w_uk, w_uv) = (heads_of(w_uk), heads_of(w_uv));
+        for h in 0..heads {
+            let base = h * (nope + v);
+            assert_eq!(w_uk[h], kv_b[base..base + nope], "W_UK head {h}");
+            assert_eq!(w_uv[h], kv_b[base + nope..base + nope + v], "W_UV head {h}");
+        }
         let HeadMatrices {
             k_b: k_mats,
             v_b: v_mats,
-        } = split.expect("Q8_0 halves are kept as blocks");
-        let kv_b: Vec<Vec<f32>> = kv_b.to_vec2().unwrap();
+        } = split;
         let mut row = Vec::new();
         for h in 0..heads {
             let base = h * (nope + v);
