@@ -239,8 +239,7 @@ impl Weights {
                     let part = self.gguf_part(g, &gname, info, expert, &[rows, cols])?;
                     // The MoE kernel reads experts (routed and shared) in groups of eight rows,
                     // interleaved for Q4_K and Q6_K; other formats stay row-major for it.
-                    // Q6_K's interleaved form is 30% larger than the file's, and 10% faster to
-                    // decode than the row kernel on the MoE (docs/performance.md).
+                    // Both interleaved forms are as large as the file's blocks.
                     let moe = expert.is_some() || gname.contains("_shexp");
                     let interleave = !moe || matches!(format, Kind::K(KFormat::Q4K | KFormat::Q6K));
                     let m = QuantMatrix::read(format, rows, cols, part.len(), interleave, |r| {
