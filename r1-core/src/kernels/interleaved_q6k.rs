@@ -85,11 +85,15 @@ fn quant(group: &[u8], e: usize, r: usize) -> u8 {
 /// Writes the file's Q6_K block of one row as row `r` of a group block.
 fn pack(block: &[u8], r: usize, out: &mut [u8]) {
     let w = decode(KFormat::Q6K, block);
-    for (e, q) in w.q.iter().enumerate() {
-        let u = (q + 32) as u8;
-        let (lo, lo_shift, hi, hi_shift) = place(e, r);
-        out[lo] = out[lo] & !(0x0f << lo_shift) | (u & 0x0f) << lo_shift;
-        out[hi] = out[hi] & !(0x03 << hi_shift) | (u >> 4) << hi_shift;
+    // Four weights at a time (a run of `place`, which shares its shifts), in place: a group
+    // block's bytes are each one row's, but hold that row's quants from two or four registers.
+    for (j, four) in w.q.chunks_exact(4).enumerate() {
+        let (lo, lo_shift, hi, hi_shift) = place(4 * j, r);
+        for (i, &q) in four.iter().enumerate() {
+            let u = (q + 32) as u8;
+            out[lo + i] = out[lo + i] & !(0x0f << lo_shift) | (u & 0x0f) << lo_shift;
+            out[hi + i] = out[hi + i] & !(0x03 << hi_shift) | (u >> 4) << hi_shift;
+        }
     }
     for g in 0..16 {
         out[SCALES + 16 * (g / 2) + 2 * r + g % 2] = block[192 + g];
