@@ -118,7 +118,7 @@ pub(crate) trait Layout {
     /// [`dots_scalar`](Layout::dots_scalar) with AVX-512 VNNI.
     ///
     /// # Safety
-    /// The CPU must support AVX512-VNNI/VL, AVX2, FMA and F16C; every act has a block for each
+    /// The CPU must support AVX512-VNNI/BW/VL, AVX2, FMA and F16C; every act has a block for each
     /// of the group's; `out.len() >= 8 * acts.len()`.
     #[cfg(target_arch = "x86_64")]
     unsafe fn dots_vnni(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]);
@@ -200,7 +200,7 @@ impl<L: Layout> Grouped<L> {
         }
         #[cfg(target_arch = "x86_64")]
         if super::cpu::level() >= super::cpu::Level::Avx512 {
-            // SAFETY: `Level::Avx512` includes AVX512-VNNI/VL, AVX2, FMA and F16C; the acts and
+            // SAFETY: `Level::Avx512` includes AVX512-VNNI/BW/VL, AVX2, FMA and F16C; the acts and
             // `out` were checked just above.
             return unsafe { L::dots_vnni(group, acts, out) };
         }

@@ -225,9 +225,9 @@ mod x86 {
     }
 
     /// # Safety
-    /// The CPU must support AVX512-VNNI and AVX512-VL with AVX2, FMA and F16C; every act has a
+    /// The CPU must support AVX512-VNNI, -BW and -VL with AVX2, FMA and F16C; every act has a
     /// block for each of the group's super-blocks; `out.len() >= 8 * acts.len()`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(super) unsafe fn group_dots(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
