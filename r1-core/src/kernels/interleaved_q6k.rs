@@ -85,14 +85,17 @@ fn quant(group: &[u8], e: usize, r: usize) -> u8 {
 /// Writes the file's Q6_K block of one row as row `r` of a group block.
 fn pack(block: &[u8], r: usize, out: &mut [u8]) {
     let w = decode(KFormat::Q6K, block);
-    // Four weights at a time (a run of `place`, which shares its shifts), in place: a group
-    // block's bytes are each one row's, but hold that row's quants from two or four registers.
-    for (j, four) in w.q.chunks_exact(4).enumerate() {
-        let (lo, lo_shift, hi, hi_shift) = place(4 * j, r);
-        for (i, &q) in four.iter().enumerate() {
-            let u = (q + 32) as u8;
-            out[lo + i] = out[lo + i] & !(0x0f << lo_shift) | (u & 0x0f) << lo_shift;
-            out[hi + i] = out[hi + i] & !(0x03 << hi_shift) | (u >> 4) << hi_shift;
+    // Row r's bytes written whole, each from the quants it holds (see `place`): in chunk k,
+    // byte b = 32h + 4r + i of register p is weight 32k + 8p + 4h + i.
+    for k in 0..8 {
+        for h in 0..2 {
+            for i in 0..4 {
+                let u = |p: usize| (w.q[32 * k + 8 * p + 4 * h + i] + 32) as u8;
+                let b = 32 * h + 4 * r + i;
+                out[128 * k + b] = u(0) & 0x0f | (u(1) & 0x0f) << 4;
+                out[128 * k + 64 + b] = u(2) & 0x0f | (u(3) & 0x0f) << 4;
+                out[QH + 64 * k + b] = u(0) >> 4 | (u(1) >> 4) << 2 | (u(2) >> 4) << 4 | (u(3) >> 4) << 6;
+            }
         }
     }
     for g in 0..16 {
