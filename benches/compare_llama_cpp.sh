@@ -11,7 +11,8 @@
 #     MODELS: which files (default: smollm2 qwen moe dense)
 #     NATIVE=0: leave out r1 built with target-cpu=native (default: shown beside the portable one)
 #     LLAMA_CPP_BIN: llama.cpp's build/bin (default: built by ../shared/tools/build-llama-cpp.sh)
-#     IK_LLAMA_BIN: ik_llama.cpp's build/bin, for a second peer column (run with -rtr 1)
+#     IK_LLAMA_BIN: ik_llama.cpp's build/bin, for a second peer column (run with -rtr 1;
+#                   benches/build-ik-llama.sh builds it)
 #
 # r1 is measured as users get it: built with cargo's defaults (`portable`: run-time SIMD dispatch,
 # what a dependent crate and the wheel get), and with target-cpu=native into target/native. The
