@@ -140,10 +140,8 @@ impl Aligned {
 /// values as that head's rows one after another (a stream the hardware prefetcher follows;
 /// in a GQA cache a head's slice of each row is a short strided read).
 pub(crate) struct Packed {
-    keys: Aligned,
-    values: Aligned,
-    tiles: usize,
-    total: usize,
+    /// Per key/value head: its key tiles and its value rows.
+    heads: Vec<(Aligned, Aligned)>,
     dk: usize,
     dv: usize,
 }
@@ -151,39 +149,45 @@ pub(crate) struct Packed {
 impl Packed {
     /// The keys and values of `total` positions for `s.kv_heads` heads of `s.head_dim` and
     /// `s.value_dim`: `key(kv, t, out)` writes head `kv`'s key at position `t` into `out`,
-    /// `value(kv, t, out)` its value.
+    /// `value(kv, t, out)` its value. Heads are packed in parallel, each into buffers of its
+    /// own (done serially, a long context's packing was the pool's idle time).
     pub(crate) fn new(
         s: Shape,
         total: usize,
-        key: impl Fn(usize, usize, &mut [f32]),
-        value: impl Fn(usize, usize, &mut [f32]),
+        key: impl Fn(usize, usize, &mut [f32]) + Sync,
+        value: impl Fn(usize, usize, &mut [f32]) + Sync,
     ) -> Self {
         let (dk, dv, tiles) = (s.head_dim, s.value_dim, total.div_ceil(KEY_TILE));
-        let mut keys = Aligned::zeros(s.kv_heads * tiles * dk * KEY_TILE);
-        let mut values = Aligned::zeros(s.kv_heads * total * dv);
-        let (kd, vd) = (keys.as_mut_slice(), values.as_mut_slice());
-        let mut row = vec![0f32; dk];
-        // At the CPU's SIMD level: an f16 cache's rows are widened here.
-        vectorized(
-            #[inline(always)]
-            || {
-                for t in 0..total {
-                    for kv in 0..s.kv_heads {
-                        key(kv, t, &mut row);
-                        let tile = &mut kd[(kv * tiles + t / KEY_TILE) * dk * KEY_TILE..][..dk * KEY_TILE];
-                        for (j, &x) in row.iter().enumerate() {
-                            tile[j * KEY_TILE + t % KEY_TILE] = x;
+        let heads = Mutex::new(Vec::with_capacity(s.kv_heads));
+        candle_core::utils::barrier_pool().execute_chunked(s.kv_heads, |range: Range<usize>| {
+            let mut done = Vec::new();
+            for kv in range {
+                let (mut keys, mut values) = (Aligned::zeros(tiles * dk * KEY_TILE), Aligned::zeros(total * dv));
+                let (kd, vd) = (keys.as_mut_slice(), values.as_mut_slice());
+                let mut row = vec![0f32; dk];
+                // At the CPU's SIMD level: an f16 cache's rows are widened here.
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for t in 0..total {
+                            key(kv, t, &mut row);
+                            let tile = &mut kd[(t / KEY_TILE) * dk * KEY_TILE..][..dk * KEY_TILE];
+                            for (j, &x) in row.iter().enumerate() {
+                                tile[j * KEY_TILE + t % KEY_TILE] = x;
+                            }
+                            value(kv, t, &mut vd[t * dv..][..dv]);
                         }
-                        value(kv, t, &mut vd[(kv * total + t) * dv..][..dv]);
-                    }
-                }
-            },
-        );
+                    },
+                );
+                done.push((kv, keys, values));
+            }
+            // A poisoned lock only means another task panicked; its heads are lost either way.
+            heads.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
+        });
+        let mut heads = heads.into_inner().unwrap_or_else(|p| p.into_inner());
+        heads.sort_by_key(|(kv, _, _)| *kv);
         Packed {
-            keys,
-            values,
-            tiles,
-            total,
+            heads: heads.into_iter().map(|(_, k, v)| (k, v)).collect(),
             dk,
             dv,
         }
@@ -192,13 +196,13 @@ impl Packed {
     /// Tile `i` of head `kv`'s keys: `[dk, KEY_TILE]`.
     #[inline(always)]
     fn key_tile(&self, kv: usize, i: usize) -> &[f32] {
-        &self.keys.as_slice()[(kv * self.tiles + i) * self.dk * KEY_TILE..][..self.dk * KEY_TILE]
+        &self.heads[kv].0.as_slice()[i * self.dk * KEY_TILE..][..self.dk * KEY_TILE]
     }
 
     /// Head `kv`'s value rows `first..first + n`: `[n, dv]`.
     #[inline(always)]
     fn values(&self, kv: usize, first: usize, n: usize) -> &[f32] {
-        &self.values.as_slice()[(kv * self.total + first) * self.dv..][..n * self.dv]
+        &self.heads[kv].1.as_slice()[first * self.dv..][..n * self.dv]
     }
 }
 
