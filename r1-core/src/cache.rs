@@ -353,9 +353,9 @@ impl<T: Element> Kv<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum CachePrecision {
-    /// f16 for a model whose weights are quantized (a GGUF file's, as llama.cpp keeps them, or
-    /// a checkpoint's quantized while loading), f32 for a checkpoint kept in f32, f16 or bf16
-    /// (whose logits then match transformers').
+    /// f16 for a GGUF file's weights (unless the key projection is stored f32; llama.cpp keeps
+    /// f16 caches too) and for a checkpoint's quantized while loading; f32 for a checkpoint kept
+    /// in f32, f16 or bf16, whose logits then match transformers'.
     #[default]
     Auto,
     /// 32-bit floats: exact, twice the memory and the bytes a decode step reads.

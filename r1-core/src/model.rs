@@ -77,8 +77,10 @@ pub struct LoadOptions {
     /// [`DEFAULT_PREFILL_CHUNK`], or 2,048 for Mixture-of-Experts models (DeepSeek V2/V3/R1).
     pub prefill_chunk: usize,
     /// How a grouped-query model's KV cache stores keys and values (default
-    /// [`CachePrecision::Auto`]: f16 for quantized weights). A decode step reads the whole
-    /// cache, so at long contexts f16 nearly halves its time. MLA models cache their latent in f32.
+    /// [`CachePrecision::Auto`]: f16 for a GGUF file's weights or weights quantized at load). A
+    /// decode step reads the whole cache, so f16 halves the bytes it reads there (the dense twin
+    /// of docs/performance.md decoded at 34.5 tokens/s instead of 31.0 at 4,096 tokens) and the
+    /// memory it holds. MLA models keep their latent cache as it is.
     pub cache_precision: CachePrecision,
 }
 
@@ -402,9 +404,15 @@ impl Model {
         self.inner.config.moe.is_some()
     }
 
-    /// Bytes the cache holds per token (f32): keys and values, or MLA's latent and rope key.
+    /// Bytes the cache holds per token: keys and values (f16 or f32, see
+    /// [`LoadOptions::cache_precision`]), or MLA's latent and rope key (f32).
     pub fn cache_bytes_per_token(&self) -> usize {
-        self.inner.config.cache_floats_per_token() * 4
+        let bytes = if self.inner.half_cache && self.inner.config.mla().is_none() {
+            2
+        } else {
+            4
+        };
+        self.inner.config.cache_floats_per_token() * bytes
     }
 
     /// Prompt tokens run per forward pass.

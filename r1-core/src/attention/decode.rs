@@ -25,8 +25,8 @@ pub(super) const TILE: usize = 16;
 /// Most tokens per task: a block's rows (256 × 512 floats for MLA's latent) stay in L2
 /// between the score pass and the value pass.
 pub(super) const KEY_BLOCK: usize = 256;
-/// Fewest tokens per task, where a short context is split between threads.
-const MIN_KEY_BLOCK: usize = 32;
+/// Fewest tokens per task (one tile), where a short context is split between threads.
+const MIN_KEY_BLOCK: usize = TILE;
 
 /// `q [heads, head_dim]` (the query row at position `s.offset`) against keys and values
 /// `[offset + 1, kv_heads, head_dim]`. Returns `[heads * head_dim]`.
@@ -49,7 +49,7 @@ pub(super) fn split_softmax(
     width: usize,
     block: impl Fn(Range<usize>) -> Partial + Sync,
 ) -> Vec<f32> {
-    // Blocks small enough that every thread has one, even for a short context.
+    // Blocks small enough that every thread has one, down to one tile per block.
     let threads = candle_core::utils::get_num_threads().max(1);
     let size = tokens.div_ceil(threads).clamp(MIN_KEY_BLOCK, KEY_BLOCK);
     let blocks = tokens.div_ceil(size);
@@ -161,6 +161,7 @@ pub(super) fn score_tile(q: &[f32], keys: &[&[f32]], out: &mut [f32; TILE]) {
 /// `acc += Σ_j p[j] · rows[j]` for up to [`TILE`] rows as long as `acc`.
 #[inline(always)]
 pub(super) fn accumulate_tile(p: &[f32], rows: &[&[f32]], acc: &mut [f32]) {
+    debug_assert!(rows.len() <= TILE && p.len() == rows.len(), "a tile is at most {TILE} rows");
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
         // SAFETY: the CPU has AVX-512F (`level`); lengths are checked by slicing inside.

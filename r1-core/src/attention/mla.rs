@@ -278,14 +278,13 @@ impl Mla {
     }
 }
 
-/// A weight in the activations' dtype (bf16 storage is widened per use on the CPU).
 /// `kv_b_proj` split per head into `W_UK` (keys: `k_nope = c · W_UKᵀ`) and `W_UV` (values).
 #[derive(Debug, Clone)]
 enum UpProjections {
     /// Dense, `[heads, qk_nope_head_dim, kv_lora_rank]` and `[heads, v_head_dim, kv_lora_rank]`.
     Dense { w_uk: Tensor, w_uv: Tensor },
     /// In the blocks a GGUF file stores them in (W_UK transposed, `[kv_lora_rank, qk_nope]`, and
-    /// W_UV): the absorbed decode reads these, a tenth of the bytes of f32. The expanded prefill
+    /// W_UV): the absorbed decode reads these, a sixth of the bytes of f32 or less. The expanded prefill
     /// widens them for the call; kept dense as well, they were 48 MB of the benchmark MoE's RSS.
     Blocks(HeadMatrices),
 }
@@ -314,6 +313,7 @@ impl UpProjections {
     }
 }
 
+/// A weight in the activations' dtype (bf16 storage is widened per use on the CPU).
 fn widen(w: &Tensor, like: &Tensor) -> Result<Tensor> {
     Ok(if w.dtype() == like.dtype() {
         w.clone()

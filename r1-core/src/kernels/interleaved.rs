@@ -479,6 +479,8 @@ mod x86 {
         unsafe {
             // A function, not a closure: a closure's body is compiled without the caller's
             // target features (see `interleaved_k::spread`).
+            /// # Safety
+            /// The CPU has AVX-512 F (inline it only into functions that enable it).
             #[inline(always)]
             unsafe fn load(block: &[u8], at: usize) -> __m512i {
                 // SAFETY: the caller's CPU has AVX-512 F; the slice is checked.

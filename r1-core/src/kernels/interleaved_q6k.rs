@@ -152,9 +152,10 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
-    /// of two groups of 16 the quants load into four 512-bit registers; each activation row
-    /// takes four `vpdpbusd`, two integer scalings, and one `vpmaddwd` of the chunk's scale pairs with its
-    /// group sums (the `-32` of the stored quants, taken out in integers at the end).
+    /// of two groups of 16 the quants are rebuilt from three loads (two of low nibbles, one of
+    /// high bits) into four 512-bit registers; each activation row takes four `vpdpbusd`, two
+    /// integer scalings, and one `vpmaddwd` of the chunk's scale pairs with its group sums (the
+    /// `-32` of the stored quants, taken out in integers at the end).
     #[inline(always)]
     unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has

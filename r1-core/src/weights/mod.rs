@@ -239,7 +239,7 @@ impl Weights {
                     let part = self.gguf_part(g, &gname, info, expert, &[rows, cols])?;
                     // The MoE kernel reads experts (routed and shared) in groups of eight rows,
                     // interleaved for Q4_K and Q6_K; other formats stay row-major for it.
-                    // Both interleaved forms are as large as the file's blocks.
+                    // The interleaved forms are the file's size (Q6_K) or 3% over it (Q4_K).
                     let moe = expert.is_some() || gname.contains("_shexp");
                     let interleave = !moe || matches!(format, Kind::K(KFormat::Q4K | KFormat::Q6K));
                     let m = QuantMatrix::read(format, rows, cols, part.len(), interleave, |r| {
