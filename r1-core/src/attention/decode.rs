@@ -161,7 +161,10 @@ pub(super) fn score_tile(q: &[f32], keys: &[&[f32]], out: &mut [f32; TILE]) {
 /// `acc += Σ_j p[j] · rows[j]` for up to [`TILE`] rows as long as `acc`.
 #[inline(always)]
 pub(super) fn accumulate_tile(p: &[f32], rows: &[&[f32]], acc: &mut [f32]) {
-    debug_assert!(rows.len() <= TILE && p.len() == rows.len(), "a tile is at most {TILE} rows");
+    debug_assert!(
+        rows.len() <= TILE && p.len() == rows.len(),
+        "a tile is at most {TILE} rows"
+    );
     #[cfg(target_arch = "x86_64")]
     if level() == Level::Avx512 {
         // SAFETY: the CPU has AVX-512F (`level`); lengths are checked by slicing inside.
