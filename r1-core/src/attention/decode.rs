@@ -79,14 +79,7 @@ fn block<T: Element>(q: &[f32], k: SplitRows<'_, T>, v: SplitRows<'_, T>, s: Sha
     let (d, group) = (s.head_dim, s.heads / s.kv_heads);
     let n = rows.len();
     let mut scores = vec![0f32; s.heads * n];
-    let mut wide = vec![
-        0f32;
-        if size_of::<T>() == size_of::<f32>() {
-            0
-        } else {
-            TILE * d
-        }
-    ];
+    let mut wide = tile_buffer::<T>(d);
     let mut tile_scores = [0f32; TILE];
     for first in (0..n).step_by(TILE) {
         let m = TILE.min(n - first);

@@ -8,7 +8,7 @@
 //! maximum and sum, merged at the end (the split-K form of online softmax): with 8 heads and
 //! one token there is nothing else to share between threads.
 
-use super::decode::{ahead, score_tile, split_softmax, TILE};
+use super::decode::{ahead, score_tile, split_softmax, tile_rows, TILE};
 use super::fused::{axpy, dot, Partial};
 use crate::cache::SplitRows;
 use crate::error::{Error, Result};
@@ -68,8 +68,9 @@ fn block(
         let next = first + TILE..(first + 2 * TILE).min(n);
         ahead(next.clone(), |j| c.row(rows.start + j));
         ahead(next, |j| k_rope.row(rows.start + j));
-        let cs: [&[f32]; TILE] = std::array::from_fn(|j| if j < m { c.row(rows.start + first + j) } else { &[] });
-        let ks: [&[f32]; TILE] = std::array::from_fn(|j| if j < m { k_rope.row(rows.start + first + j) } else { &[] });
+        // f32 rows: borrowed as they are, no buffer.
+        let cs = tile_rows(|j| c.row(rows.start + first + j), m, r, &mut []);
+        let ks = tile_rows(|j| k_rope.row(rows.start + first + j), m, e, &mut []);
         for h in 0..s.heads {
             score_tile(&q_lat[h * r..(h + 1) * r], &cs[..m], &mut latent);
             score_tile(&q_rope[h * e..(h + 1) * e], &ks[..m], &mut rope);
