@@ -215,7 +215,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     fn reduce(v: [__m512; TILE]) -> __m512 {
         // Loops rather than `array::from_fn` or closures, whose bodies are compiled without
-        // this function's target features (see `interleaved_k::spread`).
+        // this function's target features (see `interleaved_k`'s module comment).
         // Each vector folded to eight lanes, two vectors a register: [a(q0+q2), a(q1+q3), b…].
         let mut w = [_mm512_setzero_ps(); 8];
         for (k, w) in w.iter_mut().enumerate() {

@@ -118,10 +118,10 @@ fn gate_up(mlps: &[&BlockMlp], work: &[Assignment], used: &[usize], x: &[f32]) -
                     }
                     None => m.gate.block_dots_pair(&m.up, first, g_acts, &mut g, &mut v),
                 }
+                silu_times(&mut g, &v);
                 for r in first..(first + 8).min(inter) {
                     for k in 0..n {
-                        let i = k * 8 + r - first;
-                        part[k * rows.len() + r - rows.start] = silu(g[i]) * v[i];
+                        part[k * rows.len() + r - rows.start] = g[k * 8 + r - first];
                     }
                 }
             }
@@ -190,8 +190,17 @@ fn segments(starts: &[usize], total: usize, items: Range<usize>) -> Vec<(usize, 
     out
 }
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+/// `g = silu(g) · v`, vectorized: with libm's `exp`, a call per value, SiLU took 4.5% of a
+/// dense model's prefill.
+fn silu_times(g: &mut [f32], v: &[f32]) {
+    super::cpu::vectorized(
+        #[inline(always)]
+        || {
+            for (g, v) in g.iter_mut().zip(v) {
+                *g = *g / (1.0 + super::exp::exp(-*g)) * v;
+            }
+        },
+    )
 }
 
 #[cfg(test)]
@@ -262,6 +271,21 @@ mod tests {
                 norm > 0.0 && (err / norm).sqrt() <= 1e-5,
                 "token {tok}: {:e}",
                 (err / norm).sqrt()
+            );
+        }
+    }
+
+    #[test]
+    fn silu_times_is_silu_times_the_up_value() {
+        let xs = [-100.0f32, -20.0, -3.5, -1.0, -0.0, 0.0, 0.25, 1.0, 4.0, 30.0, 100.0];
+        let mut g = xs.to_vec();
+        let v: Vec<f32> = (0..xs.len()).map(|i| 0.5 + i as f32).collect();
+        silu_times(&mut g, &v);
+        for ((x, got), v) in xs.iter().zip(&g).zip(&v) {
+            let want = (*x as f64 / (1.0 + (-*x as f64).exp()) * *v as f64) as f32;
+            assert!(
+                (got - want).abs() <= 4.0 * f32::EPSILON * want.abs().max(1e-30),
+                "{x}: {got} vs {want}"
             );
         }
     }

@@ -3,19 +3,20 @@
 //!
 //! Computed row by row, each 32-weight block costs a conversion to f32 and a scaling FMA per
 //! token, which is most of the work: the integer dot itself is one instruction. Here the blocks
-//! of eight consecutive rows are stored side by side, four quants of each row in turn, so 32
-//! bytes hold four quants of all eight rows: `vpdpbusd` against four activation quants
-//! broadcast to their eight lanes gives eight rows' partial dots at once (a 512-bit register
-//! holds two such sets), and the scaling is done once for the eight rows (their scales sit in
-//! one register). The layout, per group of eight
-//! rows and per block (ik_llama.cpp's `_R8` idea, written from that description):
+//! of eight consecutive rows are stored side by side, eight quants of each row in turn, so a
+//! 512-bit register holds eight quants of all eight rows (row `r` in lanes `2r` and `2r + 1`):
+//! `vpdpbusd` against those eight activation quants, broadcast from memory to every 64-bit
+//! lane, gives eight rows' partial dots at once, and the scaling is done once for the eight rows
+//! (their scales sit in one register). The layout, per group of eight rows and per block
+//! (ik_llama.cpp's `_R8` idea, written from that description):
 //!
-//! - Q4_0 / Q4_1: 128 bytes of nibbles; byte `32j + 4r + i` holds quant `4j + i` of row `r` in its
-//!   low nibble and quant `16 + 4j + i` in its high nibble (`j < 4`); then the eight rows' `d` as
-//!   f16, and for Q4_1 their `m`.
-//! - Q5_0 / Q5_1: the same nibbles, then the eight rows' 32 high bits as little-endian `u32`s
-//!   (expanded to bit 4 of each quant in registers), then `d` (and `m`).
-//! - Q8_0: 256 bytes; byte `32j + 4r + i` is quant `4j + i` of row `r`, plus 128 (`j < 8`): the
+//! - Q4_0 / Q4_1: 128 bytes of nibbles; byte `64k + 8r + i` holds quant `8k + i` of row `r` in its
+//!   low nibble and quant `16 + 8k + i` in its high nibble (`k < 2`): the row-major block's byte
+//!   `8k + i`; then the eight rows' `d` as f16, and for Q4_1 their `m`.
+//! - Q5_0 / Q5_1: the same nibbles, then the eight rows' 32 high bits as little-endian `u32`s in
+//!   the order of rows 0, 1, 4, 5, 2, 3, 6, 7 (so that one byte shuffle within each 128-bit lane
+//!   of the register reaches them; see `x86::high_bits`), then `d` (and `m`).
+//! - Q8_0: 256 bytes; byte `64p + 8r + i` is quant `8p + i` of row `r`, plus 128 (`p < 4`): the
 //!   instruction multiplies unsigned by signed bytes. Then the eight `d` as f16.
 //!
 //! The stored quants are unsigned (`u`), so a weight is `d * (u - offset)` (offset 8 for Q4_0,
@@ -24,7 +25,7 @@
 //! multiple of eight are zero rows in the last group. The memory is the file's: the same quants
 //! and f16 scales, reordered.
 
-use super::quant::{quantize_q8, Format, Q8Block, QK};
+use super::quant::{quantize_q8, quantize_rows, Format, Q8Block, QK};
 use half::f16;
 use std::ops::Range;
 use std::sync::Mutex;
@@ -160,13 +161,7 @@ impl Interleaved {
 
     /// The activation rows of `x` (`[t, cols]`), quantized as the kernel reads them.
     pub(crate) fn quantize(&self, x: &[f32]) -> Vec<Vec<Q8Block>> {
-        x.chunks_exact(self.cols)
-            .map(|row| {
-                let mut blocks = Vec::with_capacity(self.blocks());
-                quantize_q8(row, &mut blocks);
-                blocks
-            })
-            .collect()
+        quantize_rows(x, self.cols, quantize_q8)
     }
 
     /// `x [t, cols]` → `[t, rows]`, pairs of groups of eight rows split over the thread pool.
@@ -250,19 +245,19 @@ fn pack_block(format: Format, block: &[u8], r: usize, out: &mut [u8]) {
         Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 => {
             let (qh_at, qs_at) = nibble_offsets(format);
             if let Some(h) = qh_at {
-                out[R * QK / 2 + 4 * r..][..4].copy_from_slice(&block[h..h + 4]);
+                out[R * QK / 2 + 4 * high_slot(r)..][..4].copy_from_slice(&block[h..h + 4]);
             }
             let qs = &block[qs_at..];
-            // Source byte k holds quant k (low) and quant 16 + k (high): exactly the pair the
+            // Source byte j holds quant j (low) and quant 16 + j (high): exactly the pair the
             // layout keeps together, so bytes move as they are.
-            for j in 0..4 {
-                out[32 * j + 4 * r..][..4].copy_from_slice(&qs[4 * j..4 * j + 4]);
+            for k in 0..2 {
+                out[64 * k + 8 * r..][..8].copy_from_slice(&qs[8 * k..8 * k + 8]);
             }
         }
         _ => {
-            for j in 0..8 {
-                for i in 0..4 {
-                    out[32 * j + 4 * r + i] = (block[2 + 4 * j + i] as i8 as i32 + 128) as u8;
+            for p in 0..4 {
+                for i in 0..8 {
+                    out[64 * p + 8 * r + i] = (block[2 + 8 * p + i] as i8 as i32 + 128) as u8;
                 }
             }
         }
@@ -271,6 +266,11 @@ fn pack_block(format: Format, block: &[u8], r: usize, out: &mut [u8]) {
     if format.has_offset() {
         out[qb + 2 * R + 2 * r..][..2].copy_from_slice(&block[2..4]);
     }
+}
+
+/// Where row `r`'s Q5 high bits lie among the eight rows' (see the module comment).
+fn high_slot(r: usize) -> usize {
+    [0, 1, 4, 5, 2, 3, 6, 7][r]
 }
 
 /// Where a row-major block keeps its high bits (Q5) and its quants.
@@ -291,18 +291,18 @@ fn unpack_block(format: Format, block: &[u8], r: usize, bytes: &mut Vec<u8>) {
         bytes.extend_from_slice(&block[qb + 2 * R + 2 * r..][..2]);
     }
     if nibble_offsets(format).0.is_some() {
-        bytes.extend_from_slice(&block[R * QK / 2 + 4 * r..][..4]);
+        bytes.extend_from_slice(&block[R * QK / 2 + 4 * high_slot(r)..][..4]);
     }
     match format {
         Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 => {
-            for j in 0..4 {
-                bytes.extend_from_slice(&block[32 * j + 4 * r..][..4]);
+            for k in 0..2 {
+                bytes.extend_from_slice(&block[64 * k + 8 * r..][..8]);
             }
         }
         _ => {
-            for j in 0..8 {
+            for p in 0..4 {
                 bytes.extend(
-                    block[32 * j + 4 * r..][..4]
+                    block[64 * p + 8 * r..][..8]
                         .iter()
                         .map(|&u| (u as i32 - 128) as i8 as u8),
                 );
@@ -314,13 +314,13 @@ fn unpack_block(format: Format, block: &[u8], r: usize, bytes: &mut Vec<u8>) {
 /// The stored quant `k` (0..32) of row `r` of a group block, unsigned.
 fn quant(format: Format, block: &[u8], r: usize, k: usize) -> i32 {
     match format {
-        Format::Q8_0 => block[32 * (k / 4) + 4 * r + k % 4] as i32,
+        Format::Q8_0 => block[64 * (k / 8) + 8 * r + k % 8] as i32,
         _ => {
-            let byte = block[32 * ((k % 16) / 4) + 4 * r + k % 4];
+            let byte = block[64 * ((k % 16) / 8) + 8 * r + k % 8];
             let nibble = (if k < 16 { byte & 0x0f } else { byte >> 4 }) as i32;
             let high = match nibble_offsets(format).0 {
                 Some(_) => {
-                    let qh = &block[R * QK / 2 + 4 * r..][..4];
+                    let qh = &block[R * QK / 2 + 4 * high_slot(r)..][..4];
                     ((u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]) >> k) & 1) as i32
                 }
                 None => 0,
@@ -359,11 +359,11 @@ fn group_dots_scalar(format: Format, group: &[u8], acts: &[Vec<Q8Block>], out: &
 mod x86 {
     use super::{offset, Interleaved, R};
     use crate::kernels::cpu::tiles;
-    use crate::kernels::interleaved_k::{prefetch, spread};
+    use crate::kernels::interleaved_k::{fold_pairs, lanes_of, pairs, prefetch};
     use crate::kernels::quant::{Format, Q8Block, QK};
     use std::arch::x86_64::*;
 
-    /// The eight rows' f16 scales at `at` as eight f32 lanes.
+    /// The eight rows' f16 scales at `at` as eight f32 lanes (one per row).
     #[inline(always)]
     unsafe fn scales(block: &[u8], at: usize) -> __m256 {
         // SAFETY: this function's contract is what the operations below need: the caller has
@@ -371,50 +371,38 @@ mod x86 {
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(block[at..at + 16].as_ptr() as *const __m128i)) }
     }
 
-    /// Q5's fifth bits for register `j` (quants 4j..4j+4 of each row, see `tile`): `qh` holds
-    /// the eight rows' 32 high bits as dwords; bit 4j + i of row r's dword becomes 0x10 in byte
-    /// 4r + i. Each dword's byte j / 2 (which holds those four bits) is copied to its four bytes,
-    /// then each byte tests its own bit.
+    /// Q5's fifth bits for register `p` (quants `8p..8p + 8` of each row, see `tile`) added to
+    /// its quants `w`: `qh` holds the eight rows' 32 high bits as dwords in the layout's order
+    /// (rows 0, 1, 4, 5, 2, 3, 6, 7), in both 256-bit halves. The 128-bit lane `L` of the
+    /// register holds rows `2L` and `2L + 1`, whose dwords that order puts in the same lane:
+    /// one byte shuffle copies byte `p` of each row's dword to its eight bytes, and byte `i`
+    /// tests its bit `i`.
     #[inline(always)]
-    unsafe fn high_bits(qh: __m256i, j: usize) -> __m256i {
-        // SAFETY: this function's contract is what the operations below need: the caller has
-        // checked the CPU for its target features, and passes slices as long as its loads read.
+    unsafe fn with_high_bits(w: __m512i, qh: __m512i, p: usize) -> __m512i {
+        // SAFETY: the caller has AVX-512 F and BW.
         unsafe {
-            let byte = (j / 2) as i32 * 0x0101_0101;
-            let pick = _mm256_add_epi32(
-                _mm256_set1_epi32(byte),
-                _mm256_setr_epi32(
-                    0,
-                    0x0404_0404,
-                    0x0808_0808,
-                    0x0c0c_0c0c,
-                    0,
-                    0x0404_0404,
-                    0x0808_0808,
-                    0x0c0c_0c0c,
-                ),
-            );
-            let shift = 4 * (j % 2) as u32;
-            let bits = i32::from_le_bytes([1u8 << shift, 2 << shift, 4 << shift, 8 << shift]);
-            let mask = _mm256_set1_epi32(bits);
-            let spread = _mm256_and_si256(_mm256_shuffle_epi8(qh, pick), mask);
-            _mm256_and_si256(_mm256_cmpeq_epi8(spread, mask), _mm256_set1_epi8(0x10))
+            // Control byte 16L + 8j + i: the lane's dword j (L < 2) or 2 + j (L >= 2), byte p.
+            let mut pick = [0u8; 64];
+            for (n, c) in pick.iter_mut().enumerate() {
+                let (lane, j) = (n / 16, n % 16 / 8);
+                *c = (4 * (j + if lane >= 2 { 2 } else { 0 }) + p) as u8;
+            }
+            let bytes = _mm512_shuffle_epi8(qh, _mm512_loadu_si512(pick.as_ptr() as *const __m512i));
+            let bit = _mm512_set1_epi64(0x8040_2010_0804_0201u64 as i64);
+            _mm512_mask_add_epi8(w, _mm512_test_epi8_mask(bytes, bit), w, _mm512_set1_epi8(0x10))
         }
     }
 
     /// `N` activation rows against the eight rows of each of `G` groups (of one format and
-    /// width), one block at a time. A 512-bit register holds two 256-bit lanes of the layout
-    /// (quants `4j..4j + 4` of the eight rows for `j = 2p` and `2p + 1`, adjacent in memory):
-    /// each group's block is unpacked once into four such registers, then each activation row
-    /// takes four `vpdpbusd` per group against its own quants permuted to match (`4j..4j + 4`
-    /// broadcast over lanes 0–7, `4j + 4..4j + 8` over lanes 8–15), one conversion and one FMA
-    /// for all eight weight rows.
+    /// width), one block at a time. Each group's block is unpacked once into four registers
+    /// (register `p`: quants `8p..8p + 8` of the eight rows); each activation row then takes
+    /// four `vpdpbusd` per group against its quants `8p..8p + 8` broadcast from memory, one
+    /// conversion, one multiplication and one FMA for all eight weight rows. Lanes `2r` and
+    /// `2r + 1` hold halves of row `r`'s sums until the end.
     ///
-    /// Two groups at once share that permutation between them, the instructions this kernel
-    /// is bound by when several rows are computed (a batch, a prefill). The weights' offset
-    /// (`Σ u·a - offset · Σ a`) is the dot chain's starting value, half in each 256-bit lane:
-    /// every offset is even, and the lanes are added at the end. Q4_1 / Q5_1's `m · s` term
-    /// is a second FMA into the same sum, from `m` in the low lane only.
+    /// The weights' offset (`Σ u·a - offset · Σ a`) is the dot chain's starting value, half in
+    /// each lane of a pair: every offset is even. Q4_1 / Q5_1's `m · s` term is a second FMA
+    /// into the same sum, from `m` in the pair's first lane only.
     #[inline(always)]
     unsafe fn tile<const N: usize, const G: usize>(
         format: Format,
@@ -423,7 +411,8 @@ mod x86 {
         outs: [&mut [f32]; G],
     ) {
         // SAFETY: this function's contract is what the operations below need: the caller has
-        // checked the CPU for its target features, and passes slices as long as its loads read.
+        // checked the CPU for its target features, and passes slices as long as its loads read
+        // (every act's `qs` holds 32 bytes).
         unsafe {
             let (gbb, qb) = (Interleaved::group_block_bytes(format), Interleaved::quant_bytes(format));
             let half_offset = offset(format) / 2;
@@ -436,21 +425,20 @@ mod x86 {
                     let block = &groups[g][b * gbb..][..gbb];
                     prefetch(block, N);
                     w[g] = weights(format, block);
-                    let d8 = _mm512_castps256_ps512(scales(block, qb));
-                    d[g] = _mm512_shuffle_f32x4(d8, d8, 0b01_00_01_00); // the rows' d, both lanes
+                    d[g] = pairs(scales(block, qb));
                     if format.has_offset() {
-                        m[g] = _mm512_zextps256_ps512(scales(block, qb + 2 * R));
+                        m[g] = _mm512_maskz_mov_ps(0x5555, pairs(scales(block, qb + 2 * R)));
                     }
                 }
                 for t in 0..N {
                     let a = &acts[t][b];
-                    let act = spread(&a.qs, 0);
+                    let qs = a.qs.as_ptr() as *const u8;
                     let start = _mm512_set1_epi32(-half_offset * a.sum);
                     let ad = _mm512_set1_ps(a.d);
                     for g in 0..G {
                         let mut isum = start;
-                        for p in 0..4 {
-                            isum = _mm512_dpbusd_epi32(isum, w[g][p], act[p]);
+                        for (p, w) in w[g].iter().enumerate() {
+                            isum = _mm512_dpbusd_epi32(isum, *w, lanes_of(qs.add(8 * p)));
                         }
                         let scale = _mm512_mul_ps(d[g], ad);
                         acc[g][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(isum), acc[g][t]);
@@ -462,23 +450,21 @@ mod x86 {
             }
             for (g, out) in outs.into_iter().enumerate() {
                 for t in 0..N {
-                    let lo = _mm512_castps512_ps256(acc[g][t]);
-                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[g][t]), 1));
-                    _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_add_ps(lo, hi));
+                    _mm256_storeu_ps(out[t * R..][..R].as_mut_ptr(), fold_pairs(acc[g][t]));
                 }
             }
         }
     }
 
-    /// One group block's quants as four registers of unsigned bytes, in the order of
-    /// [`spread`]'s activation vectors.
+    /// One group block's quants as four registers of unsigned bytes, register `p` holding
+    /// quants `8p..8p + 8` of the eight rows.
     #[inline(always)]
     unsafe fn weights(format: Format, block: &[u8]) -> [__m512i; 4] {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
         unsafe {
             // A function, not a closure: a closure's body is compiled without the caller's
-            // target features (see `interleaved_k::spread`).
+            // target features (see `interleaved_k`'s module comment).
             /// # Safety
             /// The CPU has AVX-512 F (inline it only into functions that enable it).
             #[inline(always)]
@@ -493,7 +479,7 @@ mod x86 {
                 }
                 return w;
             }
-            // Low nibbles of registers j = 0..4, then their high nibbles, j = 4..8.
+            // Low nibbles: quants 0..16 (registers 0, 1); high nibbles: 16..32 (2, 3).
             let low = _mm512_set1_epi8(0x0f);
             for k in 0..2 {
                 let v = load(block, 64 * k);
@@ -501,11 +487,9 @@ mod x86 {
                 w[2 + k] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
             }
             if matches!(format, Format::Q5_0 | Format::Q5_1) {
-                let qh = _mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i);
+                let qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(block[R * QK / 2..].as_ptr() as *const __m256i));
                 for (p, w) in w.iter_mut().enumerate() {
-                    let lo = _mm512_castsi256_si512(high_bits(qh, 2 * p));
-                    let bits = _mm512_inserti64x4(lo, high_bits(qh, 2 * p + 1), 1);
-                    *w = _mm512_or_si512(*w, bits);
+                    *w = with_high_bits(*w, qh, p);
                 }
             }
             w

@@ -2,10 +2,16 @@
 //! [`super::interleaved_q6k`]): groups of eight rows, one group block per super-block of 256
 //! weights, activations in Q8_K, groups split over the thread pool. A layout says how one
 //! row's block is packed into a group block and back, and how a group is dotted.
+//!
+//! The kernels fill arrays of registers in loops, never with `std::array::from_fn(|p| ..)`: an
+//! intrinsic inside a closure is compiled without the calling kernel's target features, so it
+//! may stay a call. It did: `_mm512_permutexvar_epi32` became one, and SmolLM2 decoded 2.4x and
+//! prefilled 3.8x slower.
 
 use super::interleaved::over_groups;
 pub(crate) use super::interleaved::R;
 use super::kquant::{quantize_q8k, Q8KBlock, QK_K};
+use super::quant::quantize_rows;
 use std::marker::PhantomData;
 
 /// `$tile::<N>(group, acts, out)` over `$acts` in tiles of four, two and one rows: the
@@ -26,32 +32,48 @@ macro_rules! tiles_of_four {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use tiles_of_four;
 
-/// Activation quants `at..at + 32` as the operands of four 512-bit `vpdpbusd`s against an
-/// interleaved layout (the legacy and both k-quant kernels): vector `p` holds quants
-/// `at + 8p..at + 8p + 4` (as one i32) in lanes 0–7 and `at + 8p + 4..at + 8p + 8` in lanes
-/// 8–15, matching a 512-bit load of two of the layout's 32-byte runs (four quants of each of
-/// eight rows, then the next four). One load and four permutes.
+/// The eight bytes at `p` in every 64-bit lane: one `vpbroadcastq` from memory, which takes a
+/// load port, not an arithmetic one. Against the k-quant layouts' registers (eight consecutive
+/// quants of each of eight rows, row `r` in lanes `2r` and `2r + 1`) these are the activations
+/// every lane pair meets.
 ///
 /// # Safety
-/// The CPU has AVX-512 F (the callers run inside their `#[target_feature]` kernels).
+/// The CPU has AVX-512 F; `p` points at eight readable bytes.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-pub(crate) unsafe fn spread(qs: &[i8], at: usize) -> [std::arch::x86_64::__m512i; 4] {
+pub(crate) unsafe fn lanes_of(p: *const u8) -> std::arch::x86_64::__m512i {
+    // SAFETY: the caller's contract.
+    unsafe { std::arch::x86_64::_mm512_set1_epi64(std::ptr::read_unaligned(p as *const i64)) }
+}
+
+/// Eight values, one per row, each in its row's lane pair `2r, 2r + 1`.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn pairs(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    let qs = &qs[at..at + 32];
-    // SAFETY: the caller's CPU has AVX-512 F (this function's contract); `qs` holds the 32
-    // bytes the load reads.
+    // SAFETY: the caller's CPU has AVX-512 F (this function's contract).
     unsafe {
-        let q = _mm512_castsi256_si512(_mm256_loadu_si256(qs.as_ptr() as *const __m256i));
-        // A loop, not `array::from_fn`: an intrinsic inside a closure is compiled without the
-        // caller's target features, so it may stay a call (it did: SmolLM2 decoded 2.4x and
-        // prefilled 3.8x slower).
-        let first = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let mut out = [_mm512_setzero_si512(); 4];
-        for (p, o) in out.iter_mut().enumerate() {
-            *o = _mm512_permutexvar_epi32(_mm512_add_epi32(first, _mm512_set1_epi32(2 * p as i32)), q);
-        }
-        out
+        let idx = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+        _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(x))
+    }
+}
+
+/// Each row's lane pair `2r, 2r + 1` added: the eight rows' sums.
+///
+/// # Safety
+/// The CPU has AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn fold_pairs(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's CPU has AVX-512 F (this function's contract).
+    unsafe {
+        let sum = _mm512_add_ps(x, _mm512_permute_ps::<0b1011_0001>(x));
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 2, 4, 6, 8, 10, 12, 14);
+        _mm512_castps512_ps256(_mm512_permutexvar_ps(even, sum))
     }
 }
 
@@ -78,20 +100,8 @@ pub(crate) fn prefetch(block: &[u8], tokens: usize) {
     super::cpu::prefetch_lines(block.as_ptr().wrapping_add(prefetch_ahead(tokens)), block.len());
 }
 
-/// Eight i32 lanes repeated in both halves of a 512-bit register (the eight rows' scales for
-/// the halves [`spread`]'s products come in).
-///
-/// # Safety
-/// The CPU has AVX-512 F.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-pub(crate) unsafe fn twice(x: std::arch::x86_64::__m256i) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller's CPU has AVX-512 F (this function's contract).
-    unsafe { _mm512_inserti64x4(_mm512_castsi256_si512(x), x, 1) }
-}
-
-/// The two halves of a 512-bit register of i32 added: eight rows' sums.
+/// The two halves of a 512-bit register of i32 added (eight rows' sums, where lanes `r` and
+/// `r + 8` belong to row `r`).
 ///
 /// # Safety
 /// The CPU has AVX-512 F and AVX2.
@@ -210,14 +220,7 @@ impl<L: Layout> Grouped<L> {
 
     /// `x [t, cols]` → `[t, rows]`, groups of eight rows split over the thread pool.
     pub(crate) fn matmul(&self, x: &[f32], t: usize) -> Vec<f32> {
-        let acts: Vec<Vec<Q8KBlock>> = x
-            .chunks_exact(self.cols)
-            .map(|row| {
-                let mut q = Vec::with_capacity(self.blocks());
-                quantize_q8k(row, &mut q);
-                q
-            })
-            .collect();
+        let acts = quantize_rows(x, self.cols, quantize_q8k);
         over_groups(self.rows, t, 1, |g, out| self.group_dots(g, &acts, out))
     }
 }

@@ -5,19 +5,27 @@
 //! scale and a 6-bit min: weight = `d · sc_s · q - dmin · m_s`. Per group of eight rows and per
 //! super-block the layout is:
 //!
-//! - 1,024 bytes of quants: chunk `c < 4`, then `j < 8`, 32 bytes each, byte `4r + i` holding
-//!   quant `4j + i` of sub-block `2c` (low nibble) and of sub-block `2c + 1` (high nibble) of row
-//!   `r`: the row-major block's byte `32c + 4j + i`, moved as it is;
-//! - the scales as bytes, sub-block-major (`8s + r`): eight rows' scale for sub-block `s` load as
-//!   one register;
-//! - the mins as bytes in pairs (`16p + 2r + k` for sub-block `2p + k`), ready for `vpmaddwd`
-//!   against two activation sub-block sums;
+//! - 1,024 bytes of quants: chunk `c < 4`, then run `p < 4`, 64 bytes each, byte `8r + k`
+//!   holding quant `8p + k` of sub-block `2c` (low nibble) and of sub-block `2c + 1` (high
+//!   nibble) of row `r`: the row-major block's byte `32c + 8p + k`, moved as it is;
+//! - the scales as bytes, sub-block-major (`8s + r`);
+//! - the mins as bytes in pairs (`16p + 2r + k` for sub-block `2p + k`);
 //! - the rows' `d`, then their `dmin`, as f16.
 //!
-//! 1,184 bytes against the file's 1,152 (the scales are unpacked from 6 bits to 8). In the
-//! kernel, one `vpdpbusd` gives eight rows' dots of four quants with four broadcast activation
-//! quants; each sub-block's integer sums are scaled in integers (`vpmulld` by the eight rows'
-//! scales), and the f32 work is done once per super-block for eight rows.
+//! 1,184 bytes against the file's 1,152 (the scales are unpacked from 6 bits to 8).
+//!
+//! In the kernel a 512-bit register of quants holds eight consecutive quants of each of the
+//! eight rows, row `r` in lanes `2r` and `2r + 1`, so the activations they meet are the same
+//! eight bytes in every lane pair: one `vpbroadcastq` from memory, which takes a load port, not
+//! an arithmetic one. On this CPU the two 512-bit arithmetic ports run `vpdpbusd` and every
+//! other vector instruction alike, so the kernel's speed is its count of arithmetic
+//! instructions per `vpdpbusd`. The earlier layout (four quants of each row per 32 bytes)
+//! needed a `vpermd` per `vpdpbusd` to spread the activations, and scaled each sub-block's
+//! integer sums with `vpmulld` (two instructions, one port): Q4_K at 128 tokens ran at 1.86 G
+//! block-dots/s on one core. Here each sub-block's sums go to f32 and are scaled by one FMA, and
+//! the high nibbles are kept in place (masked, not shifted: sixteen times the quant, a factor
+//! taken out of that sub-block's scale). The mins term is four `vpdpwssd` per super-block
+//! against the activations' sums of 16, broadcast the same way.
 
 use super::interleaved_k::{Layout, R};
 use super::kquant::{scale_min_k4, Q8KBlock};
@@ -63,8 +71,8 @@ impl Layout for Q4K {
 /// Writes the file's Q4_K block of one row as row `r` of a group block.
 fn pack(block: &[u8], r: usize, out: &mut [u8]) {
     for c in 0..4 {
-        for j in 0..8 {
-            out[256 * c + 32 * j + 4 * r..][..4].copy_from_slice(&block[16 + 32 * c + 4 * j..][..4]);
+        for p in 0..4 {
+            out[256 * c + 64 * p + 8 * r..][..8].copy_from_slice(&block[16 + 32 * c + 8 * p..][..8]);
         }
     }
     for s in 0..8 {
@@ -92,8 +100,8 @@ fn unpack(group: &[u8], r: usize, bytes: &mut Vec<u8>) {
         .collect();
     bytes.extend_from_slice(&packed);
     for c in 0..4 {
-        for j in 0..8 {
-            bytes.extend_from_slice(&group[256 * c + 32 * j + 4 * r..][..4]);
+        for p in 0..4 {
+            bytes.extend_from_slice(&group[256 * c + 64 * p + 8 * r..][..8]);
         }
     }
 }
@@ -114,7 +122,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
                     let (c, high) = (s / 2, s % 2 == 1);
                     let dot: i32 = (0..32)
                         .map(|k| {
-                            let byte = blk[256 * c + 32 * (k / 4) + 4 * r + k % 4];
+                            let byte = blk[256 * c + 64 * (k / 8) + 8 * r + k % 8];
                             let q = if high { byte >> 4 } else { byte & 0x0f };
                             q as i32 * a.qs[32 * s + k] as i32
                         })
@@ -133,86 +141,99 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, DMIN, GROUP_BLOCK, MINS, R, SCALES};
-    use crate::kernels::interleaved_k::{fold, prefetch, spread, tiles_of_four, twice};
+    use crate::kernels::interleaved_k::{fold_pairs, lanes_of, pairs, prefetch, tiles_of_four};
     use std::arch::x86_64::*;
 
+    /// The eight rows' f16 values at `blk[at..at + 16]`, in lane pairs.
     #[inline(always)]
-    unsafe fn halves(blk: &[u8], at: usize) -> __m256 {
-        // SAFETY: this function's contract is what the operations below need: the caller has
-        // checked the CPU for its target features, and passes slices as long as its loads read.
-        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(blk[at..at + 16].as_ptr() as *const __m128i)) }
+    unsafe fn halves(blk: &[u8], at: usize) -> __m512 {
+        // SAFETY: the caller has AVX-512 F and F16C; the slice holds the 16 bytes.
+        unsafe {
+            pairs(_mm256_cvtph_ps(_mm_loadu_si128(
+                blk[at..at + 16].as_ptr() as *const __m128i
+            )))
+        }
+    }
+
+    /// The eight rows' scales of sub-block `s` as f32 in lane pairs, times `factor`.
+    #[inline(always)]
+    unsafe fn scales(blk: &[u8], s: usize, factor: f32) -> __m512 {
+        // SAFETY: the caller has AVX-512 F; the slice holds the 8 bytes.
+        unsafe {
+            let sc = _mm_loadl_epi64(blk[SCALES + 8 * s..][..8].as_ptr() as *const __m128i);
+            let sc = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(sc, sc));
+            _mm512_mul_ps(_mm512_cvtepi32_ps(sc), _mm512_set1_ps(factor))
+        }
+    }
+
+    /// The mins of sub-blocks `2k, 2k + 1` for `vpdpwssd`: lane `2r + j` holds row `r`'s min of
+    /// sub-block `2k + j` in both of its 16-bit halves, as the activations' two sums of 16 in
+    /// that sub-block come in a lane.
+    #[inline(always)]
+    unsafe fn mins(blk: &[u8], k: usize) -> __m512i {
+        // SAFETY: the caller has AVX-512 F; the slice holds the 16 bytes.
+        unsafe {
+            let m = _mm512_cvtepu8_epi32(_mm_loadu_si128(blk[MINS + 16 * k..][..16].as_ptr() as *const __m128i));
+            _mm512_or_si512(m, _mm512_slli_epi32(m, 16))
+        }
     }
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
-    /// of two sub-blocks the quants are unpacked once into eight 512-bit registers; each
-    /// activation row then takes eight `vpdpbusd`, two integer scalings and adds, and per
-    /// super-block the mins term (four `vpmaddwd`) and two FMAs for all eight rows.
+    /// of two sub-blocks the quants are masked once into eight 512-bit registers; each
+    /// activation row then takes eight `vpdpbusd` and two conversions and FMAs, and per
+    /// super-block four `vpdpwssd` for the mins and three operations to scale. Lanes `2r` and
+    /// `2r + 1` hold halves of row `r`'s sums until the end.
     #[inline(always)]
     unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
-        // checked the CPU for its target features, and passes slices as long as its loads read.
+        // checked the CPU for its target features, and passes slices as long as its loads read
+        // (every act has a block for each of the group's; `qs` holds 256 bytes, `bsums` 32).
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut acc_m = [_mm256_setzero_ps(); N];
+            let mut acc = [_mm512_setzero_ps(); N];
             let low = _mm512_set1_epi8(0x0f);
+            let high = _mm512_set1_epi8(0xf0u8 as i8);
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
                 prefetch(blk, N);
-                let mut wide = [_mm512_setzero_si512(); N];
+                let mut part = [_mm512_setzero_ps(); N];
                 for c in 0..4 {
-                    // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`).
                     let (mut lo, mut hi) = ([_mm512_setzero_si512(); 4], [_mm512_setzero_si512(); 4]);
                     for p in 0..4 {
                         let v = _mm512_loadu_si512(blk[256 * c + 64 * p..].as_ptr() as *const __m512i);
                         lo[p] = _mm512_and_si512(v, low);
-                        hi[p] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+                        hi[p] = _mm512_and_si512(v, high);
                     }
-                    let scale = |s: usize| {
-                        twice(_mm256_cvtepu8_epi32(_mm_loadl_epi64(
-                            blk[SCALES + 8 * s..].as_ptr() as *const __m128i
-                        )))
-                    };
-                    let (sc_lo, sc_hi) = (scale(2 * c), scale(2 * c + 1));
+                    // The high nibbles are sixteen times their quants.
+                    let (sc_lo, sc_hi) = (scales(blk, 2 * c, 1.0), scales(blk, 2 * c + 1, 1.0 / 16.0));
                     for t in 0..N {
-                        let qs = &acts[t][b].qs;
-                        let (a_lo, a_hi) = (spread(qs, 64 * c), spread(qs, 64 * c + 32));
+                        let qs = acts[t][b].qs.as_ptr().add(64 * c) as *const u8;
                         let (mut s_lo, mut s_hi) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                         for p in 0..4 {
-                            s_lo = _mm512_dpbusd_epi32(s_lo, lo[p], a_lo[p]);
-                            s_hi = _mm512_dpbusd_epi32(s_hi, hi[p], a_hi[p]);
+                            s_lo = _mm512_dpbusd_epi32(s_lo, lo[p], lanes_of(qs.add(8 * p)));
+                            s_hi = _mm512_dpbusd_epi32(s_hi, hi[p], lanes_of(qs.add(32 + 8 * p)));
                         }
-                        let scaled = _mm512_add_epi32(_mm512_mullo_epi32(s_lo, sc_lo), _mm512_mullo_epi32(s_hi, sc_hi));
-                        wide[t] = _mm512_add_epi32(wide[t], scaled);
+                        part[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_lo), sc_lo, part[t]);
+                        part[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_hi), sc_hi, part[t]);
                     }
                 }
-                // Loops, not `array::from_fn`: see `interleaved_k::spread`.
-                let mut isum = [_mm256_setzero_si256(); N];
-                for (s, w) in isum.iter_mut().zip(&wide) {
-                    *s = fold(*w);
-                }
-                let mut mins = [_mm256_setzero_si256(); 4];
-                for (p, m) in mins.iter_mut().enumerate() {
-                    *m = _mm256_cvtepu8_epi16(_mm_loadu_si128(blk[MINS + 16 * p..].as_ptr() as *const __m128i));
+                // Loops, not `array::from_fn`: see `interleaved_k`'s module comment.
+                let mut m = [_mm512_setzero_si512(); 4];
+                for (k, m) in m.iter_mut().enumerate() {
+                    *m = mins(blk, k);
                 }
                 let (d, dmin) = (halves(blk, D), halves(blk, DMIN));
                 for t in 0..N {
                     let a = &acts[t][b];
-                    // Sub-block sums of the activations (pairs of the block's sums of 16), as i16
-                    // pairs (sub-blocks 2p, 2p + 1) broadcast for each p.
-                    let bsums = _mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i);
-                    let sums = _mm256_madd_epi16(bsums, _mm256_set1_epi16(1));
-                    let pairs = _mm256_packs_epi32(sums, sums);
-                    let mut msum = _mm256_setzero_si256();
-                    for (p, idx) in [0, 1, 4, 5].into_iter().enumerate() {
-                        let pair = _mm256_permutevar8x32_epi32(pairs, _mm256_set1_epi32(idx));
-                        msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mins[p], pair));
+                    let bsums = a.bsums.as_ptr() as *const u8;
+                    let mut msum = _mm512_setzero_si512();
+                    for (k, m) in m.iter().enumerate() {
+                        msum = _mm512_dpwssd_epi32(msum, *m, lanes_of(bsums.add(8 * k)));
                     }
-                    let ad = _mm256_set1_ps(a.d);
-                    acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, ad), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-                    acc_m[t] = _mm256_fmadd_ps(_mm256_mul_ps(dmin, ad), _mm256_cvtepi32_ps(msum), acc_m[t]);
+                    let v = _mm512_fmsub_ps(d, part[t], _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(msum)));
+                    acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(a.d), acc[t]);
                 }
             }
             for t in 0..N {
-                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), _mm256_sub_ps(acc[t], acc_m[t]));
+                _mm256_storeu_ps(out[t * R..][..R].as_mut_ptr(), fold_pairs(acc[t]));
             }
         }
     }

@@ -6,17 +6,19 @@
 //! Per group of eight rows and per super-block the layout is:
 //!
 //! - the quants (`u`, 0..64) in the order the kernel takes them: chunk `k < 8` (weights
-//!   `32k..32k + 32`), then `j < 8`, four weights of each row, weight `32k + 4j + i` of row `r`
-//!   at place `4r + i` of run `j`; a chunk is four 64-byte registers `p`, runs `2p` and `2p + 1`
-//!   side by side. The low four bits of registers 0 and 1 share 64 bytes (register 1's in the
-//!   high nibbles), then those of 2 and 3: 1,024 bytes in all; the two high bits of all four
-//!   share 64 bytes per chunk, register `p`'s at bits `2p`: 512 bytes;
-//! - the scales in pairs, `16k + 2r + h` for group `2k + h`, ready both for `vpmaddwd` against the
-//!   activations' group sums (the `-32` term) and, split, for scaling each group's dot;
+//!   `32k..32k + 32`) is four 64-byte registers `p`, each holding eight consecutive weights
+//!   `32k + 8p..32k + 8p + 8` of every row, row `r` at bytes `8r..8r + 8` (the same layout as
+//!   [`super::interleaved_q4k`]'s). The low four bits of registers 0 and 1 share 64 bytes
+//!   (register 1's in the high nibbles), then those of 2 and 3: 1,024 bytes in all; the two
+//!   high bits of all four share 64 bytes per chunk, register `p`'s at bits `2p`: 512 bytes;
+//! - the scales in pairs, `16k + 2r + h` for group `2k + h`, ready both for `vpdpwssd` against
+//!   the activations' group sums (the `-32` term) and, spread, for scaling each group's dot;
 //! - the rows' `d` as f16.
 //!
 //! 1,680 bytes, as in the file. The kernel rebuilds each register of quants from its nibbles and
-//! bits with a few shifts and masks. (Stored a byte per quant, the layout was 30% larger than the
+//! bits with a few shifts and masks, meets it with eight activation bytes broadcast from memory
+//! (row `r`'s sums in lanes `2r` and `2r + 1`), and scales each group's sums in f32 (why: see
+//! [`super::interleaved_q4k`]). (Stored a byte per quant, the layout was 30% larger than the
 //! file: 41 MB more for the benchmark MoE's experts, which put its peak RSS over its bound, and
 //! a fifth more bytes for every decode step to read.)
 
@@ -66,7 +68,7 @@ impl Layout for Q6K {
 /// one row only.
 fn place(e: usize, r: usize) -> (usize, u32, usize, u32) {
     // Its place had every quant a byte of its own: chunk k, register p, byte b.
-    let o = 32 * (e / 4) + 4 * r + e % 4;
+    let o = 64 * (e / 8) + 8 * r + e % 8;
     let (k, p, b) = (o / 256, o % 256 / 64, o % 64);
     (
         128 * k + 64 * (p / 2) + b,
@@ -86,16 +88,14 @@ fn quant(group: &[u8], e: usize, r: usize) -> u8 {
 fn pack(block: &[u8], r: usize, out: &mut [u8]) {
     let w = decode(KFormat::Q6K, block);
     // Row r's bytes written whole, each from the quants it holds (see `place`): in chunk k,
-    // byte b = 32h + 4r + i of register p is weight 32k + 8p + 4h + i.
+    // byte b = 8r + i of register p is weight 32k + 8p + i.
     for k in 0..8 {
-        for h in 0..2 {
-            for i in 0..4 {
-                let u = |p: usize| (w.q[32 * k + 8 * p + 4 * h + i] + 32) as u8;
-                let b = 32 * h + 4 * r + i;
-                out[128 * k + b] = u(0) & 0x0f | (u(1) & 0x0f) << 4;
-                out[128 * k + 64 + b] = u(2) & 0x0f | (u(3) & 0x0f) << 4;
-                out[QH + 64 * k + b] = u(0) >> 4 | (u(1) >> 4) << 2 | (u(2) >> 4) << 4 | (u(3) >> 4) << 6;
-            }
+        for i in 0..8 {
+            let u = |p: usize| (w.q[32 * k + 8 * p + i] + 32) as u8;
+            let b = 8 * r + i;
+            out[128 * k + b] = u(0) & 0x0f | (u(1) & 0x0f) << 4;
+            out[128 * k + 64 + b] = u(2) & 0x0f | (u(3) & 0x0f) << 4;
+            out[QH + 64 * k + b] = u(0) >> 4 | (u(1) >> 4) << 2 | (u(2) >> 4) << 4 | (u(3) >> 4) << 6;
         }
     }
     for g in 0..16 {
@@ -148,39 +148,32 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, GROUP_BLOCK, QH, R, SCALES};
-    use crate::kernels::interleaved_k::{fold, prefetch, spread, tiles_of_four, twice};
+    use crate::kernels::interleaved_k::{fold, fold_pairs, lanes_of, pairs, prefetch, tiles_of_four};
     use std::arch::x86_64::*;
 
     /// `N` activation rows against the group's eight rows, one super-block at a time: per chunk
     /// of two groups of 16 the quants are rebuilt from three loads (two of low nibbles, one of
-    /// high bits) into four 512-bit registers; each activation row takes four `vpdpbusd`, two
-    /// integer scalings, and one `vpmaddwd` of the chunk's scale pairs with its group sums (the
-    /// `-32` of the stored quants, taken out in integers at the end).
+    /// high bits) into four 512-bit registers and the two groups' scales spread to f32; each
+    /// activation row takes four `vpdpbusd` and two conversions and FMAs; per super-block, four
+    /// `vpdpwssd` of the scale pairs with the group sums give the `-32` of the stored quants.
     #[inline(always)]
     unsafe fn tile<const N: usize>(group: &[u8], acts: [&[Q8KBlock]; N], out: &mut [f32]) {
         // SAFETY: this function's contract is what the operations below need: the caller has
-        // checked the CPU for its target features, and passes slices as long as its loads read.
+        // checked the CPU for its target features, and passes slices as long as its loads read
+        // (every act has a block for each of the group's; `qs` holds 256 bytes, `bsums` 32).
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); N];
+            let mut acc = [_mm512_setzero_ps(); N];
+            let (low, high) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
             for (b, blk) in group.chunks_exact(GROUP_BLOCK).enumerate() {
                 prefetch(blk, N);
-                let mut wide = [_mm512_setzero_si512(); N];
-                let mut corr = [_mm256_setzero_si256(); N];
-                // A loop, not `array::from_fn`: see `interleaved_k::spread`.
-                let mut bsums = [_mm256_setzero_si256(); N];
-                for (s, a) in bsums.iter_mut().zip(acts) {
-                    *s = _mm256_loadu_si256(a[b].bsums.as_ptr() as *const __m256i);
-                }
+                let mut part = [_mm512_setzero_ps(); N];
                 for k in 0..8 {
-                    // Register p: the layout's runs j = 2p, 2p + 1 side by side (see `spread`);
-                    // p = 0, 1 are the first group of 16, p = 2, 3 the second.
                     // The four registers of quants from their nibbles and high bits: register p's
                     // high bits sit at 2p, moved to 4 (16-bit shifts: the masks drop what crosses
-                    // a byte).
+                    // a byte). p = 0, 1 are the first group of 16, p = 2, 3 the second.
                     let l01 = _mm512_loadu_si512(blk[128 * k..][..64].as_ptr() as *const __m512i);
                     let l23 = _mm512_loadu_si512(blk[128 * k + 64..][..64].as_ptr() as *const __m512i);
                     let h = _mm512_loadu_si512(blk[QH + 64 * k..][..64].as_ptr() as *const __m512i);
-                    let (low, high) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
                     let w = [
                         _mm512_or_si512(
                             _mm512_and_si512(l01, low),
@@ -196,34 +189,47 @@ mod x86 {
                             _mm512_and_si512(_mm512_srli_epi16::<2>(h), high),
                         ),
                     ];
-                    // Dword r: (scale of group 2k, scale of group 2k + 1) of row r, as i16.
-                    let pairs =
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(blk[SCALES + 16 * k..].as_ptr() as *const __m128i));
-                    let sc_lo = twice(_mm256_srai_epi32(_mm256_slli_epi32(pairs, 16), 16));
-                    let sc_hi = twice(_mm256_srai_epi32(pairs, 16));
+                    // Lane 2r + h: row r's scale of group 2k + h; spread to both lanes of row r.
+                    let sc = _mm512_cvtepi8_epi32(_mm_loadu_si128(blk[SCALES + 16 * k..].as_ptr() as *const __m128i));
+                    let sc_lo = _mm512_cvtepi32_ps(_mm512_shuffle_epi32::<0b1010_0000>(sc));
+                    let sc_hi = _mm512_cvtepi32_ps(_mm512_shuffle_epi32::<0b1111_0101>(sc));
                     for t in 0..N {
-                        let qs = &acts[t][b].qs;
-                        let a = spread(qs, 32 * k);
-                        let s_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], a[0]);
-                        let s_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[2], a[2]);
-                        let s_lo = _mm512_dpbusd_epi32(s_lo, w[1], a[1]);
-                        let s_hi = _mm512_dpbusd_epi32(s_hi, w[3], a[3]);
-                        let scaled = _mm512_add_epi32(_mm512_mullo_epi32(s_lo, sc_lo), _mm512_mullo_epi32(s_hi, sc_hi));
-                        wide[t] = _mm512_add_epi32(wide[t], scaled);
-                        // The activations' sums of groups 2k and 2k + 1, as an i16 pair in every dword.
-                        let group_sums = _mm256_permutevar8x32_epi32(bsums[t], _mm256_set1_epi32(k as i32));
-                        corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(pairs, group_sums));
+                        let qs = acts[t][b].qs.as_ptr().add(32 * k) as *const u8;
+                        let s_lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], lanes_of(qs));
+                        let s_hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[2], lanes_of(qs.add(16)));
+                        let s_lo = _mm512_dpbusd_epi32(s_lo, w[1], lanes_of(qs.add(8)));
+                        let s_hi = _mm512_dpbusd_epi32(s_hi, w[3], lanes_of(qs.add(24)));
+                        part[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_lo), sc_lo, part[t]);
+                        part[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s_hi), sc_hi, part[t]);
                     }
                 }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128(blk[D..D + 16].as_ptr() as *const __m128i));
+                // Dword r + 8j of register q: (scale of group 4q + 2j, of group 4q + 2j + 1) of
+                // row r as i16, against the activations' sums of those groups in lanes 8j..8j + 8.
+                let mut sc = [_mm512_setzero_si512(); 4];
+                for (q, sc) in sc.iter_mut().enumerate() {
+                    *sc = _mm512_cvtepi8_epi16(_mm256_loadu_si256(blk[SCALES + 32 * q..].as_ptr() as *const __m256i));
+                }
+                let d = pairs(_mm256_cvtph_ps(_mm_loadu_si128(
+                    blk[D..D + 16].as_ptr() as *const __m128i
+                )));
                 for t in 0..N {
-                    let total = _mm256_sub_epi32(fold(wide[t]), _mm256_slli_epi32(corr[t], 5));
-                    let scale = _mm256_mul_ps(d, _mm256_set1_ps(acts[t][b].d));
-                    acc[t] = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(total), acc[t]);
+                    let a = &acts[t][b];
+                    let bsums = _mm512_castsi256_si512(_mm256_loadu_si256(a.bsums.as_ptr() as *const __m256i));
+                    let mut corr = _mm512_setzero_si512();
+                    for (q, sc) in sc.iter().enumerate() {
+                        let (k0, k1) = (2 * q as i32, 2 * q as i32 + 1);
+                        let idx = _mm512_setr_epi32(k0, k0, k0, k0, k0, k0, k0, k0, k1, k1, k1, k1, k1, k1, k1, k1);
+                        corr = _mm512_dpwssd_epi32(corr, *sc, _mm512_permutexvar_epi32(idx, bsums));
+                    }
+                    // Lanes r and r + 8 of `corr` both belong to row r, as do lanes 2r and 2r + 1
+                    // of `part`: 32 times each row's sum is taken out of `part`, half per lane.
+                    let corr = pairs(_mm256_cvtepi32_ps(fold(corr)));
+                    let v = _mm512_mul_ps(d, _mm512_fnmadd_ps(corr, _mm512_set1_ps(16.0), part[t]));
+                    acc[t] = _mm512_fmadd_ps(v, _mm512_set1_ps(a.d), acc[t]);
                 }
             }
             for t in 0..N {
-                _mm256_storeu_ps(out[t * R..].as_mut_ptr(), acc[t]);
+                _mm256_storeu_ps(out[t * R..][..R].as_mut_ptr(), fold_pairs(acc[t]));
             }
         }
     }

@@ -6,7 +6,7 @@ use super::interleaved_k::Grouped;
 use super::interleaved_q4k::Q4K;
 use super::interleaved_q6k::Q6K;
 use super::kquant::{self, KFormat, Q8KBlock, QK_K};
-use super::quant::{self, quantize_q8, Format, Q8Block, QK};
+use super::quant::{self, quantize_q8, quantize_rows, Format, Q8Block, QK};
 use super::simd::{dot, dot_many};
 use crate::error::{Error, Result};
 use std::borrow::Cow;
@@ -251,24 +251,9 @@ impl QuantMatrix {
     /// Quantizes the rows of `x` (`[t, cols]`) as this matrix's products need them; matrices of
     /// the same kind and width can share the result.
     pub(crate) fn quantize(&self, x: &[f32]) -> Acts {
-        let rows = x.chunks_exact(self.cols);
         match self.kind {
-            Kind::Legacy(_) => Acts::Q8(
-                rows.map(|r| {
-                    let mut q = Vec::with_capacity(self.cols / QK);
-                    quantize_q8(r, &mut q);
-                    q
-                })
-                .collect(),
-            ),
-            Kind::K(_) => Acts::Q8K(
-                rows.map(|r| {
-                    let mut q = Vec::with_capacity(self.cols / QK_K);
-                    kquant::quantize_q8k(r, &mut q);
-                    q
-                })
-                .collect(),
-            ),
+            Kind::Legacy(_) => Acts::Q8(quantize_rows(x, self.cols, quantize_q8)),
+            Kind::K(_) => Acts::Q8K(quantize_rows(x, self.cols, kquant::quantize_q8k)),
         }
     }
 
