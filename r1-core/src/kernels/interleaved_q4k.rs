@@ -141,7 +141,7 @@ fn group_dots_scalar(group: &[u8], acts: &[Vec<Q8KBlock>], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{Q8KBlock, D, DMIN, GROUP_BLOCK, MINS, R, SCALES};
-    use crate::kernels::interleaved_k::{fold_pairs, lanes_of, pairs, prefetch, tiles_of_four};
+    use crate::kernels::interleaved_k::{fold_pairs, lanes_of, pairs, prefetch, tiles_of_eight};
     use std::arch::x86_64::*;
 
     /// The eight rows' f16 values at `blk[at..at + 16]`, in lane pairs.
@@ -246,7 +246,7 @@ mod x86 {
         // SAFETY: this function's contract is what the operations below need: the caller has
         // checked the CPU for its target features, and passes slices as long as its loads read.
         unsafe {
-            tiles_of_four!(tile, group, acts, out);
+            tiles_of_eight!(tile, group, acts, out);
         }
     }
 }
