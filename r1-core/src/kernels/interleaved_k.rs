@@ -239,7 +239,7 @@ pub(crate) fn check_layout<L: Layout>(format: super::kquant::KFormat, src: &[u8]
     for r in 0..rows {
         assert_eq!(m.row_bytes(r), row(r), "row {r}");
     }
-    let t = 7; // tiles of 4, 2 and 1
+    let t = 15; // tiles of 8, 4, 2 and 1
     let x: Vec<f32> = (0..t * blocks * QK_K)
         .map(|i| ((i * 7919 % 2001) as f32 - 1000.0) / 300.0)
         .collect();
