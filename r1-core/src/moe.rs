@@ -102,6 +102,49 @@ fn softmax(x: &[f32]) -> Vec<f32> {
     exps.iter().map(|e| e / sum).collect()
 }
 
+/// Tokens the fused experts take at a time. Their intermediate rows (f32, for every chosen
+/// expert of every token) and quantized inputs exist per piece: for a whole 2,048-token prefill
+/// chunk they were ~60 MiB of the benchmark MoE's peak memory. The kernels gain nothing from
+/// more rows than this (they reuse each group of weights over tiles of eight tokens).
+const EXPERT_TOKENS: usize = 512;
+
+/// The block MLPs `mlps` (the routed experts, then the shared one when `shared`) on the rows
+/// of `input`, each token through its chosen experts ([`experts::forward`]), [`EXPERT_TOKENS`]
+/// tokens at a time.
+fn fused(mlps: &[BlockMlp], tokens: &[TokenRouting], shared: bool, input: &[f32]) -> Result<Vec<f32>> {
+    let hidden = input.len() / tokens.len().max(1);
+    let refs: Vec<&BlockMlp> = mlps.iter().collect();
+    let mut y = Vec::with_capacity(input.len());
+    for (piece, rows) in tokens
+        .chunks(EXPERT_TOKENS)
+        .zip(input.chunks(EXPERT_TOKENS * hidden.max(1)))
+    {
+        let work = assignments(piece, mlps.len(), shared);
+        y.extend(experts::forward(&refs, &work, rows, piece.len())?);
+    }
+    Ok(y)
+}
+
+/// Which of `tokens` each of `experts` block MLPs runs on, with what weight: the routed ones as
+/// chosen, the shared one (last, when `shared`) on every token with weight 1.
+fn assignments(tokens: &[TokenRouting], experts: usize, shared: bool) -> Vec<Assignment> {
+    let t = tokens.len();
+    let mut work = vec![Assignment::default(); experts];
+    for (k, r) in tokens.iter().enumerate() {
+        for (&e, &w) in r.experts.iter().zip(&r.weights) {
+            work[e].tokens.push(k);
+            work[e].weights.push(w);
+        }
+    }
+    if shared {
+        work[experts - 1] = Assignment {
+            tokens: (0..t).collect(),
+            weights: vec![1.0; t],
+        };
+    }
+    work
+}
+
 /// A DeepSeekMoE block.
 #[derive(Debug, Clone)]
 pub struct Moe {
@@ -182,23 +225,8 @@ impl Moe {
 
     /// The chosen experts (and the shared one) in two parallel passes over block matrices.
     fn forward_fused(&self, mlps: &[BlockMlp], x: &Tensor, tokens: &[TokenRouting]) -> Result<Tensor> {
-        let t = tokens.len();
-        let mut work = vec![Assignment::default(); mlps.len()];
-        for (k, r) in tokens.iter().enumerate() {
-            for (&e, &w) in r.experts.iter().zip(&r.weights) {
-                work[e].tokens.push(k);
-                work[e].weights.push(w);
-            }
-        }
-        if self.shared_experts.is_some() {
-            work[mlps.len() - 1] = Assignment {
-                tokens: (0..t).collect(),
-                weights: vec![1.0; t],
-            };
-        }
         let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let refs: Vec<&BlockMlp> = mlps.iter().collect();
-        let y = experts::forward(&refs, &work, &input, t)?;
+        let y = fused(mlps, tokens, self.shared_experts.is_some(), &input)?;
         Ok(Tensor::from_vec(y, x.dims(), x.device())?.to_dtype(x.dtype())?)
     }
 
@@ -230,6 +258,38 @@ impl Moe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn experts_taken_a_piece_at_a_time_equal_each_token_alone() {
+        use crate::kernels::experts::tests::matrix;
+        use std::sync::Arc;
+        // Three routed experts and a shared one; more tokens than two pieces.
+        let (hidden, inter, t) = (64, 32, 2 * EXPERT_TOKENS + 37);
+        let mlps: Vec<BlockMlp> = (0..4)
+            .map(|e| BlockMlp {
+                gate: Arc::new(matrix(inter, hidden, 3 * e)),
+                up: Arc::new(matrix(inter, hidden, 3 * e + 1)),
+                down: Arc::new(matrix(hidden, inter, 3 * e + 2)),
+            })
+            .collect();
+        let tokens: Vec<TokenRouting> = (0..t)
+            .map(|k| TokenRouting {
+                experts: vec![k % 3, (k / 3 + 1) % 3],
+                weights: vec![0.75, 0.25 + (k % 5) as f32 / 10.0],
+            })
+            .collect();
+        let input: Vec<f32> = (0..t * hidden).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let got = fused(&mlps, &tokens, true, &input).unwrap();
+        let refs: Vec<&BlockMlp> = mlps.iter().collect();
+        for k in (0..t).step_by(7).chain([EXPERT_TOKENS - 1, EXPERT_TOKENS, t - 1]) {
+            let work = assignments(&tokens[k..k + 1], mlps.len(), true);
+            let want = experts::forward(&refs, &work, &input[k * hidden..(k + 1) * hidden], 1).unwrap();
+            let row = &got[k * hidden..(k + 1) * hidden];
+            let err = row.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let norm = want.iter().map(|b| b.abs()).fold(0f32, f32::max);
+            assert!(norm > 0.0 && err <= 1e-5 * norm, "token {k}: {err} of {norm}");
+        }
+    }
 
     fn cfg(scoring: ScoringFunc, method: TopkMethod, n_group: usize, topk_group: usize, k: usize) -> MoeConfig {
         MoeConfig {

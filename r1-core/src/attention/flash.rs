@@ -40,31 +40,50 @@ const TASK_QUERIES: usize = 16;
 /// `[offset + len, kv_heads, d]`, causal. Returns `[len, heads * d]`.
 pub(crate) fn attend<T: Element>(q: &[f32], k: SplitRows<'_, T>, v: SplitRows<'_, T>, s: Shape) -> Vec<f32> {
     let d = s.head_dim;
+    let len = q.len() / (s.heads * d);
     let head = |rows: SplitRows<'_, T>, kv: usize, t: usize, out: &mut [f32]| {
         T::write_f32(&rows.row(t)[kv * d..(kv + 1) * d], out)
     };
-    let packed = Packed::new(
-        s,
-        s.offset + q.len() / (s.heads * d),
-        |kv, t, out| head(k, kv, t, out),
-        |kv, t, out| head(v, kv, t, out),
-    );
-    run(q, &packed, s)
+    let mut out = vec![0f32; len * s.heads * s.value_dim];
+    for heads in head_rounds(s.kv_heads) {
+        let packed = Packed::new(
+            s,
+            s.offset + len,
+            heads,
+            |kv, t, out| head(k, kv, t, out),
+            |kv, t, out| head(v, kv, t, out),
+        );
+        run(q, &packed, s, &mut out);
+    }
+    out
+}
+
+/// The key/value heads a layer's attention takes at a time, one per thread: packed, a head's
+/// keys and values of a long context are f32 copies of the cache (32 MiB for all eight heads of
+/// the benchmark's dense twin at 4,096 tokens, which put its peak RSS over its bound), so only
+/// as many are packed at once as there are threads to pack them.
+pub(crate) fn head_rounds(kv_heads: usize) -> impl Iterator<Item = Range<usize>> {
+    let step = candle_core::utils::barrier_pool().n_workers() + 1;
+    (0..kv_heads)
+        .step_by(step)
+        .map(move |first| first..(first + step).min(kv_heads))
 }
 
 /// Causal attention of `q [len, heads, head_dim]` over the packed keys and values of
-/// `offset + len` positions. Returns `[len, heads * value_dim]`.
-pub(crate) fn run(q: &[f32], packed: &Packed, s: Shape) -> Vec<f32> {
+/// `offset + len` positions, for the key/value heads `packed` holds and the query heads sharing
+/// them: their columns of `out` (`[len, heads * value_dim]`) are written.
+pub(crate) fn run(q: &[f32], packed: &Packed, s: Shape, out: &mut [f32]) {
     let dv = s.value_dim;
     let len = q.len() / (s.heads * s.head_dim);
     let group = s.heads / s.kv_heads;
     let rows_per_task = TASK_QUERIES.div_ceil(group).max(1);
     let blocks = len.div_ceil(rows_per_task);
-    let out = Mutex::new(vec![0f32; len * s.heads * dv]);
+    let (first_kv, n_kv) = (packed.first, packed.heads.len());
+    let out = Mutex::new(out);
     // A task is a block of query rows for one key/value head and the query heads sharing it.
     // The last rows see the most keys: tasks are handed out from them down, so that the pool's
     // last grabs are the cheap ones.
-    candle_core::utils::barrier_pool().execute_chunked(blocks * s.kv_heads, |range: Range<usize>| {
+    candle_core::utils::barrier_pool().execute_chunked(blocks * n_kv, |range: Range<usize>| {
         let mut tile = Flash::default();
         let mut done: Vec<(usize, usize, Vec<f32>)> = Vec::new();
         let kernels = Kernels::for_cpu();
@@ -72,7 +91,7 @@ pub(crate) fn run(q: &[f32], packed: &Packed, s: Shape) -> Vec<f32> {
             #[inline(always)]
             || {
                 for task in range {
-                    let (block, kv) = (blocks - 1 - task / s.kv_heads, task % s.kv_heads);
+                    let (block, kv) = (blocks - 1 - task / n_kv, first_kv + task % n_kv);
                     let rows = block * rows_per_task..((block + 1) * rows_per_task).min(len);
                     tile.run(kernels, q, packed, s, rows.clone(), kv);
                     done.push((rows.start, kv, tile.output(rows.len() * group, dv)));
@@ -89,7 +108,6 @@ pub(crate) fn run(q: &[f32], packed: &Packed, s: Shape) -> Vec<f32> {
             }
         }
     });
-    out.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Which micro-kernels run: the AVX-512 ones, or the plain loops with or without FMA (without
@@ -140,28 +158,32 @@ impl Aligned {
 /// values as that head's rows one after another (a stream the hardware prefetcher follows;
 /// in a GQA cache a head's slice of each row is a short strided read).
 pub(crate) struct Packed {
-    /// Per key/value head: its key tiles and its value rows.
+    /// The first key/value head packed.
+    first: usize,
+    /// Per key/value head from `first`: its key tiles and its value rows.
     heads: Vec<(Aligned, Aligned)>,
     dk: usize,
     dv: usize,
 }
 
 impl Packed {
-    /// The keys and values of `total` positions for `s.kv_heads` heads of `s.head_dim` and
-    /// `s.value_dim`: `key(kv, t, out)` writes head `kv`'s key at position `t` into `out`,
-    /// `value(kv, t, out)` its value. Heads are packed in parallel, each into buffers of its
-    /// own (done serially, a long context's packing was the pool's idle time).
+    /// The keys and values of `total` positions for the key/value heads `kvs` (of
+    /// `s.head_dim` and `s.value_dim`): `key(kv, t, out)` writes head `kv`'s key at position `t`
+    /// into `out`, `value(kv, t, out)` its value. Heads are packed in parallel, each into
+    /// buffers of its own (done serially, a long context's packing was the pool's idle time).
     pub(crate) fn new(
         s: Shape,
         total: usize,
+        kvs: Range<usize>,
         key: impl Fn(usize, usize, &mut [f32]) + Sync,
         value: impl Fn(usize, usize, &mut [f32]) + Sync,
     ) -> Self {
         let (dk, dv, tiles) = (s.head_dim, s.value_dim, total.div_ceil(KEY_TILE));
-        let heads = Mutex::new(Vec::with_capacity(s.kv_heads));
-        candle_core::utils::barrier_pool().execute_chunked(s.kv_heads, |range: Range<usize>| {
+        let first = kvs.start;
+        let heads = Mutex::new(Vec::with_capacity(kvs.len()));
+        candle_core::utils::barrier_pool().execute_chunked(kvs.len(), |range: Range<usize>| {
             let mut done = Vec::new();
-            for kv in range {
+            for kv in range.map(|i| first + i) {
                 let (mut keys, mut values) = (Aligned::zeros(tiles * dk * KEY_TILE), Aligned::zeros(total * dv));
                 let (kd, vd) = (keys.as_mut_slice(), values.as_mut_slice());
                 let mut row = vec![0f32; dk];
@@ -187,6 +209,7 @@ impl Packed {
         let mut heads = heads.into_inner().unwrap_or_else(|p| p.into_inner());
         heads.sort_by_key(|(kv, _, _)| *kv);
         Packed {
+            first,
             heads: heads.into_iter().map(|(_, k, v)| (k, v)).collect(),
             dk,
             dv,
@@ -196,13 +219,13 @@ impl Packed {
     /// Tile `i` of head `kv`'s keys: `[dk, KEY_TILE]`.
     #[inline(always)]
     fn key_tile(&self, kv: usize, i: usize) -> &[f32] {
-        &self.heads[kv].0.as_slice()[i * self.dk * KEY_TILE..][..self.dk * KEY_TILE]
+        &self.heads[kv - self.first].0.as_slice()[i * self.dk * KEY_TILE..][..self.dk * KEY_TILE]
     }
 
     /// Head `kv`'s value rows `first..first + n`: `[n, dv]`.
     #[inline(always)]
     fn values(&self, kv: usize, first: usize, n: usize) -> &[f32] {
-        &self.heads[kv].1.as_slice()[first * self.dv..][..n * self.dv]
+        &self.heads[kv - self.first].1.as_slice()[first * self.dv..][..n * self.dv]
     }
 }
 

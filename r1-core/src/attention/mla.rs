@@ -239,8 +239,6 @@ impl Mla {
         let f32s = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
         let (w_uk, w_uv) = self.up.dense(c_all)?;
         let c = c_all.unsqueeze(0)?;
-        let k_nope = f32s(&c.broadcast_matmul(&w_uk.transpose(1, 2)?)?)?; // [h, total, nope]
-        let v = f32s(&c.broadcast_matmul(&w_uv.transpose(1, 2)?)?)?; // [h, total, v]
         let k_rope = f32s(k_r_all)?; // [total, rope]
         let q = f32s(&Tensor::cat(&[q_nope, q_rope], 2)?.transpose(0, 1)?.contiguous()?)?; // [len, h, nope + rope]
         let shape = Shape {
@@ -251,13 +249,25 @@ impl Mla {
             offset: total - len,
             scale: self.softmax_scale as f32,
         };
-        let key = |head: usize, t: usize, out: &mut [f32]| {
-            out[..nope].copy_from_slice(&k_nope[(head * total + t) * nope..][..nope]);
-            out[nope..].copy_from_slice(&k_rope[t * rope..][..rope]);
-        };
-        let value = |head: usize, t: usize, out: &mut [f32]| out.copy_from_slice(&v[(head * total + t) * vd..][..vd]);
-        let packed = Packed::new(shape, total, key, value);
-        let out = flash::run(&q, &packed, shape);
+        // A few heads at a time: every head's keys and values of a long context, expanded, were
+        // most of the MoE's transient memory in a prefill.
+        let mut out = vec![0f32; len * h * vd];
+        for heads in flash::head_rounds(h) {
+            let (first, n) = (heads.start, heads.len());
+            let expand = |w: &Tensor| -> Result<Vec<f32>> {
+                f32s(&c.broadcast_matmul(&w.narrow(0, first, n)?.transpose(1, 2)?)?)
+            };
+            let (k_nope, v) = (expand(&w_uk)?, expand(&w_uv)?); // [n, total, nope], [n, total, v]
+            let key = |head: usize, t: usize, out: &mut [f32]| {
+                out[..nope].copy_from_slice(&k_nope[((head - first) * total + t) * nope..][..nope]);
+                out[nope..].copy_from_slice(&k_rope[t * rope..][..rope]);
+            };
+            let value = |head: usize, t: usize, out: &mut [f32]| {
+                out.copy_from_slice(&v[((head - first) * total + t) * vd..][..vd])
+            };
+            let packed = Packed::new(shape, total, heads, key, value);
+            flash::run(&q, &packed, shape, &mut out);
+        }
         Ok(Tensor::from_vec(out, (len, h, vd), q_nope.device())?.to_dtype(q_nope.dtype())?)
     }
 

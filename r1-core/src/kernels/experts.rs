@@ -204,13 +204,13 @@ fn silu_times(g: &mut [f32], v: &[f32]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::matmul::Kind;
     use super::super::quant::{Format, QK};
     use super::*;
 
     /// A Q8_0 matrix whose weights are small multiples of 1/64 (exact in f32), from `seed`.
-    fn matrix(rows: usize, cols: usize, seed: usize) -> QuantMatrix {
+    pub(crate) fn matrix(rows: usize, cols: usize, seed: usize) -> QuantMatrix {
         let mut bytes = Vec::new();
         for r in 0..rows {
             for b in 0..cols / QK {
