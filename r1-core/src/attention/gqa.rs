@@ -65,14 +65,12 @@ impl Gqa {
                 .to_dtype(candle_core::DType::F32)?
                 .to_vec1()?)
         };
-        let q = token_rows(&self.rope.apply_at(&heads(self.q_proj.forward(x)?, h)?, positions())?)?;
-        let k = token_rows(&self.rope.apply_at(&heads(self.k_proj.forward(x)?, kvh)?, positions())?)?;
-        let v = self
-            .v_proj
-            .forward(x)?
-            .flatten_all()?
-            .to_dtype(candle_core::DType::F32)?
-            .to_vec1::<f32>()?;
+        let [q, k, v]: [Tensor; 3] = Linear::forward_all(&[&self.q_proj, &self.k_proj, &self.v_proj], x)?
+            .try_into()
+            .map_err(|_| Error::Internal("three projections gave another count".into()))?;
+        let q = token_rows(&self.rope.apply_at(&heads(q, h)?, positions())?)?;
+        let k = token_rows(&self.rope.apply_at(&heads(k, kvh)?, positions())?)?;
+        let v = v.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(rows * h * d);
         for (seg, cache) in segments.iter().zip(caches.iter_mut()) {
             let rows_of = |t: &'_ [f32], width: usize| -> Vec<f32> {

@@ -42,14 +42,23 @@ enum QueryProj {
 }
 
 impl QueryProj {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// The projection of the layer's input: `q_a_proj`, or `q_proj`.
+    fn first(&self) -> &Linear {
+        match self {
+            QueryProj::LowRank { q_a_proj, .. } => q_a_proj,
+            QueryProj::Full { q_proj } => q_proj,
+        }
+    }
+
+    /// The query from [`first`](Self::first)'s output.
+    fn rest(&self, y: Tensor) -> Result<Tensor> {
         match self {
             QueryProj::LowRank {
-                q_a_proj,
                 q_a_layernorm,
                 q_b_proj,
-            } => q_b_proj.forward(&q_a_layernorm.forward(&q_a_proj.forward(x)?)?),
-            QueryProj::Full { q_proj } => q_proj.forward(x),
+                ..
+            } => q_b_proj.forward(&q_a_layernorm.forward(&y)?),
+            QueryProj::Full { .. } => Ok(y),
         }
     }
 }
@@ -120,8 +129,12 @@ impl Mla {
             v_head_dim: vd,
             ..
         } = self.cfg;
-        let q_all = self.q.forward(x)?; // [rows, h * (nope + rope)]
-        let kv_all = self.kv_a_proj_with_mqa.forward(x)?; // [rows, r + rope]
+        // The query's first projection and the latent's share their input: one pass.
+        let [q_first, kv_all]: [Tensor; 2] = Linear::forward_all(&[self.q.first(), &self.kv_a_proj_with_mqa], x)?
+            .try_into()
+            .map_err(|_| Error::Internal("two projections gave another count".into()))?;
+        let q_all = self.q.rest(q_first)?; // [rows, h * (nope + rope)]
+                                           // kv_all: [rows, r + rope]
         let c_new = self.kv_a_layernorm.forward(&kv_all.narrow(1, 0, r)?)?;
         let mut outs = Vec::with_capacity(segments.len());
         for (seg, cache) in segments.iter().zip(caches.iter_mut()) {

@@ -13,7 +13,7 @@
 //!
 //! Experts that no token chose are never read.
 
-use super::matmul::{Acts, QuantMatrix};
+use super::matmul::{segments, Acts, QuantMatrix};
 use crate::error::{Error, Result};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -176,20 +176,6 @@ fn down_sum(
     y.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The pieces of the flat item range `items` as (segment, rows within it), where segment `u`
-/// covers `starts[u]..starts[u + 1]` (the last ends at `total`).
-fn segments(starts: &[usize], total: usize, items: Range<usize>) -> Vec<(usize, Range<usize>)> {
-    let mut out = Vec::new();
-    for (u, &s) in starts.iter().enumerate() {
-        let end = starts.get(u + 1).copied().unwrap_or(total);
-        let (a, b) = (items.start.max(s), items.end.min(end));
-        if a < b {
-            out.push((u, a - s..b - s));
-        }
-    }
-    out
-}
-
 /// `g = silu(g) · v`, vectorized: with libm's `exp`, a call per value, SiLU took 4.5% of a
 /// dense model's prefill.
 fn silu_times(g: &mut [f32], v: &[f32]) {
@@ -223,7 +209,7 @@ pub(crate) mod tests {
 
     /// A Q4_K matrix of pseudo-random blocks with small scales, interleaved where this CPU
     /// interleaves Q4_K (as GGUF experts are loaded).
-    fn q4k_matrix(rows: usize, cols: usize, seed: u64) -> QuantMatrix {
+    pub(crate) fn q4k_matrix(rows: usize, cols: usize, seed: u64) -> QuantMatrix {
         let mut state = 0x9e37_79b9_7f4a_7c15 ^ seed;
         let mut next = || {
             state ^= state << 13;
@@ -358,11 +344,5 @@ pub(crate) mod tests {
             4
         ];
         assert!(forward(&refs, &bad, &x, t).is_err());
-    }
-
-    #[test]
-    fn segments_split_a_range_over_experts() {
-        assert_eq!(segments(&[0, 4, 10], 12, 2..11), vec![(0, 2..4), (1, 0..6), (2, 0..1)]);
-        assert_eq!(segments(&[0, 4], 6, 4..6), vec![(1, 0..2)]);
     }
 }

@@ -346,9 +346,114 @@ impl QuantMatrix {
     }
 }
 
+/// The pieces of the flat item range `items` as (segment, rows within it), where segment `u`
+/// covers `starts[u]..starts[u + 1]` (the last ends at `total`).
+pub(crate) fn segments(starts: &[usize], total: usize, items: Range<usize>) -> Vec<(usize, Range<usize>)> {
+    let mut out = Vec::new();
+    for (u, &s) in starts.iter().enumerate() {
+        let end = starts.get(u + 1).copied().unwrap_or(total);
+        let (a, b) = (items.start.max(s), items.end.min(end));
+        if a < b {
+            out.push((u, a - s..b - s));
+        }
+    }
+    out
+}
+
+/// `x [t, cols]` through several matrices of that width at once (a layer's q, k and v
+/// projections, MLA's `q_a` and `kv_a`): the input is quantized once per activation format, and
+/// one round of the thread pool computes every matrix's groups of eight rows, where one round
+/// each made a decode step wait at the pool's barrier once per matrix. Returns `[t, rows]` per
+/// matrix.
+pub(crate) fn matmul_all(mats: &[&QuantMatrix], x: &[f32], t: usize) -> Result<Vec<Vec<f32>>> {
+    let Some(cols) = mats.first().map(|m| m.cols) else {
+        return Ok(Vec::new());
+    };
+    if x.len() != t * cols || mats.iter().any(|m| m.cols != cols) {
+        return Err(Error::InvalidArgument(format!(
+            "input of {} values is not [{t}, {cols}] for every matrix",
+            x.len()
+        )));
+    }
+    let legacy = |m: &&QuantMatrix| matches!(m.kind, Kind::Legacy(_));
+    let q8 = mats
+        .iter()
+        .any(legacy)
+        .then(|| Acts::Q8(quantize_rows(x, cols, quantize_q8)));
+    let q8k = (!mats.iter().all(legacy)).then(|| Acts::Q8K(quantize_rows(x, cols, kquant::quantize_q8k)));
+    let acts = |m: &QuantMatrix| match m.kind {
+        Kind::Legacy(_) => q8.as_ref(),
+        Kind::K(_) => q8k.as_ref(),
+    };
+    let groups = |m: &QuantMatrix| m.rows.div_ceil(8);
+    let starts: Vec<usize> = mats
+        .iter()
+        .scan(0, |at, m| {
+            let s = *at;
+            *at += groups(m);
+            Some(s)
+        })
+        .collect();
+    let total = mats.iter().map(|m| groups(m)).sum();
+    let ys: Vec<Mutex<Vec<f32>>> = mats.iter().map(|m| Mutex::new(vec![0f32; t * m.rows])).collect();
+    candle_core::utils::barrier_pool().execute_chunked(total, |items: Range<usize>| {
+        let mut dots = vec![0f32; t * 8];
+        for (i, range) in segments(&starts, total, items) {
+            let (m, Some(a)) = (mats[i], acts(mats[i])) else {
+                continue;
+            };
+            let rows = range.start * 8..(range.end * 8).min(m.rows);
+            let mut part = vec![0f32; t * rows.len()];
+            for first in rows.clone().step_by(8) {
+                m.block_dots(first, a, &mut dots);
+                for r in first..(first + 8).min(m.rows) {
+                    for k in 0..t {
+                        part[k * rows.len() + r - rows.start] = dots[k * 8 + r - first];
+                    }
+                }
+            }
+            // A poisoned lock only means another task panicked; its rows are lost either way.
+            let mut y = ys[i].lock().unwrap_or_else(|p| p.into_inner());
+            for k in 0..t {
+                y[k * m.rows + rows.start..k * m.rows + rows.end]
+                    .copy_from_slice(&part[k * rows.len()..(k + 1) * rows.len()]);
+            }
+        }
+    });
+    Ok(ys
+        .into_iter()
+        .map(|y| y.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segments_split_a_range_over_segments() {
+        assert_eq!(segments(&[0, 4, 10], 12, 2..11), vec![(0, 2..4), (1, 0..6), (2, 0..1)]);
+        assert_eq!(segments(&[0, 4], 6, 4..6), vec![(1, 0..2)]);
+    }
+
+    #[test]
+    fn matrices_run_together_equal_each_run_alone() {
+        use super::super::experts::tests::{matrix, q4k_matrix};
+        // Q8_0 and Q4_K rows (two activation formats) of one width, row counts not multiples
+        // of eight, the Q4_K interleaved where this CPU interleaves it.
+        let (cols, t) = (512, 5);
+        let (a, b) = (matrix(37, cols, 1), q4k_matrix(21, cols, 2));
+        let x: Vec<f32> = (0..t * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0).collect();
+        let all = matmul_all(&[&a, &b, &a], &x, t).unwrap();
+        for (got, m) in all.iter().zip([&a, &b, &a]) {
+            let want = m.matmul(&x, t).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+            }
+        }
+        assert!(matmul_all(&[&a, &b], &x[1..], t).is_err());
+    }
 
     #[test]
     fn matmul_matches_dequantized_product() {

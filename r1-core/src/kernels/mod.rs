@@ -20,4 +20,4 @@ pub(crate) mod matmul;
 pub(crate) mod quant;
 pub(crate) mod simd;
 
-pub(crate) use matmul::QuantMatrix;
+pub(crate) use matmul::{matmul_all, QuantMatrix};

@@ -5,7 +5,7 @@
 //! quantized matmul runs on the blocks directly. Activations are f32 throughout.
 
 use crate::error::Result;
-use crate::kernels::QuantMatrix;
+use crate::kernels::{matmul_all, QuantMatrix};
 use crate::weights::{Matrix, Weights};
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Module, Tensor};
@@ -74,10 +74,39 @@ impl Linear {
                 Tensor::from_vec(m.matmul(&input, t)?, (t, m.shape().0), x.device())?
             }
         };
+        self.add_bias(y)
+    }
+
+    fn add_bias(&self, y: Tensor) -> Result<Tensor> {
         Ok(match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?)?,
             None => y,
         })
+    }
+
+    /// `x [tokens, in]` through several layers of that input width (a layer's q, k and v
+    /// projections): where every weight is an r1 block matrix, one quantization of `x` and one
+    /// round of the thread pool for all of them ([`matmul_all`]); otherwise each layer's
+    /// [`forward`](Self::forward).
+    pub(crate) fn forward_all(layers: &[&Linear], x: &Tensor) -> Result<Vec<Tensor>> {
+        let blocks: Option<Vec<&QuantMatrix>> = layers
+            .iter()
+            .map(|l| match &l.weight {
+                Weight::Blocks(m) => Some(&**m),
+                _ => None,
+            })
+            .collect();
+        let Some(mats) = blocks else {
+            return layers.iter().map(|l| l.forward(x)).collect();
+        };
+        let (t, _) = x.dims2()?;
+        let input = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let ys = matmul_all(&mats, &input, t)?;
+        layers
+            .iter()
+            .zip(mats.iter().zip(ys))
+            .map(|(l, (m, y))| l.add_bias(Tensor::from_vec(y, (t, m.shape().0), x.device())?))
+            .collect()
     }
 }
 
