@@ -251,9 +251,18 @@ impl Mla {
         let total = c_all.dim(0)?;
         let f32s = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?) };
         let (w_uk, w_uv) = self.up.dense(c_all)?;
-        let c = c_all.unsqueeze(0)?;
         let k_rope = f32s(k_r_all)?; // [total, rope]
-        let q = f32s(&Tensor::cat(&[q_nope, q_rope], 2)?.transpose(0, 1)?.contiguous()?)?; // [len, h, nope + rope]
+                                     // [len, h, nope + rope], put together from the two parts' rows (through tensor ops, three
+                                     // copies of the whole query were alive at once).
+        let (q_n, q_r) = (f32s(q_nope)?, f32s(q_rope)?); // [h, len, nope], [h, len, rope]
+        let mut q = Vec::with_capacity(len * h * (nope + rope));
+        for t in 0..len {
+            for head in 0..h {
+                q.extend_from_slice(&q_n[(head * len + t) * nope..][..nope]);
+                q.extend_from_slice(&q_r[(head * len + t) * rope..][..rope]);
+            }
+        }
+        drop((q_n, q_r));
         let shape = Shape {
             heads: h,
             kv_heads: h,
@@ -267,8 +276,14 @@ impl Mla {
         let mut out = vec![0f32; len * h * vd];
         for heads in flash::head_rounds(h) {
             let (first, n) = (heads.start, heads.len());
+            // Head by head, `[total, r] · [r, ·]`: a broadcast batched product copied the latent
+            // once per head of the round first.
             let expand = |w: &Tensor| -> Result<Vec<f32>> {
-                f32s(&c.broadcast_matmul(&w.narrow(0, first, n)?.transpose(1, 2)?)?)
+                let mut out = Vec::new();
+                for head in first..first + n {
+                    out.extend(f32s(&c_all.matmul(&w.get(head)?.t()?)?)?);
+                }
+                Ok(out)
             };
             let (k_nope, v) = (expand(&w_uk)?, expand(&w_uv)?); // [n, total, nope], [n, total, v]
             let key = |head: usize, t: usize, out: &mut [f32]| {
