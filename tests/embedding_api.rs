@@ -152,8 +152,8 @@ fn the_default_prefill_chunk_is_the_models_own() {
         let moe = std::fs::read_to_string(dir.join("config.json"))
             .unwrap()
             .contains("n_routed_experts");
-        // 0 asks for the model's own; MoE models take 2,048 tokens a pass, dense ones 512.
-        let want = if moe { 2048 } else { r1_core::DEFAULT_PREFILL_CHUNK };
+        // 0 asks for the model's own; MoE models take 1,024 tokens a pass, dense ones 512.
+        let want = if moe { 1024 } else { r1_core::DEFAULT_PREFILL_CHUNK };
         assert_eq!(model.prefill_chunk(), want, "{}", dir.display());
         let set = Model::load(&dir, &LoadOptions::default().with_prefill_chunk(7)).unwrap();
         assert_eq!(set.prefill_chunk(), 7);

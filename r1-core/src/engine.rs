@@ -34,6 +34,7 @@ impl Engine {
             TokenizerSource::Metadata(metadata) => Tokenizer::from_metadata(&metadata)?,
             TokenizerSource::Folder(dir) => Tokenizer::from_dir(&dir, &model.config().eos_token_ids)?,
         };
+        crate::memory::release_free_heap();
         Engine::new(model, tokenizer)
     }
 

@@ -39,6 +39,7 @@ mod error;
 mod generate;
 mod kernels;
 mod layers;
+mod memory;
 mod metadata;
 mod model;
 mod models;

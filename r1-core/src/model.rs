@@ -53,11 +53,12 @@ impl std::str::FromStr for DType {
 /// bounds the activations a pass holds (attention never builds a score tensor).
 pub const DEFAULT_PREFILL_CHUNK: usize = 512;
 
-/// The default prefill chunk of Mixture-of-Experts models: each routed expert then gets four
-/// times the tokens per pass for its batched products, and MLA expands its latent cache to keys
-/// and values once per pass, not once per 512 tokens. DeepSeek-shaped MoE at 4,096 tokens of
-/// prompt: 127–129 tokens/s at 512, 178–194 at 2,048, for 70 MB more at the peak.
-pub(crate) const MOE_PREFILL_CHUNK: usize = 2048;
+/// The default prefill chunk of Mixture-of-Experts models: MLA expands its latent cache to keys
+/// and values once per pass, so fewer, longer passes expand less. DeepSeek-shaped MoE at 4,096
+/// tokens of prompt, two threads (2026-12-08): 211–214 tokens/s at 512 (peak RSS 944–946 MiB),
+/// 236–277 at 1,024 (966–973 MiB), 248–278 at 2,048 (996–1,002 MiB): 1,024 keeps the speed
+/// for 30 MiB less.
+pub(crate) const MOE_PREFILL_CHUNK: usize = 1024;
 
 /// How to load a model. Start from `LoadOptions::default()` and change what you need.
 #[derive(Clone)]
@@ -74,7 +75,7 @@ pub struct LoadOptions {
     /// Compute threads (`None` or 0: one per physical core). Process-wide: see [`set_threads`](crate::set_threads).
     pub threads: Option<usize>,
     /// Most prompt tokens run in one forward pass; 0 (the default) for the model's own:
-    /// [`DEFAULT_PREFILL_CHUNK`], or 2,048 for Mixture-of-Experts models (DeepSeek V2/V3/R1).
+    /// [`DEFAULT_PREFILL_CHUNK`], or 1,024 for Mixture-of-Experts models (DeepSeek V2/V3/R1).
     pub prefill_chunk: usize,
     /// How a grouped-query model's KV cache stores keys and values (default
     /// [`CachePrecision::Auto`]: f16 for a GGUF file's weights or weights quantized at load). A
@@ -308,7 +309,9 @@ impl Model {
     /// not, or one `.safetensors` file beside its `config.json`) or a GGUF file, told apart by
     /// content.
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
-        Ok(Self::load_with_tokenizer_source(path.as_ref(), options)?.0)
+        let model = Self::load_with_tokenizer_source(path.as_ref(), options)?.0;
+        crate::memory::release_free_heap();
+        Ok(model)
     }
 
     /// [`Model::load`], and where the model's tokenizer is: the GGUF header already parsed, or

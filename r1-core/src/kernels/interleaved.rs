@@ -133,6 +133,12 @@ impl Interleaved {
         })
     }
 
+    /// Keeps room for `rows` rows in all (a matrix packed a piece at a time).
+    pub(crate) fn reserve_rows(&mut self, rows: usize) {
+        let bytes = rows.div_ceil(R) * self.blocks() * Self::group_block_bytes(self.format);
+        self.data.reserve_exact(bytes.saturating_sub(self.data.len()));
+    }
+
     /// The rows of `next` after these (a matrix packed a piece at a time): `None` unless
     /// these rows fill whole groups and `next` has the same format and columns.
     pub(crate) fn append(&mut self, next: Interleaved) -> Option<()> {

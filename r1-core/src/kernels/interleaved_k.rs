@@ -180,6 +180,12 @@ impl<L: Layout> Grouped<L> {
         })
     }
 
+    /// Keeps room for `rows` rows in all (a matrix packed a piece at a time).
+    pub(crate) fn reserve_rows(&mut self, rows: usize) {
+        let bytes = rows.div_ceil(R) * self.blocks() * L::GROUP_BLOCK;
+        self.data.reserve_exact(bytes.saturating_sub(self.data.len()));
+    }
+
     /// The rows of `next` after these (a matrix packed a piece at a time): `None` unless
     /// these rows fill whole groups and `next` has the same columns.
     pub(crate) fn append(&mut self, next: Grouped<L>) -> Option<()> {

@@ -210,11 +210,28 @@ impl QuantMatrix {
             let bytes = read(first * row_bytes..(first + n) * row_bytes)?;
             let piece = Self::interleaved(kind, n, cols, &bytes).ok_or_else(unpacked)?;
             match packed.as_mut() {
-                None => packed = Some(piece),
+                None => {
+                    // Room for the whole matrix at once: grown by doubling, a large matrix had
+                    // two copies of its front half alive at a reallocation (SmolLM2's 17 MB
+                    // embedding table set its peak RSS there).
+                    let mut first = piece;
+                    first.reserve_rows(rows);
+                    packed = Some(first)
+                }
                 Some(m) => m.append(piece).ok_or_else(unpacked)?,
             }
         }
         packed.ok_or_else(unpacked)
+    }
+
+    /// Keeps room for `rows` rows in all in the interleaved data, for [`append`](Self::append).
+    fn reserve_rows(&mut self, rows: usize) {
+        match self.interleaved.as_mut() {
+            Some(Packed::Legacy(m)) => m.reserve_rows(rows),
+            Some(Packed::Q4K(m)) => m.reserve_rows(rows),
+            Some(Packed::Q6K(m)) => m.reserve_rows(rows),
+            None => {}
+        }
     }
 
     /// The rows of `next` after these: both interleaved, these rows filling whole groups.
