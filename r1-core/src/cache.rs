@@ -364,6 +364,23 @@ pub enum CachePrecision {
     F16,
 }
 
+impl std::str::FromStr for CachePrecision {
+    type Err = crate::Error;
+
+    /// `"auto"`, `"f32"` or `"f16"` (any case): how the C ABI's and the Python wheel's callers
+    /// name it.
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(CachePrecision::Auto),
+            "f32" | "float32" => Ok(CachePrecision::F32),
+            "f16" | "float16" => Ok(CachePrecision::F16),
+            other => Err(crate::Error::InvalidArgument(format!(
+                "cache precision `{other}` (auto, f32 or f16)"
+            ))),
+        }
+    }
+}
+
 /// What one layer caches.
 #[derive(Debug, Clone)]
 pub(crate) enum LayerCache {
@@ -526,6 +543,15 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_precision_parses_its_three_names() {
+        assert_eq!("auto".parse::<CachePrecision>().unwrap(), CachePrecision::Auto);
+        assert_eq!("F32".parse::<CachePrecision>().unwrap(), CachePrecision::F32);
+        assert_eq!("float16".parse::<CachePrecision>().unwrap(), CachePrecision::F16);
+        let err = "f8".parse::<CachePrecision>().unwrap_err();
+        assert!(err.to_string().contains("f8") && err.to_string().contains("auto, f32 or f16"));
+    }
 
     fn rows_of(r: &SplitRows<'_>) -> Vec<f32> {
         (0..r.len()).flat_map(|t| r.row(t).to_vec()).collect()

@@ -10,8 +10,9 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use r1_core::{
-    CancelHandle, Channel, Consensus, DType, DistillRecord, DistillWriter, Engine, Error, GenerateParams, Generation,
-    LoadOptions, Message, Prompt, QuantizeTo, SamplingParams, Session, StepConfig, StepVerifier, Trace, Usage, Verdict,
+    CachePrecision, CancelHandle, Channel, Consensus, DType, DistillRecord, DistillWriter, Engine, Error,
+    GenerateParams, Generation, LoadOptions, Message, Prompt, QuantizeTo, SamplingParams, Session, StepConfig,
+    StepVerifier, Trace, Usage, Verdict,
 };
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -257,13 +258,14 @@ fn signal_poll(slot: Arc<Mutex<Option<PyErr>>>) -> CancelHandle {
 #[pymethods]
 impl PyModel {
     #[new]
-    #[pyo3(signature = (path, dtype=None, threads=None, quantize=None))]
+    #[pyo3(signature = (path, dtype=None, threads=None, quantize=None, cache=None))]
     fn new(
         py: Python<'_>,
         path: String,
         dtype: Option<String>,
         threads: Option<usize>,
         quantize: Option<String>,
+        cache: Option<String>,
     ) -> PyResult<Self> {
         let mut options = LoadOptions::default();
         if let Some(d) = dtype {
@@ -275,6 +277,9 @@ impl PyModel {
         }
         if let Some(t) = threads {
             options = options.with_threads(t);
+        }
+        if let Some(c) = cache {
+            options = options.with_cache_precision(c.parse::<CachePrecision>().map_err(py_err)?);
         }
         let engine = py.detach(|| Engine::load(&path, &options)).map_err(py_err)?;
         Ok(PyModel {

@@ -221,6 +221,24 @@ def test_bad_inputs_raise_the_documented_exceptions(model, tmp_path):
         r1py.Model(FIXTURES / "qwen2_tiny", dtype="f8")
 
 
+def test_cache_precision_is_a_load_option():
+    # A checkpoint kept in f32 caches in f32 by default, matching transformers; an f16 cache
+    # rounds the keys and values the later tokens attend to, so its logits move, a little.
+    ref = read_safetensors(FIXTURES / "qwen2_tiny" / "reference.safetensors")
+    ids = [int(x) for x in ref["input_ids.0"].reshape(-1)]
+    want = ref["logits.0"].reshape(len(ids), -1)
+    with r1py.Model(FIXTURES / "qwen2_tiny", cache="f32") as m:
+        exact = m.logits(ids)
+    with r1py.Model(FIXTURES / "qwen2_tiny", cache="F16") as m:
+        half = m.logits(ids)
+    assert len(ids) > 1
+    assert rel_l2(exact, want) <= 1e-4
+    assert 0 < rel_l2(half, want) <= 1e-2
+    with pytest.raises(r1py.InvalidArgument) as e:
+        r1py.Model(FIXTURES / "qwen2_tiny", cache="f8")
+    assert "f8" in str(e.value)
+
+
 def test_close_then_use_raises():
     m = r1py.Model(FIXTURES / "qwen2_tiny")
     s = m.session()

@@ -320,22 +320,24 @@ def _run(generation: Any, stream: bool) -> Union[Completion, Stream]:
 
 
 class Model:
-    """A loaded model: ``Model(path, *, dtype=None, threads=None, quantize=None)``.
+    """A loaded model: ``Model(path, *, dtype=None, threads=None, quantize=None, cache=None)``.
 
     ``path`` is a checkpoint folder, a ``.safetensors`` file beside its ``config.json``, or a
     GGUF file (told apart by content). ``dtype`` is "f32", "f16" or "bf16" (a checkpoint's weight
     storage), ``quantize`` "q8_0" or "q4_k", ``threads`` the compute threads (process-wide: the
-    first load that sets it fixes it). One model serves several Python threads at once. Use it as
-    a context manager, or ``close()`` it, to free the weights at once.
+    first load that sets it fixes it), ``cache`` the KV cache's precision: "auto" (the default:
+    f16 for GGUF files and quantized checkpoints, f32 for checkpoints kept as stored), "f32" or
+    "f16" (half the memory, keys and values rounded). One model serves several Python threads at
+    once. Use it as a context manager, or ``close()`` it, to free the weights at once.
     """
 
     def __init__(self, path: Any, *, dtype: Optional[str] = None, threads: Optional[int] = None,
-                 quantize: Optional[str] = None):
+                 quantize: Optional[str] = None, cache: Optional[str] = None):
         path = str(path) if hasattr(path, "__fspath__") else path
         if not isinstance(path, str):
             raise TypeError("path must be a str or os.PathLike")
         self._path = path
-        self._m = _r1.Model(path, dtype, threads, quantize)
+        self._m = _r1.Model(path, dtype, threads, quantize, cache)
 
     # -- lifecycle --
     def close(self) -> None:

@@ -50,7 +50,7 @@ class ModelSpec:
     """Where a model is and how to load it: ``path`` (a GGUF file, a ``.safetensors`` file or a
     checkpoint folder, at the same path on every node), ``sha256`` (the weights' digest, see
     :func:`file_digest`; checked at load when set), and the load options of
-    :class:`r1py.Model` (``dtype``, ``quantize``, ``threads``).
+    :class:`r1py.Model` (``dtype``, ``quantize``, ``threads``, ``cache``).
 
     ``ModelSpec.of(path)`` computes the digest from the files where it is called."""
 
@@ -59,6 +59,7 @@ class ModelSpec:
     dtype: Optional[str] = None
     quantize: Optional[str] = None
     threads: Optional[int] = None
+    cache: Optional[str] = None
 
     @classmethod
     def of(cls, path: "os.PathLike[str] | str", **options: object) -> "ModelSpec":
@@ -77,4 +78,6 @@ class ModelSpec:
                     f"{self.path}: the weights' SHA-256 is {found}, but the spec says {self.sha256}: "
                     "this node has other files than the ones the spec was made from"
                 )
-        return Model(self.path, dtype=self.dtype, threads=threads or self.threads, quantize=self.quantize)
+        return Model(
+            self.path, dtype=self.dtype, threads=threads or self.threads, quantize=self.quantize, cache=self.cache
+        )
