@@ -261,17 +261,10 @@ mod tests {
 
     #[test]
     fn experts_taken_a_piece_at_a_time_equal_each_token_alone() {
-        use crate::kernels::experts::tests::matrix;
-        use std::sync::Arc;
+        use crate::kernels::experts::tests::{matrix, mlp};
         // Three routed experts and a shared one; more tokens than two pieces.
         let (hidden, inter, t) = (64, 32, 2 * EXPERT_TOKENS + 37);
-        let mlps: Vec<BlockMlp> = (0..4)
-            .map(|e| BlockMlp {
-                gate: Arc::new(matrix(inter, hidden, 3 * e)),
-                up: Arc::new(matrix(inter, hidden, 3 * e + 1)),
-                down: Arc::new(matrix(hidden, inter, 3 * e + 2)),
-            })
-            .collect();
+        let mlps: Vec<BlockMlp> = (0..4).map(|e| mlp(hidden, inter, e, matrix)).collect();
         let tokens: Vec<TokenRouting> = (0..t)
             .map(|k| TokenRouting {
                 experts: vec![k % 3, (k / 3 + 1) % 3],

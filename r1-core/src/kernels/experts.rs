@@ -207,6 +207,20 @@ pub(crate) mod tests {
         QuantMatrix::new(Kind::Legacy(Format::Q8_0), rows, cols, &bytes).unwrap()
     }
 
+    /// Expert `e`'s gate, up and down matrices from `make(rows, cols, seed)`, seeds 3e..3e + 3.
+    pub(crate) fn mlp(
+        hidden: usize,
+        inter: usize,
+        e: usize,
+        make: impl Fn(usize, usize, usize) -> QuantMatrix,
+    ) -> BlockMlp {
+        BlockMlp {
+            gate: Arc::new(make(inter, hidden, 3 * e)),
+            up: Arc::new(make(inter, hidden, 3 * e + 1)),
+            down: Arc::new(make(hidden, inter, 3 * e + 2)),
+        }
+    }
+
     /// A Q4_K matrix of pseudo-random blocks with small scales, interleaved where this CPU
     /// interleaves Q4_K (as GGUF experts are loaded).
     pub(crate) fn q4k_matrix(rows: usize, cols: usize, seed: u64) -> QuantMatrix {
@@ -281,11 +295,7 @@ pub(crate) mod tests {
         // Q4_K rows hold whole super-blocks of 256, so both widths are 256 (32 groups of eight).
         let (hidden, inter, t) = (256, 256, 3);
         let mlps: Vec<BlockMlp> = (0..2)
-            .map(|e| BlockMlp {
-                gate: Arc::new(q4k_matrix(inter, hidden, 3 * e)),
-                up: Arc::new(q4k_matrix(inter, hidden, 3 * e + 1)),
-                down: Arc::new(q4k_matrix(hidden, inter, 3 * e + 2)),
-            })
+            .map(|e| mlp(hidden, inter, e, |r, c, seed| q4k_matrix(r, c, seed as u64)))
             .collect();
         let work = vec![
             Assignment {
@@ -309,11 +319,7 @@ pub(crate) mod tests {
         let mlps: Vec<BlockMlp> = (0..4)
             .map(|e| {
                 let inter = if e == 3 { 64 } else { 32 }; // the last plays a wider shared expert
-                BlockMlp {
-                    gate: Arc::new(matrix(inter, hidden, 3 * e)),
-                    up: Arc::new(matrix(inter, hidden, 3 * e + 1)),
-                    down: Arc::new(matrix(hidden, inter, 3 * e + 2)),
-                }
+                mlp(hidden, inter, e, matrix)
             })
             .collect();
         let work = vec![
