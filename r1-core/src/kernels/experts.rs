@@ -13,7 +13,7 @@
 //!
 //! Experts that no token chose are never read.
 
-use super::matmul::{segments, Acts, QuantMatrix};
+use super::matmul::{segment_starts, segments, Acts, QuantMatrix};
 use crate::error::{Error, Result};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -90,15 +90,7 @@ fn gate_up(mlps: &[&BlockMlp], work: &[Assignment], used: &[usize], x: &[f32]) -
         .collect();
     // Work items: groups of eight rows of the used experts, one expert after the other.
     let groups = |e: usize| mlps[e].inter().div_ceil(8);
-    let starts: Vec<usize> = used
-        .iter()
-        .scan(0, |at, &e| {
-            let s = *at;
-            *at += groups(e);
-            Some(s)
-        })
-        .collect();
-    let total = used.iter().map(|&e| groups(e)).sum();
+    let (starts, total) = segment_starts(used.iter().map(|&e| groups(e)));
     let h: Vec<Mutex<Vec<f32>>> = used
         .iter()
         .map(|&e| Mutex::new(vec![0f32; work[e].tokens.len() * mlps[e].inter()]))

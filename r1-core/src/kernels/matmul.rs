@@ -363,6 +363,19 @@ impl QuantMatrix {
     }
 }
 
+/// Where each of consecutive segments of `sizes` items starts in their flat range, and the
+/// range's length: the layout [`segments`] splits.
+pub(crate) fn segment_starts(sizes: impl Iterator<Item = usize>) -> (Vec<usize>, usize) {
+    let mut total = 0;
+    let starts = sizes
+        .map(|n| {
+            total += n;
+            total - n
+        })
+        .collect();
+    (starts, total)
+}
+
 /// The pieces of the flat item range `items` as (segment, rows within it), where segment `u`
 /// covers `starts[u]..starts[u + 1]` (the last ends at `total`).
 pub(crate) fn segments(starts: &[usize], total: usize, items: Range<usize>) -> Vec<(usize, Range<usize>)> {
@@ -403,15 +416,7 @@ pub(crate) fn matmul_all(mats: &[&QuantMatrix], x: &[f32], t: usize) -> Result<V
         Kind::K(_) => q8k.as_ref(),
     };
     let groups = |m: &QuantMatrix| m.rows.div_ceil(8);
-    let starts: Vec<usize> = mats
-        .iter()
-        .scan(0, |at, m| {
-            let s = *at;
-            *at += groups(m);
-            Some(s)
-        })
-        .collect();
-    let total = mats.iter().map(|m| groups(m)).sum();
+    let (starts, total) = segment_starts(mats.iter().map(|m| groups(m)));
     let ys: Vec<Mutex<Vec<f32>>> = mats.iter().map(|m| Mutex::new(vec![0f32; t * m.rows])).collect();
     candle_core::utils::barrier_pool().execute_chunked(total, |items: Range<usize>| {
         let mut dots = vec![0f32; t * 8];
@@ -449,6 +454,7 @@ mod tests {
 
     #[test]
     fn segments_split_a_range_over_segments() {
+        assert_eq!(segment_starts([4, 6, 2].into_iter()), (vec![0, 4, 10], 12));
         assert_eq!(segments(&[0, 4, 10], 12, 2..11), vec![(0, 2..4), (1, 0..6), (2, 0..1)]);
         assert_eq!(segments(&[0, 4], 6, 4..6), vec![(1, 0..2)]);
     }
